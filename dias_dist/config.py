@@ -1,0 +1,307 @@
+"""Run configuration: nested dataclasses are the schema, YAML files hold values only.
+
+``load_config(path, overrides)`` reads a YAML file, applies dotted ``key=value`` overrides
+(``optim.lr=3e-4``), and validates everything against the dataclasses below. Unknown keys,
+wrong types and missing required values raise ``ValueError`` naming the file, the key and the
+valid keys. ``model.params`` and ``method.params`` are free-form dicts passed as keyword
+arguments to the registered constructor, whose signature is their schema (checked by
+``dias_dist.models.build_model`` / ``dias_dist.methods.build_method``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MISSING_REQUIRED = "???"  # a YAML value that must be supplied by an override
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the shards are and how training patches are drawn from them."""
+
+    shards: str = "shards/demo"  # folder written by `dias shard` (holds manifest.json)
+    patch_size_px: int = 64
+    patches_per_sequence: int = 64  # K random patches cut from each decoded sequence
+    shuffle_buffer: int = 2048  # patches held in the shuffle buffer
+    num_workers: int = 2  # loader worker processes per rank
+    target: str = "label"  # label | scribble_rdfa | scribble_sale | pseudo (which map supervises)
+    num_labeled: int = 0  # >0: use only the first N training sequences (RPST teacher)
+    augment: str = "weak"  # weak | none
+    on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """A registered model (``dias models`` lists them) and its constructor arguments."""
+
+    name: str = "vss_net"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class MethodConfig:
+    """A registered training method (supervised, pce, em, rloss, ivm, dmpls, sscr) and its arguments."""
+
+    name: str = "supervised"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW + per-iteration cosine schedule with linear warm-up (DIAS-CODE.md §1)."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.01  # not applied to 1-D parameters and biases
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_epochs: float = 10.0
+    warmup_lr: float = 5e-7
+    min_lr: float = 5e-6
+    grad_clip: float = 0.0  # 0 = no clipping (the reference does not clip)
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Length of training, batch geometry, precision and run bookkeeping."""
+
+    epochs: int = 100
+    steps_per_epoch: int = 312  # optimizer steps per epoch (20,000 patches / 64)
+    batch_size: int = 64  # global batch, split evenly across ranks
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 0  # >0: stop after this many steps (tests, smoke runs)
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    channels_last: bool = False
+    deterministic: bool = False
+    log_every_steps: int = 10
+    checkpoint_every_steps: int = 0  # 0 = once per epoch
+    run_dir: str = "runs"
+    run_name: str = ""  # "" = <model>-<method>-<timestamp>
+    resume: str = "never"  # never | auto | PATH to a checkpoint
+    progress: bool = True
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """The paper's sliding-window evaluation protocol (DIAS-CODE.md §5)."""
+
+    patch_size_px: int = 64
+    stride_px: int = 32
+    batch_size: int = 64  # tiles per forward pass
+    threshold: float = 0.5
+    dti: bool = False  # dual-threshold iteration post-processing (FR-UNet)
+    val_every_epochs: int = 1
+    select_metric: str = "auc"  # best checkpoint by this validation metric
+    select_from_epoch: int = 10  # reference: "best" tracked only from epoch 10 on
+    test_checkpoint: str = "best"  # best | final
+    test_split: str = "test"
+    overlays: bool = True
+
+
+@dataclass(kw_only=True)
+class DistConfig:
+    """Process group and engine. Only dias_dist.dist / dias_dist.engine read this."""
+
+    engine: str = "ddp"  # ddp | deepspeed
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    deepspeed_config: str = "configs/deepspeed/zero1.json"
+    find_unused_parameters: bool = False
+
+
+@dataclass(kw_only=True)
+class TrackConfig:
+    """MLflow tracking (rank 0 only); metrics.jsonl in the run folder is the source of truth."""
+
+    enabled: bool = True
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
+    experiment: str = ""  # "" = dias-<method>
+    parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
+    tags: dict = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class RPSTConfig:
+    """Random-patch self-training (paper §IV-C, Algorithm 1); read only by dias_dist.semi."""
+
+    unlabeled_split: str = "unlabeled"
+    num_unlabeled: int = 0  # 0 = all unlabeled sequences
+    labeled_prob: float = 0.5  # P: probability that a patch comes from a labelled sequence
+    strong_augment: bool = True  # paper: strong aug on pseudo-labelled patches (reference HEAD: off)
+    rounds: int = 1  # re-label + re-train rounds after the teacher
+    student_init: str = "teacher"  # teacher (reference) | fresh (ST++)
+    teacher_epochs: int = 0  # 0 = train.epochs
+    student_epochs: int = 0  # 0 = train.epochs
+
+
+@dataclass(kw_only=True)
+class Config:
+    """A whole run. ``dataclasses.asdict(cfg)`` is what gets saved and logged."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    rpst: RPSTConfig = field(default_factory=RPSTConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# loading and validation
+
+
+def _valid_keys(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_type(value: Any, annotation: Any, where: str, source: str) -> Any:
+    """Return ``value`` converted to ``annotation`` where lossless, else raise ValueError."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # annotations are strings under __future__
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(annotation):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _check_type(value, arg, where, source)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"{source}: {where} = {value!r} matches none of {annotation}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            if value == MISSING_REQUIRED:
+                raise ValueError(f"{source}: {where} is required but has no value (set it with {where}=...)")
+            return value
+    elif annotation in (dict, list) or origin in (dict, list):
+        base = origin or annotation
+        if isinstance(value, base):
+            return value
+    else:
+        return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ValueError(f"{source}: {where} must be {name}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict; strict about keys and types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    valid = _valid_keys(cls)
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        section = prefix.rstrip(".") or "<root>"
+        raise ValueError(
+            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)} in section '{section}'; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[f.name] = from_dict(annotation, value or {}, source, prefix + f.name + ".")
+        else:
+            kwargs[f.name] = _check_type(value, annotation, prefix + f.name, source)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 3e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"override {text!r}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted overrides to a nested dict (in place) and return it."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read YAML ``path`` (None = defaults only), apply ``overrides``, validate, return a Config."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a mapping of sections")
+    apply_overrides(data, list(overrides))
+    if overrides:
+        source += " + overrides"
+    return from_dict(Config, data, source)
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict of a Config (what is saved next to every run)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; used for MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

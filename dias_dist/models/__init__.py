@@ -1,0 +1,79 @@
+"""Model registry: a plain dict from ``lower_snake`` name to class, filled by explicit imports.
+
+Every model is single-device code (no .cuda(), no torch.distributed) and returns raw logits
+(B, num_classes, H, W) with no final activation. Each class declares ``input_layout``:
+
+- ``"frames"``   : x_BTHW  (B, T, H, W)     the T frames are the input channels ("DR + 2D")
+- ``"sequence"`` : x_B1THW (B, 1, T, H, W)  the sequence as a volume (3D and 3D->2D models)
+
+Loaders always produce (B, T, H, W); ``to_layout`` reshapes for the model.
+Legend for shape suffixes: B batch, T frames, C channels, H/W height/width.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+MODELS: dict[str, type[nn.Module]] = {}
+
+# Explicit imports, one line per model file (added as models land).
+# from .vss_net import VSSNet
+# MODELS["vss_net"] = VSSNet
+
+LAYOUTS = ("frames", "sequence")
+
+
+def build_model(name: str, **params) -> nn.Module:
+    """Instantiate registered model ``name`` with ``params``; unknown names/params are ValueErrors."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+    cls = MODELS[name]
+    sig = inspect.signature(cls.__init__)
+    accepted = [p for p in sig.parameters if p != "self"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {name!r} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
+    return cls(**params)
+
+
+def input_layout(model: nn.Module) -> str:
+    """The input layout of a (possibly wrapped) model: 'frames' or 'sequence'."""
+    inner = getattr(model, "module", model)
+    layout = getattr(inner, "input_layout", None)
+    if layout not in LAYOUTS:
+        raise ValueError(f"{type(inner).__name__} does not declare input_layout in {LAYOUTS}")
+    return layout
+
+
+def to_layout(x_BTHW: torch.Tensor, layout: str) -> torch.Tensor:
+    """(B, T, H, W) loader output -> the tensor a model of ``layout`` takes."""
+    if x_BTHW.dim() != 4:
+        raise ValueError(f"expected loader images of shape (B, T, H, W), got {tuple(x_BTHW.shape)}")
+    if layout == "frames":
+        return x_BTHW
+    if layout == "sequence":
+        return x_BTHW.unsqueeze(1)
+    raise ValueError(f"unknown input layout {layout!r}; valid: {LAYOUTS}")
+
+
+def as_frames(x: torch.Tensor) -> torch.Tensor:
+    """Model input in either layout -> (B, T, H, W) (used by losses that need the raw frames)."""
+    if x.dim() == 5:
+        return x[:, 0]
+    if x.dim() == 4:
+        return x
+    raise ValueError(f"expected (B,T,H,W) or (B,1,T,H,W), got {tuple(x.shape)}")
+
+
+def vessel_probability(logits_BCHW: torch.Tensor) -> torch.Tensor:
+    """Vessel probability (B, H, W) from logits with 2 or 3 channels (the "limited softmax":
+    softmax over the background/vessel channels 0..1 only, as DIAS does for 3-channel heads)."""
+    if logits_BCHW.dim() != 4 or logits_BCHW.shape[1] < 2:
+        raise ValueError(f"expected logits (B, C>=2, H, W), got {tuple(logits_BCHW.shape)}")
+    return torch.softmax(logits_BCHW[:, :2].float(), dim=1)[:, 1]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
