@@ -10,8 +10,9 @@ from .base import IGNORE_INDEX, Method
 
 METHODS: dict[str, type[Method]] = {}
 
-# from .supervised import Supervised
-# METHODS["supervised"] = Supervised
+from .supervised import Supervised  # noqa: E402
+
+METHODS["supervised"] = Supervised
 
 
 def build_method(name: str, **params) -> Method:
