@@ -14,6 +14,20 @@ from .supervised import Supervised  # noqa: E402
 
 METHODS["supervised"] = Supervised
 
+from .pce import PCE  # noqa: E402
+from .em import EM  # noqa: E402
+from .rloss import RLoss  # noqa: E402
+from .ivm import IVM  # noqa: E402
+from .dmpls import DMPLS  # noqa: E402
+from .sscr import SSCR  # noqa: E402
+
+METHODS["pce"] = PCE
+METHODS["em"] = EM
+METHODS["rloss"] = RLoss
+METHODS["ivm"] = IVM
+METHODS["dmpls"] = DMPLS
+METHODS["sscr"] = SSCR
+
 
 def build_method(name: str, **params) -> Method:
     """Instantiate registered method ``name``; unknown names/params are ValueErrors."""

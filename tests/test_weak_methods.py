@@ -1,0 +1,267 @@
+"""The six scribble methods: their losses on toy models, DMPLS mixing, SSCR wiring, model building."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dias_dist.methods import weak_losses as wl
+from dias_dist.methods.dmpls import DMPLS, mixed_pseudo_label
+from dias_dist.methods.em import EM
+from dias_dist.methods.ivm import IVM, intensity_image
+from dias_dist.methods.pce import PCE
+from dias_dist.methods.rloss import RLoss
+from dias_dist.methods.sscr import SSCR, DualNet, sscr_terms
+
+B, C, T, S = 2, 3, 8, 12
+
+
+class LogitsModel(nn.Module):
+    """Ignores its input except for the batch size and returns learnable logits (B, C, S, S)."""
+
+    input_layout = "frames"
+
+    def __init__(self, logits=None, classes=C, seed=0):
+        super().__init__()
+        if logits is None:
+            logits = torch.randn(B, classes, S, S, generator=torch.Generator().manual_seed(seed))
+        self.logits = nn.Parameter(logits.clone())
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.logits + 0 * x.sum()
+
+
+class DualDecoderToy(nn.Module):
+    """Stand-in for unet_cct: (main, aux) in training mode, main in eval mode."""
+
+    input_layout = "frames"
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        self.main = nn.Parameter(torch.randn(B, 2, S, S, generator=g))
+        self.aux = nn.Parameter(torch.randn(B, 2, S, S, generator=g))
+
+    def forward(self, x):
+        return (self.main, self.aux) if self.training else self.main
+
+
+def toy_batch(annotated_fraction=0.2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, 2, (B, S, S), generator=g)
+    target[torch.rand(B, S, S, generator=g) > annotated_fraction] = 255
+    return {"image": torch.randn(B, T, S, S, generator=g), "target": target}
+
+
+SINGLE_NET_METHODS = [
+    PCE(), PCE(dice=False), EM(), RLoss(), RLoss(kernels=[{"weight": 1, "xy": 6, "intensity": 0.1}]),
+    IVM(), IVM(intensity="argmin"),
+]
+
+
+@pytest.mark.parametrize("method", SINGLE_NET_METHODS, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("annotated_fraction", [0.2, 0.0])
+def test_single_net_methods_give_finite_losses_even_without_annotation(method, annotated_fraction):
+    model = LogitsModel()
+    out = method.losses(model, toy_batch(annotated_fraction))
+    assert method.target_kind == "scribble"
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in out.values())
+    out["total"].backward()
+    assert torch.isfinite(model.logits.grad).all()
+
+
+def test_pce_method_gives_zero_gradient_on_unannotated_pixels_and_regularisers_do_not():
+    batch = toy_batch()
+    unannotated = batch["target"] == 255
+    for method, expect_zero in [(PCE(), True), (PCE(dice=False), True), (EM(), False), (RLoss(), False), (IVM(), False)]:
+        model = LogitsModel()
+        method.losses(model, batch)["total"].backward()
+        grad_BHW = model.logits.grad.abs().sum(1)
+        assert bool((grad_BHW[unannotated] == 0).all()) == expect_zero, type(method).__name__
+
+
+def test_total_is_sup_plus_weighted_regulariser():
+    batch, model = toy_batch(), LogitsModel()
+    out = EM(weight=5).losses(model, batch)
+    assert torch.allclose(out["total"], out["pce"] + out["pdice"] + 5 * out["entropy"])
+    out = RLoss(weight=0.1).losses(model, batch)
+    assert torch.allclose(out["gated_crf"], wl.gated_crf_loss(model.logits, [{"weight": 0.1, "xy": 6}], 5))
+    out = IVM(weight=0.01).losses(model, batch)
+    assert torch.allclose(out["total"], out["sup"] + 0.01 * out["inter_intra"])
+
+
+def test_ivm_intensity_minip_or_reference_argmin():
+    x = torch.tensor([3.0, -1.0, 2.0, -0.5]).view(1, 4, 1, 1).expand(1, 4, 2, 2)
+    assert intensity_image(x, "minip").flatten().tolist() == [-1.0] * 4
+    assert intensity_image(x, "argmin").flatten().tolist() == [1.0] * 4
+    assert intensity_image(x.unsqueeze(1), "minip").shape == (1, 2, 2)  # sequence layout
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        (lambda: PCE(dice="yes"), "method.params.dice"),
+        (lambda: PCE(num_classes=4), "method.params.num_classes"),
+        (lambda: EM(weight=-1), "method.params.weight"),
+        (lambda: RLoss(kernels=[{"weight": 1, "rgb": 0.1}]), "method.params.kernels"),
+        (lambda: RLoss(radius=0), "method.params.radius"),
+        (lambda: IVM(intensity="max"), "method.params.intensity"),
+        (lambda: SSCR(pseudo="both"), "method.params.pseudo"),
+        (lambda: SSCR(consistency="mse"), "method.params.consistency"),
+        (lambda: DMPLS(num_classes=1), "method.params.num_classes"),
+    ],
+)
+def test_bad_method_params_are_value_errors_naming_the_key(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory()
+
+
+# ---------------------------------------------------------------------- DMPLS
+
+
+def test_dmpls_mixes_with_one_beta_per_iteration(monkeypatch):
+    method, model, batch = DMPLS(), DualDecoderToy(), toy_batch()
+    draws = []
+    original = method.draw_beta
+    monkeypatch.setattr(method, "draw_beta", lambda: draws.append(original()) or draws[-1])
+    torch.manual_seed(0)
+    out = method.losses(model, batch)
+    assert len(draws) == 1 and out["beta"].item() == pytest.approx(draws[0])
+    p1, p2 = torch.softmax(model.main, 1), torch.softmax(model.aux, 1)
+    label = (draws[0] * p1 + (1 - draws[0]) * p2).argmax(1)
+    expected_pls = 0.5 * (wl.pseudo_label_dice(p1, label) + wl.pseudo_label_dice(p2, label))
+    assert torch.allclose(out["pls"], expected_pls)
+    expected_sup = 0.5 * (F.cross_entropy(model.main, batch["target"], ignore_index=255)
+                          + F.cross_entropy(model.aux, batch["target"], ignore_index=255))
+    assert torch.allclose(out["sup"], expected_sup)
+    assert torch.allclose(out["total"], expected_sup + 0.5 * expected_pls)
+    # a new iteration draws a new beta
+    method.losses(model, batch)
+    assert len(draws) == 2 and draws[0] != draws[1]
+
+
+def test_dmpls_pseudo_label_carries_no_gradient():
+    p1 = torch.softmax(torch.randn(B, 2, S, S), 1).requires_grad_()
+    p2 = torch.softmax(torch.randn(B, 2, S, S), 1).requires_grad_()
+    label = mixed_pseudo_label(p1, p2, 0.3)
+    assert not label.requires_grad and label.dtype == torch.int64
+    # the gradient of the PLS term equals that of Dice against a constant label
+    model, batch = DualDecoderToy(), toy_batch(annotated_fraction=0.0)
+    torch.manual_seed(5)
+    out = DMPLS().losses(model, batch)
+    grad_main, = torch.autograd.grad(out["pls"], model.main)
+    beta = out["beta"].item()
+    pm, pa = torch.softmax(model.main, 1), torch.softmax(model.aux, 1)
+    constant = (beta * pm + (1 - beta) * pa).argmax(1).detach()
+    reference = 0.5 * (wl.pseudo_label_dice(pm, constant) + wl.pseudo_label_dice(pa.detach(), constant))
+    expected, = torch.autograd.grad(reference, model.main)
+    assert torch.allclose(grad_main, expected, atol=1e-7)
+
+
+def test_dmpls_rejects_a_single_decoder_model():
+    with pytest.raises(ValueError, match="unet_cct"):
+        DMPLS().losses(LogitsModel(classes=2), toy_batch())
+
+
+# ---------------------------------------------------------------------- SSCR
+
+
+def confident(label, classes=C):
+    """Logits (B, classes, S, S) that put +8 on channel ``label`` everywhere."""
+    logits = torch.zeros(B, classes, S, S)
+    logits[:, label] = 8.0
+    return logits
+
+
+def test_sscr_cross_wiring_sends_a_labels_to_b():
+    z_a = confident(1).requires_grad_()  # A says vessel everywhere
+    z_b = confident(0).requires_grad_()  # B says background everywhere
+    scribble = torch.full((B, S, S), 255)
+    cross = sscr_terms(z_a, z_b, scribble, pseudo="cross")
+    ones, zeros = torch.ones(B, S, S, dtype=torch.long), torch.zeros(B, S, S, dtype=torch.long)
+    assert torch.allclose(cross["pseudo_b"], F.cross_entropy(z_b, ones))  # B learns A's "vessel"
+    assert torch.allclose(cross["pseudo_a"], F.cross_entropy(z_a, zeros))  # A learns B's "background"
+    assert cross["pseudo_b"] > 5
+    grad_b, = torch.autograd.grad(cross["pseudo_b"], z_b)
+    assert (grad_b[:, 1] < 0).all()  # B is pushed towards vessel
+    own = sscr_terms(z_a, z_b, scribble, pseudo="self")
+    assert own["pseudo_b"] < 1e-2 and own["pseudo_a"] < 1e-2
+
+
+def test_sscr_pseudo_labels_are_overwritten_by_scribbles_and_ignore_the_extra_channel():
+    z_a = confident(2)  # extra channel largest: the limited argmax must still pick 0/1
+    z_a[:, 1] = 4.0
+    z_b = confident(0)
+    scribble = torch.full((B, S, S), 255)
+    scribble[:, 0, :] = 0  # A would say vessel here; the scribble says background
+    terms = sscr_terms(z_a, z_b, scribble, pseudo="cross")
+    label_from_a = torch.ones(B, S, S, dtype=torch.long)
+    label_from_a[:, 0, :] = 0
+    assert torch.allclose(terms["pseudo_b"], F.cross_entropy(z_b, label_from_a))
+
+
+def test_sscr_soft_consistency_has_a_gradient_and_hard_has_none():
+    z_a = torch.randn(B, C, S, S, requires_grad=True)
+    z_b = torch.randn(B, C, S, S, requires_grad=True)
+    scribble = torch.full((B, S, S), 255)
+    soft = sscr_terms(z_a, z_b, scribble, consistency="soft")["consistency"]
+    expected = F.mse_loss(torch.softmax(z_a[:, :2], 1)[:, 1], torch.softmax(z_b[:, :2], 1)[:, 1])
+    assert torch.allclose(soft, expected)
+    assert torch.autograd.grad(soft, z_a)[0].abs().sum() > 0
+    hard = sscr_terms(z_a, z_b, scribble, consistency="hard")["consistency"]
+    assert not hard.requires_grad
+    assert hard.item() == pytest.approx(F.mse_loss(z_a[:, :2].argmax(1).float(), z_b[:, :2].argmax(1).float()).item())
+
+
+def test_sscr_losses_augment_each_branch_separately_and_weight_the_terms():
+    net_a, net_b = LogitsModel(seed=1), LogitsModel(seed=2)
+    model, batch = DualNet(net_a, net_b), toy_batch()
+    torch.manual_seed(3)
+    out = SSCR().losses(model, batch)
+    x_a, x_b = net_a.seen[-1], net_b.seen[-1]
+    assert not torch.equal(x_a, x_b) and not torch.equal(x_a, batch["image"])
+    assert torch.allclose(out["total"], out["sup"] + out["pseudo_a"] + out["pseudo_b"] + 0.5 * out["consistency"])
+    out["total"].backward()
+    assert net_a.logits.grad.abs().sum() > 0 and net_b.logits.grad.abs().sum() > 0
+    SSCR(augment=False).losses(model, batch)
+    assert torch.equal(net_a.seen[-1], batch["image"]) and torch.equal(net_b.seen[-1], batch["image"])
+
+
+def test_sscr_augmentation_is_reproducible_from_the_global_seed():
+    batch = toy_batch()
+    seen = []
+    for _ in range(2):
+        net_a, net_b = LogitsModel(), LogitsModel()
+        torch.manual_seed(9)
+        SSCR().losses(DualNet(net_a, net_b), batch)
+        seen.append((net_a.seen[-1], net_b.seen[-1]))
+    assert torch.equal(seen[0][0], seen[1][0]) and torch.equal(seen[0][1], seen[1][1])
+
+
+def test_dual_net_evaluates_with_network_a():
+    net_a, net_b = LogitsModel(seed=1), LogitsModel(seed=2)
+    model = DualNet(net_a, net_b).eval()
+    x = torch.randn(B, T, S, S)
+    assert torch.equal(model(x), net_a(x)) and model.input_layout == "frames"
+
+
+# ---------------------------------------------------------------------- building real models
+
+
+def test_methods_build_heads_of_their_class_count_with_registered_models():
+    from dias_dist.models import MODELS
+
+    if "fr_unet" not in MODELS:
+        pytest.skip("fr_unet not registered yet")
+    params = {"width": 4}
+    model = PCE().build_model("fr_unet", params)
+    assert model(torch.randn(1, T, 16, 16)).shape == (1, 3, 16, 16)
+    assert PCE(num_classes=2).build_model("fr_unet", params)(torch.randn(1, T, 16, 16)).shape[1] == 2
+    with pytest.raises(ValueError, match="contradicts"):
+        PCE().build_model("fr_unet", {"width": 4, "num_classes": 2})
+    dual = SSCR().build_model("fr_unet", params)
+    a, b = dual.net_a.state_dict(), dual.net_b.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())  # independent init
+    logits_a, logits_b = dual.train()(torch.randn(2, T, 16, 16), torch.randn(2, T, 16, 16))
+    assert logits_a.shape == logits_b.shape == (2, 3, 16, 16)
