@@ -1,0 +1,77 @@
+"""Atomic, pickle-free checkpoints (``torch.save`` to a temporary file, then ``os.replace``).
+
+A training checkpoint holds: ``model``, ``optimizer``, ``scheduler`` (the engine's state dict),
+``step``, ``epoch``, ``rng`` (one entry per rank: torch CPU/CUDA, numpy and Python RNG states),
+``data`` (the data position: the step at which the per-rank training stream was last re-seeded
+and the seed it was built from), ``config`` (the resolved config as a dict), ``mlflow_run_id``,
+``best`` (best validation score so far) and ``run_name``. Files are loaded with
+``weights_only=True``: only tensors and plain containers are stored.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "rng", "data", "config",
+                   "mlflow_run_id", "best", "run_name")
+
+
+def rng_state() -> dict:
+    """This process's RNG states as tensors / plain containers (safe for weights_only loading)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` to ``path`` atomically (a crash leaves the previous file intact)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by ``save``; ``ValueError`` naming the file when it is missing or bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which one
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def model_state(path: str | Path) -> dict:
+    """Only the model weights of a checkpoint (for ``init_from`` and evaluation)."""
+    payload = load(path)
+    if "model" not in payload:
+        raise ValueError(f"checkpoint {path} has no 'model' entry; keys: {', '.join(payload)}")
+    return payload["model"]

@@ -1,0 +1,87 @@
+"""DistributedDataParallel engine (and the plain single-process case): the only place DDP is used.
+
+- Several processes (torchrun): DDP with the group ``dias_dist.dist.init`` created (NCCL on GPU,
+  gloo on CPU). One process: the bare model, same code path otherwise.
+- Gradient accumulation: micro-batches before the last one run under ``no_sync()`` so the
+  all-reduce happens once per optimizer step.
+- bf16 autocast on CUDA when ``cfg.train.amp`` (no GradScaler needed for bf16); ignored on CPU.
+- ``channels_last`` memory format on CUDA when ``cfg.train.channels_last`` (for 4-D convs).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dias_dist import dist
+from dias_dist.schedule import build_optimizer
+
+
+class DDPEngine:
+    """See module docstring. ``step()`` returns the global L2 gradient norm (float) before clipping."""
+
+    def __init__(self, model: nn.Module, cfg, *, device: torch.device):
+        self.device = device
+        self.grad_clip = cfg.optim.grad_clip
+        self.use_amp = bool(cfg.train.amp) and device.type == "cuda"
+        self.channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._module = model
+        self.optimizer, self.schedule = build_optimizer(model, cfg)
+        if dist.world_size() > 1:
+            self.model: nn.Module = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=cfg.dist.find_unused_parameters)
+        else:
+            self.model = model
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when enabled, else a no-op context."""
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a batch tensor to the device (non-blocking), channels-last for 4-D float input when set."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4 and x.is_floating_point():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def backward(self, loss: torch.Tensor, *, sync: bool) -> None:
+        """loss.backward(); with ``sync=False`` the DDP gradient all-reduce is deferred (accumulation)."""
+        if not sync and isinstance(self.model, DistributedDataParallel):
+            with self.model.no_sync():
+                loss.backward()
+        else:
+            loss.backward()
+
+    def step(self) -> float:
+        """Clip (if optim.grad_clip > 0), optimizer step, zero_grad, advance the lr schedule."""
+        params = [p for p in self._module.parameters() if p.grad is not None]
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        return float(grad_norm)
+
+    def unwrap(self) -> nn.Module:
+        return self._module
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"model": self._module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])

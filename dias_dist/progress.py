@@ -1,0 +1,38 @@
+"""Rank-0 progress bar: it/s and ETA (tqdm), patches/s, data-wait share and the current loss."""
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+
+class Progress:
+    """``update(steps_done, loss, data_wait_s, step_s)`` after each optimizer step; ``close()`` at the end.
+
+    ``patches_per_step`` is the global batch; data-wait share is the fraction of wall time spent
+    waiting for the loader over the last ``update`` window.
+    """
+
+    def __init__(self, total_steps: int, start_step: int, patches_per_step: int, enabled: bool):
+        self.patches_per_step = patches_per_step
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not enabled, dynamic_ncols=True,
+                        unit="it", desc="train", file=sys.stderr, mininterval=1.0)
+        self.wait_s = 0.0
+        self.busy_s = 0.0
+
+    def update(self, loss: float, data_wait_s: float, step_s: float) -> None:
+        self.wait_s += data_wait_s
+        self.busy_s += step_s
+        self.bar.update(1)
+        if self.bar.n % 5 == 0 or self.bar.n == self.bar.total:
+            rate = self.bar.format_dict.get("rate") or 0.0
+            share = self.wait_s / max(self.busy_s, 1e-9)
+            self.bar.set_postfix_str(f"patches/s={rate * self.patches_per_step:.0f} wait={share:.0%} loss={loss:.4f}",
+                                     refresh=False)
+            self.wait_s = self.busy_s = 0.0
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr) if not self.bar.disable else None
+
+    def close(self) -> None:
+        self.bar.close()

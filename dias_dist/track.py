@@ -1,0 +1,185 @@
+"""Experiment tracking: one ``Tracker`` protocol, MLflow on rank 0, a null object everywhere else.
+
+``metrics.jsonl`` in the run folder is the source of truth (rank 0 writes it, one JSON object a
+line: ``{"kind": "train"|"val"|"test", "step": N, ...}``); MLflow is a view of it. A tracking
+store that cannot be reached does not stop training: the first failure prints one warning and
+MLflow logging is switched off for the rest of the run, ``metrics.jsonl`` keeps everything.
+
+Store: ``cfg.track.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///<cfg.train.run_dir>/mlflow.db`` (artifacts of that default store go to
+``<cfg.train.run_dir>/mlartifacts``). Experiment: ``cfg.track.experiment`` or ``dias-<method>``,
+so every run of one method lines up in one MLflow table. With ``cfg.track.parent_run_id`` the run
+is nested under that run (RPST rounds, Tune sweeps).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Protocol
+
+# A server that is down must fail fast, not after minutes of retries (respect explicit settings).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+TEST_METRICS = ("dsc", "acc", "sen", "spe", "iou", "auc", "cldice", "vc")
+
+
+class Tracker(Protocol):
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Does nothing (ranks other than 0, tracking disabled, dry runs)."""
+
+    run_id = ""
+
+    def log_params(self, params):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def log_metrics(self, metrics, step):
+        pass
+
+    def log_artifact(self, path, artifact_path=None):
+        pass
+
+    def close(self, status="FINISHED"):
+        pass
+
+
+def tracking_uri(cfg) -> str:
+    """The MLflow store this run uses (see module docstring)."""
+    if cfg.track.tracking_uri:
+        return cfg.track.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(cfg.train.run_dir).resolve()}/mlflow.db"
+
+
+def experiment_name(cfg) -> str:
+    return cfg.track.experiment or f"dias-{cfg.method.name}"
+
+
+class MLflowTracker:
+    """MLflow client bound to one run; every call is guarded (warning + disable on failure)."""
+
+    def __init__(self, cfg, run_name: str, resume_run_id: str = ""):
+        self.run_id = ""
+        self._client = None
+        self._guard("start", self._start, cfg, run_name, resume_run_id)
+
+    def _start(self, cfg, run_name: str, resume_run_id: str) -> None:
+        from mlflow import MlflowClient
+
+        uri = tracking_uri(cfg)
+        client = MlflowClient(tracking_uri=uri)
+        if resume_run_id:
+            client.update_run(resume_run_id, status="RUNNING")
+            self.run_id, self._client = resume_run_id, client
+            return
+        name = experiment_name(cfg)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            location = None
+            if uri.startswith("sqlite:///") and not cfg.track.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+                location = (Path(cfg.train.run_dir).resolve() / "mlartifacts").as_uri()
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        tags = {str(k): str(v) for k, v in cfg.track.tags.items()}
+        if cfg.track.parent_run_id:
+            tags["mlflow.parentRunId"] = cfg.track.parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self.run_id, self._client = run.info.run_id, client
+
+    def _guard(self, what: str, fn, *args) -> None:
+        if what != "start" and self._client is None:
+            return
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001 — any tracking failure must not stop training
+            warnings.warn(f"MLflow {what} failed ({type(err).__name__}: {str(err)[:200]}); "
+                          "tracking to MLflow is off for the rest of this run, metrics.jsonl keeps everything",
+                          RuntimeWarning, stacklevel=3)
+            self._client = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        self._guard("log_params", lambda: [self._client.log_batch(self.run_id, params=items[i:i + 100])
+                                           for i in range(0, len(items), 100)])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._guard("set_tags", lambda: self._client.log_batch(
+            self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        self._guard("log_metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._guard("log_artifacts", lambda: self._client.log_artifacts(self.run_id, str(path), artifact_path))
+        else:
+            self._guard("log_artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._guard("close", lambda: self._client.set_terminated(self.run_id, status))
+
+
+def make_tracker(cfg, run_name: str, *, is_main: bool, resume_run_id: str = "") -> Tracker:
+    """MLflowTracker on rank 0 when ``cfg.track.enabled``, else NullTracker."""
+    if is_main and cfg.track.enabled:
+        return MLflowTracker(cfg, run_name, resume_run_id)
+    return NullTracker()
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` (rank 0). ``truncate_after(step)`` drops lines of a killed run's
+    steps beyond the checkpoint it resumes from, so the file matches an uninterrupted run."""
+
+    def __init__(self, path: str | Path, enabled: bool):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
+        record.update({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in values.items()})
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,29 @@
+"""``dias train CONFIG [key=value ...] [--dry-run]``: train in this one process.
+
+For several processes use ``torchrun --nproc_per_node=N launch/train.py CONFIG ...``: same loop.
+"""
+from __future__ import annotations
+
+import argparse
+
+from dias_dist import dist
+from dias_dist.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML file under configs/")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=3e-4")
+    parser.add_argument("--dry-run", action="store_true", help="build everything and run one step")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from dias_dist.trainer import run
+
+    try:
+        result = run(cfg, dry_run=args.dry_run)
+    finally:
+        dist.teardown()
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    return 0

@@ -1,0 +1,153 @@
+"""Helpers of the training loop that are not the loop: run folder, resume, seeding, data stream,
+evaluation hooks, run tags and curve plots. Rank-0-only side effects are marked as such.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from dias_dist import checkpoint, dist
+from dias_dist.config import Config, from_dict, save_config
+
+SEED_STRIDE = 1_000_003  # keeps (seed, rank, step) -> seed injective for realistic values
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """Deterministic 63-bit seed from ``seed`` and integer parts (rank, step...)."""
+    digest = hashlib.sha256(json.dumps([int(seed), *map(int, parts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_run(cfg: Config) -> tuple[Config, Path, Path | None]:
+    """Return (cfg with train.run_name filled, run folder, checkpoint to resume from or None).
+
+    run_name "" -> ``<model>-<method>-<yymmdd_HHMMSS>`` chosen on rank 0 and broadcast.
+    resume: "never" | "auto" (``<run>/checkpoints/last.pt`` of ``train.run_name``, or of the newest
+    ``<model>-<method>-*`` run when no name is given; a fresh run when none exists) | a path.
+    """
+    t = cfg.train
+    root = Path(t.run_dir)
+    name, resume_from = t.run_name, None
+    if t.resume not in ("never", "auto"):
+        resume_from = Path(t.resume)
+        if not resume_from.is_file():
+            raise ValueError(f"train.resume = {t.resume!r}: no such checkpoint file (or use never | auto)")
+        name = name or resume_from.parent.parent.name
+    elif t.resume == "auto":
+        if not name:
+            prefix = f"{cfg.model.name}-{cfg.method.name}-"
+            candidates = sorted(p for p in root.glob(prefix + "*") if (p / "checkpoints" / "last.pt").is_file())
+            name = candidates[-1].name if candidates else ""
+        if name and (root / name / "checkpoints" / "last.pt").is_file():
+            resume_from = root / name / "checkpoints" / "last.pt"
+    if not name:
+        name = dist.broadcast_object(f"{cfg.model.name}-{cfg.method.name}-{time.strftime('%y%m%d_%H%M%S')}")
+    data = _asdict(cfg)
+    data["train"]["run_name"] = name
+    return from_dict(Config, data, "resolved config"), root / name, resume_from
+
+
+def _asdict(cfg: Config) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def prepare_run_folder(cfg: Config, run_dir: Path) -> None:
+    """Rank 0: create ``run_dir/checkpoints`` and write the resolved ``config.yaml``."""
+    if dist.is_main():
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    dist.barrier()
+
+
+def default_sources(cfg: Config) -> list:
+    """The training source described by ``cfg.data`` (labelled training split)."""
+    from dias_dist.data.loader import TrainSource
+
+    return [TrainSource(cfg.data.shards, split="training", augment=cfg.data.augment,
+                        target=cfg.data.target, num_sequences=cfg.data.num_labeled)]
+
+
+def train_stream(cfg: Config, sources: list, *, micro_batch: int, step: int):
+    """Infinite iterator of micro-batches for this rank, re-seeded from (train.seed, step).
+
+    The loader mixes rank and worker into the seed itself, so (seed, rank, step) fixes every
+    patch from here on: a run resumed at ``step`` sees exactly what the uninterrupted run saw.
+    """
+    from dias_dist.data.loader import train_batches
+
+    d = cfg.data
+    return iter(train_batches(sources, batch_size=micro_batch, patch_size=d.patch_size_px,
+                              patches_per_sequence=d.patches_per_sequence, shuffle_buffer=d.shuffle_buffer,
+                              num_workers=d.num_workers, seed=derived_seed(cfg.train.seed, step) % (2**31),
+                              on_corrupt=d.on_corrupt))
+
+
+def evaluate_summary(model: torch.nn.Module, cfg: Config, split: str, *, device: torch.device,
+                     out_dir: Path | None, write_images: bool) -> tuple[list, dict]:
+    """Evaluate ``split`` with the paper's protocol on every rank; return (rows, {metric: (mean, std)})."""
+    from dias_dist.evaluation.evaluate import evaluate_split
+    from dias_dist.evaluation.tables import summarize
+
+    was_training = model.training
+    model.eval()
+    rows = evaluate_split(model, cfg.data.shards, split, cfg.eval, device=device, out_dir=out_dir,
+                          write_images=write_images)
+    model.train(was_training)
+    return rows, summarize(rows)
+
+
+def broadcast_model_state(path: Path) -> dict:
+    """Rank 0 reads the model weights of checkpoint ``path``; every rank gets them (no shared FS needed)."""
+    return dist.broadcast_object(checkpoint.model_state(path) if dist.is_main() else None)
+
+
+def run_tags(cfg: Config, *, device: torch.device, num_params: int) -> dict:
+    """git SHA, shard manifest hash, world size, device and parameter count (rank 0 logs them)."""
+    manifest = Path(cfg.data.shards) / "manifest.json"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return {
+        "git_sha": sha or "unknown",
+        "shard_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "missing",
+        "world_size": dist.world_size(),
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "num_params": num_params,
+    }
+
+
+def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
+    """Rank 0: loss/lr curves and validation metric curves from metrics.jsonl records, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, title, file_name in (("train", "training loss", "loss_curve.png"), ("val", "validation", "val_curve.png")):
+        records_of_kind = [r for r in records if r["kind"] == kind]
+        keys = sorted({k for r in records_of_kind for k in r if k.startswith(("loss", "val_"))})
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records_of_kind if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=key, marker="." if kind == "val" else None)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / file_name, dpi=100)
+        plt.close(fig)
+        written.append(out_dir / file_name)
+    return written
