@@ -1,0 +1,125 @@
+"""The paper's test protocol over a split of a shard set, spread over ranks (DIAS-CODE.md §5).
+
+Each rank evaluates its own disjoint share of the sequences (``dias_dist.data.loader.eval_sequences``
+splits them), the per-image rows are gathered on every rank, and rank 0 alone writes:
+
+    OUT/metrics.csv          one row per image (key, id, dsc ... vc), full precision
+    OUT/summary.csv / .md    mean ± population std over images
+    OUT/prob/<key>.npy       float32 (H, W) vessel probability (``dias score`` reads these back)
+    OUT/overlay/<key>.png    Fig. 7 colours: TP white, FN red, FP green
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from dias_dist import dist
+from dias_dist.config import EvalConfig
+from dias_dist.evaluation.overlay import error_overlay, write_png, write_probability
+from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv, write_summary
+from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
+from dias_dist.metrics import METRIC_NAMES, binarize, image_metrics
+from dias_dist.models import input_layout
+
+ProbabilityFn = Callable[[object], np.ndarray]  # image float32 (T, H, W) -> prob float32 (H, W)
+
+
+def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict], eval_cfg: EvalConfig, *,
+                       out_dir: str | Path | None = None, write_images: bool = True) -> list[dict]:
+    """Score this rank's ``sequences`` and gather the rows of all ranks (sorted by key).
+
+    sequences: dicts ``{"key", "id", "image": float32 (T, H, W), "label": uint8 {0,1} (H, W) or None}``.
+    Rows of labelled images hold the 8 metrics; unlabelled ones only key and id. Raises if any key
+    was evaluated twice over all ranks. With ``out_dir`` rank 0 writes the files listed in the
+    module docstring (images only when ``write_images``; overlays only when ``eval_cfg.overlays``).
+    """
+    local_rows, local_images = [], []
+    for sample in sequences:
+        prob = np.asarray(probability_fn(sample["image"]), dtype=np.float32)
+        label = sample.get("label")
+        row = {"key": str(sample["key"]), "id": sample.get("id")}
+        if label is not None:
+            row.update(image_metrics(prob, np.asarray(label), eval_cfg.threshold, eval_cfg.dti))
+        local_rows.append(row)
+        if out_dir is not None and write_images:
+            local_images.append((row["key"], prob, None if label is None else np.asarray(label)))
+
+    rows = sorted((row for part in dist.all_gather_object(local_rows) for row in part), key=lambda r: r["key"])
+    duplicates = sorted(key for key, count in Counter(row["key"] for row in rows).items() if count > 1)
+    if duplicates:  # the loader must hand each sequence to exactly one rank
+        raise RuntimeError(f"sequences evaluated more than once across ranks: {duplicates[:10]}")
+    if out_dir is not None:
+        _write_images_on_main(local_images, Path(out_dir), eval_cfg)
+        if dist.is_main():
+            _write_tables(rows, Path(out_dir))
+    return rows
+
+
+def _write_images_on_main(local_images: list, out_dir: Path, eval_cfg: EvalConfig) -> None:
+    """Rank 0 writes every rank's maps; one image per rank per round bounds the memory in flight."""
+    num_rounds = max(dist.all_gather_object(len(local_images)))
+    for index in range(num_rounds):
+        item = local_images[index] if index < len(local_images) else None
+        for gathered in dist.all_gather_object(item):
+            if gathered is None or not dist.is_main():
+                continue
+            key, prob, label = gathered
+            write_probability(prob, out_dir / "prob" / f"{key}.npy")
+            if eval_cfg.overlays and label is not None:
+                pred_bin = binarize(prob, eval_cfg.threshold, eval_cfg.dti)
+                write_png(error_overlay(pred_bin, label.astype(bool)), out_dir / "overlay" / f"{key}.png")
+
+
+def _write_tables(rows: list[dict], out_dir: Path) -> None:
+    labelled = all(name in row for row in rows for name in METRIC_NAMES)
+    columns = ["key", "id", *METRIC_NAMES] if labelled else ["key", "id"]
+    write_csv(rows, out_dir / "metrics.csv", columns)
+    if labelled and rows:
+        write_summary(summarize(rows), out_dir)
+
+
+def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig, *,
+                   device: torch.device | str, out_dir: str | Path | None = None, write_images: bool = True,
+                   amp: bool = True) -> list[dict]:
+    """Evaluate ``model`` on every sequence of ``split`` in ``shard_dir`` with the paper's protocol.
+
+    Sliding window (``eval_cfg.patch_size_px`` / ``stride_px``, zero pad, ``batch_size`` tiles per
+    forward), overlap-averaged softmax vessel probability, threshold ``eval_cfg.threshold`` (or DTI),
+    the 8 metrics per image. ``amp``: bf16 autocast on CUDA as the reference tester (no-op on CPU).
+    A DDP/DeepSpeed wrapper is bypassed (``.module``) so that ranks with different image counts
+    never meet in a collective inside forward. Returns the per-image rows of ALL ranks (see
+    ``evaluate_sequences``); rank 0 writes the outputs when ``out_dir`` is given.
+    """
+    from dias_dist.data import loader as data_loader  # imported late: evaluation without data code stays importable
+
+    network = getattr(model, "module", model)
+    layout = input_layout(network)
+    was_training = network.training
+    network.eval()
+    predict = model_predict_fn(network, device, layout, amp)
+
+    def probability(image_THW) -> np.ndarray:
+        prob = sliding_window_probability(predict, image_THW, patch=eval_cfg.patch_size_px,
+                                          stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
+        return prob.cpu().numpy()
+
+    try:
+        rows = evaluate_sequences(probability, data_loader.eval_sequences(shard_dir, split), eval_cfg,
+                                  out_dir=out_dir, write_images=write_images)
+    finally:
+        network.train(was_training)
+    if not rows:
+        raise ValueError(f"split {split!r} of shard set {shard_dir} holds no sequences")
+    return rows
+
+
+def print_summary(rows: list[dict], title: str) -> None:
+    """Print the mean ± std table of labelled rows (rank 0 only)."""
+    if dist.is_main():
+        print(f"{title} ({len(rows)} images)")
+        print(summary_markdown(summarize(rows)), end="")

@@ -1,0 +1,88 @@
+"""Sliding-window inference exactly as the DIAS tester (DIAS-CODE.md §5).
+
+The z-scored sequence (T, H, W) is zero-padded at the right and bottom by
+``stride - (H - patch) % stride`` (800 -> 832 for patch 64 / stride 32: a full extra stride even
+though 800 is aligned, as the reference does), cut into patch×patch tiles at ``stride``
+(25 × 25 = 625 tiles for 800×800), run through the model in batches, and the vessel probabilities
+of overlapping tiles are averaged and cropped back to (H, W).
+Legend: N tiles, T frames, P patch side, H/W image height/width.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dias_dist.models import to_layout, vessel_probability
+
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def padded_size(size_px: int, patch: int, stride: int) -> int:
+    """Side length after the reference's right/bottom zero padding (800 -> 832 for 64/32)."""
+    return size_px + stride - (size_px - patch) % stride
+
+
+def sliding_window_probability(predict_fn: PredictFn, image_THW, *, patch: int = 64, stride: int = 32,
+                               batch_size: int = 64) -> torch.Tensor:
+    """Overlap-averaged vessel probability of a whole sequence.
+
+    predict_fn: tiles float32 (N, T, P, P) -> vessel probability (N, P, P) (any float dtype/device).
+    image_THW:  float32 (T, H, W) torch tensor or numpy array, z-scored frames; H, W >= patch.
+    Returns float32 (H, W) on the device of predict_fn's outputs.
+    """
+    if patch <= 0 or stride <= 0 or stride > patch or batch_size <= 0:
+        raise ValueError(f"tiling needs 0 < stride <= patch and batch_size > 0, got patch={patch}, "
+                         f"stride={stride}, batch_size={batch_size}")
+    image = torch.as_tensor(np.asarray(image_THW) if not torch.is_tensor(image_THW) else image_THW)
+    if image.dim() != 3:
+        raise ValueError(f"expected one sequence of shape (T, H, W), got {tuple(image.shape)}")
+    num_frames, height, width = image.shape
+    if height < patch or width < patch:
+        raise ValueError(f"image {height}x{width} is smaller than the {patch}x{patch} evaluation patch")
+    padded_h, padded_w = padded_size(height, patch, stride), padded_size(width, patch, stride)
+    image = F.pad(image.float(), (0, padded_w - width, 0, padded_h - height))  # zero = the z-scored mean
+
+    # (T, nH, nW, P, P) -> (nH*nW, T, P, P), row-major tile order
+    tiles = image.unfold(1, patch, stride).unfold(2, patch, stride)
+    num_rows, num_cols = tiles.shape[1], tiles.shape[2]
+    tiles = tiles.permute(1, 2, 0, 3, 4).reshape(num_rows * num_cols, num_frames, patch, patch)
+
+    probabilities = []
+    for start in range(0, tiles.shape[0], batch_size):
+        prob_NPP = predict_fn(tiles[start:start + batch_size].contiguous())
+        if prob_NPP.shape != (min(batch_size, tiles.shape[0] - start), patch, patch):
+            raise ValueError(f"predict_fn returned {tuple(prob_NPP.shape)} for a batch of "
+                             f"{min(batch_size, tiles.shape[0] - start)} tiles of {patch}x{patch}")
+        probabilities.append(prob_NPP.float())
+    prob_NPP = torch.cat(probabilities)
+
+    # fold sums overlapping tiles; dividing by the folded ones-count averages them
+    columns = prob_NPP.reshape(1, -1, patch * patch).transpose(1, 2)  # (1, P*P, L)
+    summed = F.fold(columns, (padded_h, padded_w), kernel_size=patch, stride=stride)
+    counts = F.fold(torch.ones_like(columns), (padded_h, padded_w), kernel_size=patch, stride=stride)
+    return (summed / counts)[0, 0, :height, :width]
+
+
+def model_predict_fn(model: nn.Module, device: torch.device | str, layout: str, amp: bool = False) -> PredictFn:
+    """predict_fn for ``sliding_window_probability`` from a model returning logits (N, C, P, P).
+
+    Moves tiles (N, T, P, P) float32 to ``device``, reshapes them to ``layout`` ("frames" /
+    "sequence"), runs the model without gradients (bf16 autocast when ``amp`` and on CUDA) and
+    returns the limited-softmax vessel probability float32 (N, P, P). The caller puts the model
+    in eval mode.
+    """
+    device = torch.device(device)
+    use_autocast = bool(amp) and device.type == "cuda"
+
+    @torch.no_grad()
+    def predict(tiles_NTPP: torch.Tensor) -> torch.Tensor:
+        x = to_layout(tiles_NTPP.to(device, non_blocking=True), layout)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            logits = model(x)
+        return vessel_probability(logits)
+
+    return predict
