@@ -1,0 +1,220 @@
+"""DeepSpeed engine (ZeRO stage 0/1/2, optional bf16): the only module that imports deepspeed.
+
+Same protocol as ``DDPEngine`` (ARCHITECTURE.md), so the training loop does not change:
+- ``deepspeed.initialize`` gets the client AdamW and the ``WarmupCosine`` schedule built by
+  ``dias_dist.schedule.build_optimizer`` (DeepSpeed's own "Adam" JIT-compiles a C++ op, STACK.md §3).
+- The JSON at ``cfg.dist.deepspeed_config`` holds only the DeepSpeed-specific part (ZeRO stage,
+  bf16, bucket sizes, optional gradient_clipping). Batch geometry comes from ``cfg.train`` and the
+  optimizer/scheduler from ``cfg.optim``: the JSON may not set them (``ValueError``).
+- Gradient accumulation: ``backward(loss, sync)`` marks the accumulation boundary itself
+  (``set_gradient_accumulation_boundary``) and does not rescale the loss, like DDP's ``no_sync``.
+- bf16 (``"bf16": {"enabled": true}``) keeps bf16 weights with fp32 master copies in the optimizer;
+  ``prepare_input`` casts float inputs to bf16 then. Without it, ``cfg.train.amp`` autocasts on CUDA
+  exactly as the DDP engine does.
+
+Checkpoints (``state_dict`` is COLLECTIVE under ZeRO 1/2: every rank must call it; only rank 0 writes):
+- ``model``: the full weights in float32, so ``dias evaluate`` reads them like a DDP checkpoint.
+- ``optimizer``: ZeRO-0 without bf16 steps the client AdamW itself, so its state is the plain
+  torch format and resumes under either engine. ZeRO 1/2 (and bf16) shard the optimizer: the
+  entry holds every rank's fp32 master partition + AdamW state and resumes only under DeepSpeed
+  with the same stage, bf16 setting and world size; anything else is a ``ValueError`` saying so.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dias_dist import dist
+from dias_dist.schedule import build_optimizer
+
+# Keys the engine fills from cfg.train / cfg.optim; a JSON that sets them would be a second source of truth.
+OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+              "optimizer", "scheduler")
+SHARDED_FORMAT = "deepspeed-zero-sharded"
+
+
+def read_deepspeed_config(path: str | Path, cfg) -> dict:
+    """The DeepSpeed JSON at ``path`` completed from ``cfg`` (batch geometry, clipping).
+
+    Raises ``ValueError`` naming the file and key for a missing file, bad JSON, an owned key,
+    a ZeRO stage outside 0..2, or a clipping value that contradicts ``optim.grad_clip``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"dist.deepspeed_config: {path} does not exist")
+    try:
+        ds_config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    owned = sorted(set(ds_config) & set(OWNED_KEYS))
+    if owned:
+        raise ValueError(f"{path}: key(s) {', '.join(owned)} are set by the trainer from train.batch_size, "
+                         f"train.grad_accum and optim.*; remove them from the DeepSpeed JSON")
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        raise ValueError(f"{path}: zero_optimization.stage = {stage!r}; this engine supports 0, 1, 2")
+    clip_json = float(ds_config.get("gradient_clipping", 0.0))
+    clip_cfg = float(cfg.optim.grad_clip)
+    if clip_json > 0 and clip_cfg > 0 and clip_json != clip_cfg:
+        raise ValueError(f"{path}: gradient_clipping = {clip_json} contradicts optim.grad_clip = {clip_cfg}; "
+                         f"set one of them")
+    world = dist.world_size()
+    accum = cfg.train.grad_accum
+    if cfg.train.batch_size % (world * accum):
+        raise ValueError(f"train.batch_size = {cfg.train.batch_size} is not divisible by "
+                         f"{world} ranks x train.grad_accum = {accum}")
+    ds_config.update(train_batch_size=cfg.train.batch_size, gradient_accumulation_steps=accum,
+                     train_micro_batch_size_per_gpu=cfg.train.batch_size // (world * accum),
+                     gradient_clipping=max(clip_json, clip_cfg))
+    ds_config.setdefault("zero_allow_untested_optimizer", True)  # the client torch AdamW
+    return ds_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ensure_rendezvous_env() -> None:
+    """A plain single process (no torchrun) has no RANK/WORLD_SIZE; deepspeed would then try MPI
+    discovery and fail on the missing mpi4py (STACK.md §3). Describe a one-process group instead."""
+    if "WORLD_SIZE" in os.environ or dist.is_distributed():
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(_free_port()))
+
+
+class DeepSpeedEngine:
+    """See module docstring. ``step()`` returns the global L2 gradient norm (float) before clipping."""
+
+    def __init__(self, model: nn.Module, cfg, *, device: torch.device):
+        import deepspeed
+
+        self.device = device
+        self.ds_config = read_deepspeed_config(cfg.dist.deepspeed_config, cfg)
+        self.bf16 = bool(self.ds_config.get("bf16", {}).get("enabled", False))
+        self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+        self.use_amp = bool(cfg.train.amp) and device.type == "cuda" and not self.bf16
+        self.channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
+        if device.type == "cpu":
+            # Otherwise init_distributed JIT-compiles the shm comm op with g++ (~1-2 min); gloo suffices.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        _ensure_rendezvous_env()
+        deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer, self.schedule = build_optimizer(model, cfg)
+        self.model, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=self.schedule, config=self.ds_config)
+        self._client_optimizer = optimizer
+        # ZeRO-0 in fp32 steps the torch AdamW itself; everything else wraps and shards it.
+        self.sharded = self.optimizer is not optimizer
+
+    # -- training step -----------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when train.amp and the JSON does not enable DeepSpeed bf16."""
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """To the device; float input to bf16 when DeepSpeed bf16 is on (the weights are bf16)."""
+        x = x.to(self.device, non_blocking=True)
+        if x.is_floating_point():
+            if self.bf16:
+                x = x.to(torch.bfloat16)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def backward(self, loss: torch.Tensor, *, sync: bool) -> None:
+        """Accumulate gradients; ``sync=True`` marks the last micro-batch before ``step``."""
+        self.model.set_gradient_accumulation_boundary(sync)
+        self.model.backward(loss, scale_wrt_gas=False)  # the trainer already scales, as under DDP
+
+    def step(self) -> float:
+        """Clip (gradient_clipping), optimizer step, zero_grad, lr schedule: one ``engine.step()``."""
+        manual_norm = None
+        if not self.sharded:  # DeepSpeed computes no norm for an unwrapped optimizer without clipping
+            grads = [p.grad for p in self.model.module.parameters() if p.grad is not None]
+            if grads:
+                manual_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.model.step()
+        norm = self.model.get_global_grad_norm()
+        if norm is None:
+            norm = manual_norm
+        return float(norm) if norm is not None else 0.0
+
+    def unwrap(self) -> nn.Module:
+        return self.model.module
+
+    @property
+    def lr(self) -> float:
+        return self._client_optimizer.param_groups[0]["lr"]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _fp32_partitions(self) -> list[torch.Tensor]:
+        for name in ("single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+            if hasattr(self.optimizer, name):
+                return getattr(self.optimizer, name)
+        raise AssertionError(f"unknown DeepSpeed optimizer {type(self.optimizer).__name__}")
+
+    def state_dict(self) -> dict:
+        """{"model": fp32 weights, "optimizer": ..., "scheduler": ...}; collective when sharded."""
+        model_state = {k: _to_cpu(v.float() if v.is_floating_point() else v)
+                       for k, v in self.unwrap().state_dict().items()}
+        if not self.sharded:
+            optimizer_state = _to_cpu(self._client_optimizer.state_dict())
+        else:
+            own = {"fp32_partitions": [_to_cpu(p) for p in self._fp32_partitions()],
+                   "base": _to_cpu(self.optimizer.optimizer.state_dict())}
+            optimizer_state = {"format": SHARDED_FORMAT, "zero_stage": self.zero_stage, "bf16": self.bf16,
+                               "world_size": dist.world_size(), "ranks": dist.all_gather_object(own)}
+        return {"model": model_state, "optimizer": optimizer_state, "scheduler": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` output (or a DDP checkpoint where the formats allow it)."""
+        saved = state["optimizer"]
+        is_sharded = isinstance(saved, dict) and saved.get("format") == SHARDED_FORMAT
+        here = f"ZeRO-{self.zero_stage}{' bf16' if self.bf16 else ''} on {dist.world_size()} rank(s)"
+        if is_sharded:
+            there = f"ZeRO-{saved['zero_stage']}{' bf16' if saved['bf16'] else ''} on {saved['world_size']} rank(s)"
+            if not self.sharded or there != here:
+                raise ValueError(f"checkpoint optimizer state is sharded for DeepSpeed {there} and cannot be "
+                                 f"resumed under DeepSpeed {here}; resume with the same stage, bf16 setting "
+                                 f"and world size, or start a new run from its weights only")
+        elif self.sharded:
+            raise ValueError(f"checkpoint optimizer state is a plain torch optimizer (DDP or DeepSpeed "
+                             f"ZeRO-0 fp32) and cannot be resumed under DeepSpeed {here}; resume with "
+                             f"dist.engine=ddp or configs/deepspeed/zero0.json")
+        self.unwrap().load_state_dict(state["model"])  # copy_ casts fp32 -> the bf16 weights if needed
+        if is_sharded:
+            own = saved["ranks"][dist.rank()]
+            with torch.no_grad():
+                for dst, src in zip(self._fp32_partitions(), own["fp32_partitions"]):
+                    dst.copy_(src)
+            self.optimizer.optimizer.load_state_dict(own["base"])
+        else:
+            self._client_optimizer.load_state_dict(saved)
+        self.schedule.load_state_dict(state["scheduler"])
+
+
+def _to_cpu(obj):
+    """A snapshot of a nested state: tensors copied to CPU (never aliasing the live buffers)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
