@@ -165,3 +165,17 @@ def test_fast_enough_for_the_loader():
     per_patch_ms = (time.perf_counter() - start) / num_calls * 1e3
     # 64 patches per step on one loader worker must stay well under a training step; generous for a shared CPU
     assert per_patch_ms < 25.0, f"{per_patch_ms:.1f} ms per 8x64x64 patch"
+
+
+def test_list_of_maps_as_the_loader_passes_them():
+    image, label = smooth_sample(50)
+    scribble = np.where(label == 1, 1, 255).astype(np.uint8)
+    from_dict = sa.strong_augment(image, {"a": label, "b": scribble}, np.random.default_rng(51))
+    out, maps = sa.strong_augment(image, [label, scribble], np.random.default_rng(51))
+    assert isinstance(maps, list) and len(maps) == 2
+    assert np.array_equal(out, from_dict[0])
+    assert np.array_equal(maps[0], from_dict[1]["a"]) and np.array_equal(maps[1], from_dict[1]["b"])
+    # rot90/flip views from the weak step are accepted as they are
+    view = np.rot90(label)
+    _, (warped,) = sa.strong_augment(np.rot90(image, axes=(1, 2)), [view], np.random.default_rng(52))
+    assert warped.shape == label.shape and warped.dtype == np.uint8

@@ -123,31 +123,33 @@ def additive_noise(image_THW: np.ndarray, rng: np.random.Generator, *, prob: flo
     return (image_THW + rng.normal(0.0, std, size=image_THW.shape)).astype(np.float32)
 
 
-def strong_augment(image_THW: np.ndarray, maps: dict[str, np.ndarray], rng: np.random.Generator, *,
-                   faithful_cutout: bool = False, label_interp: str = "linear",
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def strong_augment(image_THW: np.ndarray, maps: dict[str, np.ndarray] | list[np.ndarray], rng: np.random.Generator,
+                   *, faithful_cutout: bool = False, label_interp: str = "linear",
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray] | list[np.ndarray]]:
     """The RPST strong pipeline on one weakly augmented patch; inputs are not modified.
 
-    image_THW: float32 (T, P, P); maps: dict of uint8 (P, P) maps, moved together with the image.
+    image_THW: float32 (T, P, P); maps: uint8 (P, P) maps moved together with the image, as a dict
+    name -> map or as a list (the loader's ``weak_augment`` convention); the same kind is returned.
     rng: the caller's numpy Generator (seeded per rank and worker by the loader).
     faithful_cutout: apply Cutout 80 % of the time as the reference code does (default: 20 %, as documented).
     label_interp: "linear" (bilinear + threshold 0.5) or "nearest" for {0, 1} maps under elastic deformation.
-    Returns (float32 (T, P, P), dict of uint8 (P, P)).
+    Returns (float32 (T, P, P), maps as given: dict or list of uint8 (P, P)).
     """
     if image_THW.ndim != 3:
         raise ValueError(f"strong_augment: image must be (T, P, P), got shape {image_THW.shape}")
-    for name, map_HW in maps.items():
+    as_list = not isinstance(maps, dict)
+    named = {str(i): m for i, m in enumerate(maps)} if as_list else dict(maps)
+    for name, map_HW in named.items():
         if map_HW.shape != image_THW.shape[1:]:
             raise ValueError(f"strong_augment: map {name!r} has shape {map_HW.shape}, image frames are "
                              f"{image_THW.shape[1:]}")
     image = random_contrast(image_THW.astype(np.float32, copy=True), rng)
-    maps = dict(maps)
     if rng.random() < ELASTIC_PROB:
         dy_HW, dx_HW = elastic_displacement(image.shape[1:], rng)
-        image, maps = warp_with_field(image, maps, dy_HW, dx_HW, label_interp=label_interp)
+        image, named = warp_with_field(image, named, dy_HW, dx_HW, label_interp=label_interp)
     cutout_fires = rng.random() > CUTOUT_PROB if faithful_cutout else rng.random() < CUTOUT_PROB
     if cutout_fires:
         image = cutout(image, rng)
     image = gaussian_blur(image, rng)
     image = additive_noise(image, rng)
-    return image, maps
+    return image, (list(named.values()) if as_list else named)
