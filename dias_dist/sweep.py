@@ -1,0 +1,260 @@
+"""Ray Tune sweeps over dias_dist runs: SSCR λ1 × λ2 grids and RPST round schedules.
+
+Each trial is a full training run through the package's own ``dias_dist.trainer.run`` (RPST trials
+through ``dias_dist.semi.rpst.run_rpst``), imported, never copied. The driver opens one MLflow parent
+run per sweep; every trial's run is nested under it (``track.parent_run_id``), and the sweep ends with
+a summary table and plots logged to the parent run.
+
+A trial's search space is a dict of dotted config keys -> values (``{"method.params.lambda1": 0.5}``),
+applied as overrides on the base YAML. All paths are made absolute in the driver, because Ray runs
+trials in their own working directories.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dias_dist.config import load_config
+
+METRIC = "val_dsc"
+
+
+# ----------------------------------------------------------------------------------------------
+# trial functions (run inside Ray workers)
+
+
+def _trial_overrides(spec: dict, params: dict, trial_name: str) -> list[str]:
+    overrides = list(spec["overrides"])
+    overrides += [f"{key}={json.dumps(value)}" for key, value in sorted(params.items())]
+    overrides += [
+        f"track.parent_run_id={spec['parent_run_id']}",
+        f"track.tracking_uri={spec['tracking_uri']}",
+        f"track.experiment={spec['experiment']}",
+        f"train.run_dir={spec['run_dir']}",
+        f"train.run_name={trial_name}",
+        "train.progress=false",
+    ]
+    return overrides
+
+
+def _trial_name() -> str:
+    from ray import tune
+
+    ctx = tune.get_context()
+    return f"{ctx.get_experiment_name()}-{ctx.get_trial_id()}"
+
+
+def train_trial(params: dict, spec: dict) -> None:
+    """One training run; reports each validation to Tune (used for the SSCR λ sweep and any grid)."""
+    from ray import tune
+
+    from dias_dist.trainer import run
+
+    cfg = load_config(spec["config"], _trial_overrides(spec, params, _trial_name()))
+    final = run(cfg, report=tune.report)
+    tune.report({**_numeric(final), "done": True})
+
+
+def rpst_trial(params: dict, spec: dict) -> None:
+    """One RPST job (teacher + rounds) for one labelled-set size; reports after the teacher and each round."""
+    from ray import tune
+
+    from dias_dist.semi.rpst import run_rpst
+
+    cfg = load_config(spec["config"], _trial_overrides(spec, params, _trial_name()))
+    run_rpst(cfg, report=tune.report)
+
+
+def torch_trainer_trial(params: dict, spec: dict) -> None:
+    """Multi-GPU trial: the same ``run`` inside Ray Train's TorchTrainer (``dist.init`` reuses its group)."""
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def loop(config: dict) -> None:
+        import ray.train
+
+        from dias_dist.trainer import run
+
+        cfg = load_config(config["spec"]["config"], _trial_overrides(config["spec"], config["params"], config["name"]))
+        run(cfg, report=ray.train.report)
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"spec": spec, "params": params, "name": _trial_name()},
+        scaling_config=ScalingConfig(num_workers=spec["workers_per_trial"], use_gpu=spec["gpus_per_trial"] > 0),
+        run_config=RunConfig(storage_path=spec["storage_path"], name=_trial_name()),
+    )
+    result = trainer.fit()
+    tune.report(_numeric(result.metrics or {}))
+
+
+def _numeric(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+
+
+# ----------------------------------------------------------------------------------------------
+# stoppers
+
+
+class NoImprovementStopper:
+    """Stop a trial as soon as one of its reports does not improve ``metric`` over its best so far.
+
+    Used for RPST: a trial reports once after the teacher and once after every round; a round that
+    no longer improves validation DSC ends the trial (later rounds would not pay off).
+    """
+
+    def __init__(self, metric: str = METRIC, min_delta: float = 0.0):
+        self.metric, self.min_delta = metric, min_delta
+        self.best: dict[str, float] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        value = result.get(self.metric)
+        if value is None:
+            return False
+        best = self.best.get(trial_id)
+        self.best[trial_id] = value if best is None else max(best, value)
+        return best is not None and value <= best + self.min_delta
+
+    def stop_all(self) -> bool:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep runs; everything the trials need travels in ``as_dict()`` (plain, picklable)."""
+
+    kind: str  # "train" | "rpst"
+    config: str
+    param_space: dict  # dotted key -> list of values (grid) or ray.tune sample domain
+    overrides: list = field(default_factory=list)
+    name: str = "sweep"
+    num_samples: int = 1
+    scheduler: str = "fifo"  # fifo | asha
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1  # >1: TorchTrainer with this many workers per trial
+    max_rounds: int = 0  # rpst: rounds per trial
+    resume: bool = True
+
+
+def _absolute_overrides(cfg_path: Path, overrides: list[str]) -> list[str]:
+    """Make path-valued overrides absolute (Ray trials do not run in the caller's directory)."""
+    out = []
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key in ("data.shards", "train.run_dir", "dist.deepspeed_config") and value and not os.path.isabs(value):
+            value = str(Path(value).resolve())
+        out.append(f"{key}={value}")
+    return out
+
+
+def _param_space(spec: SweepSpec) -> dict:
+    from ray import tune
+
+    space = {}
+    for key, values in spec.param_space.items():
+        space[key] = tune.grid_search(list(values)) if isinstance(values, (list, tuple)) else values
+    return space
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str | None = None,
+              trial_fn: Callable | None = None) -> dict:
+    """Run a sweep with Ray Tune and return ``{"rows": [...], "errors": [...], "parent_run_id": ...}``.
+
+    Starts Ray locally with this machine's CPUs/GPUs, or joins ``address``. The MLflow parent run is
+    created here; trial runs nest under it. Re-running the same ``name`` resumes from Tune's
+    experiment state (unfinished and errored trials are re-run, finished ones kept).
+    """
+    import ray
+    from ray import tune
+
+    from dias_dist.sweep_report import log_summary, open_parent_run
+
+    cfg_path = Path(spec.config).resolve()
+    base = load_config(cfg_path, spec.overrides)  # validate before starting anything
+    run_dir = Path(base.train.run_dir).resolve()
+    storage = Path(storage_path or run_dir / "tune").resolve()
+    tracking_uri = base.track.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
+    experiment = base.track.experiment or f"dias-sweep-{spec.kind}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parent_run_id = open_parent_run(tracking_uri, experiment, spec.name, storage / spec.name, spec)
+    trial_spec = {
+        "config": str(cfg_path),
+        "overrides": _absolute_overrides(cfg_path, spec.overrides)
+        + [f"train.run_dir={run_dir}"] + ([f"rpst.rounds={spec.max_rounds}"] if spec.max_rounds else []),
+        "parent_run_id": parent_run_id,
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "run_dir": str(run_dir),
+        "storage_path": str(storage),
+        "workers_per_trial": spec.workers_per_trial,
+        "gpus_per_trial": spec.gpus_per_trial,
+    }
+    if trial_fn is None:
+        trial_fn = {"train": train_trial, "rpst": rpst_trial}[spec.kind]
+        if spec.workers_per_trial > 1:
+            trial_fn = torch_trainer_trial
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, spec=trial_spec),
+        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
+    )
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    try:
+        exp_path = storage / spec.name
+        if spec.resume and tune.Tuner.can_restore(str(exp_path)):
+            print(f"[tune] resuming {exp_path}")
+            tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=_param_space(spec),
+                tune_config=tune.TuneConfig(num_samples=spec.num_samples, scheduler=_scheduler(spec)),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(storage),
+                    stop=NoImprovementStopper() if spec.kind == "rpst" else None,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                    verbose=1,
+                ),
+            )
+        grid = tuner.fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+    return log_summary(grid, spec, tracking_uri, parent_run_id, storage / spec.name)
+
+
+def _scheduler(spec: SweepSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler == "asha":
+        return ASHAScheduler(metric=METRIC, mode="max", grace_period=1, reduction_factor=2)
+    if spec.scheduler == "fifo":
+        return FIFOScheduler()
+    raise ValueError(f"--scheduler must be fifo or asha, got {spec.scheduler!r}")
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["method.params.lambda1=0.5,1", ...]`` -> {"method.params.lambda1": [0.5, 1.0]}."""
+    import yaml
+
+    space: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ValueError(f"--grid {item!r} must look like section.key=v1,v2,...")
+        space[key] = [yaml.safe_load(v) for v in values.split(",")]
+    return space
