@@ -22,6 +22,31 @@ MODELS: dict[str, type[nn.Module]] = {}
 # from .vss_net import VSSNet
 # MODELS["vss_net"] = VSSNet
 
+# 3D (DR head), 3D->2D baselines and the weak methods' 2D backbones
+from .unet_3d import UNet3D  # noqa: E402
+from .res_unet_3d import ResUNet3D  # noqa: E402
+from .unet_nested_3d import UNetNested3D  # noqa: E402
+from .att_unet_3d import AttUNet3D  # noqa: E402
+from .cs2_net_3d import CS2Net3D  # noqa: E402
+from .fr_unet_3d import FRUNet3D  # noqa: E402
+from .ipn import IPN  # noqa: E402
+from .psc import PSC  # noqa: E402
+from .svs_net import SVSNet  # noqa: E402
+from .unet_cct import UNetCCT  # noqa: E402
+from .unet_dp import UNetDP  # noqa: E402
+
+MODELS["unet_3d"] = UNet3D
+MODELS["res_unet_3d"] = ResUNet3D
+MODELS["unet_nested_3d"] = UNetNested3D
+MODELS["att_unet_3d"] = AttUNet3D
+MODELS["cs2_net_3d"] = CS2Net3D
+MODELS["fr_unet_3d"] = FRUNet3D
+MODELS["ipn"] = IPN
+MODELS["psc"] = PSC
+MODELS["svs_net"] = SVSNet
+MODELS["unet_cct"] = UNetCCT
+MODELS["unet_dp"] = UNetDP
+
 LAYOUTS = ("frames", "sequence")
 
 
