@@ -265,3 +265,148 @@ def test_methods_build_heads_of_their_class_count_with_registered_models():
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())  # independent init
     logits_a, logits_b = dual.train()(torch.randn(2, T, 16, 16), torch.randn(2, T, 16, 16))
     assert logits_a.shape == logits_b.shape == (2, 3, 16, 16)
+
+
+# ---------------------------------------------------------------------- 2-process gloo DDP + resume
+# One torchrun launch runs this file as a script (``ddp_worker``): for every method it trains 2 steps,
+# resumes to 4 steps, and trains 4 steps uninterrupted; rank 0 writes what it found to a JSON file.
+
+WEAK_METHODS = ("pce", "em", "rloss", "ivm", "dmpls", "sscr")
+
+
+class ToyFramesNet(nn.Module):
+    """frames layout (B, T, H, W) -> logits (B, num_classes, H, W)."""
+
+    input_layout = "frames"
+
+    def __init__(self, num_frames: int = 8, num_classes: int = 2):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(num_frames, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, num_classes, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class ToyDualDecoderNet(nn.Module):
+    """unet_cct's contract: (main, aux) in training (aux sees channel-dropped features), main in eval."""
+
+    input_layout = "frames"
+
+    def __init__(self, num_frames: int = 8, num_classes: int = 2):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(num_frames, 4, 3, padding=1), nn.ReLU())
+        self.main = nn.Conv2d(4, num_classes, 1)
+        self.aux = nn.Conv2d(4, num_classes, 1)
+
+    def forward(self, x):
+        features = self.encoder(x)
+        if not self.training:
+            return self.main(features)
+        return self.main(features), self.aux(F.dropout2d(features, 0.5))
+
+
+STREAM_STARTS: list[int] = []  # the steps at which the trainer (re)built its data stream
+
+
+def scribble_stream(cfg, sources, *, micro_batch, step):
+    """Deterministic per (seed, rank, step): vessels bright in frame 3, ~10 % of pixels scribbled."""
+    from dias_dist import dist, train_support
+
+    STREAM_STARTS.append(step)
+    gen = torch.Generator().manual_seed(train_support.derived_seed(cfg.train.seed, dist.rank(), step) % 2**31)
+    size = cfg.data.patch_size_px
+    while True:
+        label = (torch.rand(micro_batch, size, size, generator=gen) > 0.7).long()
+        image = torch.randn(micro_batch, 8, size, size, generator=gen) * 0.3
+        image[:, 3] += label * 2.0
+        target = torch.where(torch.rand(micro_batch, size, size, generator=gen) < 0.1, label, 255)
+        yield {"image": image, "target": target, "is_pseudo": torch.zeros(micro_batch, dtype=torch.bool)}
+
+
+def ddp_worker(out_dir: str) -> None:
+    import json
+    from pathlib import Path
+
+    from dias_dist import dist, train_support, trainer
+    from dias_dist.config import load_config
+    from dias_dist.methods import build_method
+    from dias_dist.models import MODELS
+
+    MODELS["weak_toy"] = ToyFramesNet
+    MODELS["weak_toy_dual"] = ToyDualDecoderNet
+    train_support.train_stream = scribble_stream
+    train_support.default_sources = lambda cfg: []
+    root = Path(__file__).resolve().parents[1]
+    found = {}
+    for name in WEAK_METHODS:
+        model_name = "weak_toy_dual" if name == "dmpls" else "weak_toy"
+
+        def run(run_name, steps, resume="never"):
+            cfg = load_config(root / "configs" / "debug.yaml", [
+                f"method.name={name}", "method.params={}", f"model.name={model_name}", "model.params={}",
+                "data.target=scribble_rdfa", "data.patch_size_px=16", f"train.run_dir={out_dir}",
+                f"train.run_name={name}-{run_name}", f"train.max_steps={steps}", "train.checkpoint_every_steps=2",
+                "train.epochs=10", "train.steps_per_epoch=10", "train.batch_size=4", f"train.resume={resume}",
+                "eval.test_split=", "eval.val_every_epochs=1000", "optim.lr=0.01"])
+            result = trainer.run(cfg)
+            return cfg, result
+
+        run("resumed", 2)
+        STREAM_STARTS.clear()
+        cfg, resumed = run("resumed", 4, resume="auto")
+        resumed_from = STREAM_STARTS[0]
+        _, straight = run("straight", 4)
+        if dist.is_main():
+            def weights(tag):
+                ckpt = torch.load(Path(out_dir) / f"{name}-{tag}" / "checkpoints" / "final.pt", weights_only=False)
+                return ckpt["model"], ckpt["step"]
+
+            (w_resumed, step_resumed), (w_straight, _) = weights("resumed"), weights("straight")
+            torch.manual_seed(cfg.train.seed)  # the trainer's initialisation
+            init = build_method(name).build_model(model_name, {}).state_dict()
+            found[name] = {
+                "world_size": dist.world_size(),
+                "step_resumed": step_resumed, "resumed_from": resumed_from, "steps": [resumed["step"], straight["step"]],
+                "max_diff_resumed_vs_straight": max((w_resumed[k] - w_straight[k]).abs().max().item() for k in w_straight),
+                "keys": sorted(w_straight),
+                "moved": {k: (w_straight[k] - init[k]).abs().max().item() for k in init},
+            }
+    if dist.is_main():
+        (Path(out_dir) / "weak_ddp.json").write_text(json.dumps(found))
+    dist.teardown()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out_dir = tmp_path_factory.mktemp("weak_ddp")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", __file__, str(out_dir)],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((out_dir / "weak_ddp.json").read_text())
+
+
+@pytest.mark.parametrize("name", WEAK_METHODS)
+def test_every_method_trains_under_two_process_ddp_and_resumes_exactly(ddp_results, name):
+    found = ddp_results[name]
+    assert found["world_size"] == 2
+    assert found["steps"] == [4, 4] and found["step_resumed"] == 4
+    assert found["resumed_from"] == 2  # the second run really continued from the step-2 checkpoint
+    assert found["max_diff_resumed_vs_straight"] == 0.0  # resumed run == uninterrupted run
+    assert all(v > 0 for v in found["moved"].values()), found["moved"]  # every weight trained
+    if name == "sscr":  # both networks live in one module, one process group, one checkpoint
+        assert any(k.startswith("net_a.") for k in found["keys"]) and any(k.startswith("net_b.") for k in found["keys"])
+
+
+if __name__ == "__main__":
+    import sys
+
+    ddp_worker(sys.argv[1])
