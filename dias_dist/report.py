@@ -1,0 +1,223 @@
+"""``dias report EXPERIMENT``: the paper's comparison table (Tables II-IV) from finished MLflow runs.
+
+Every FINISHED run of the experiment that logged ``test_dsc`` becomes one row: run name, model
+(param ``model.name``), method (param ``method.name``), parameters in millions (tag ``num_params``)
+and the 8 test metrics as mean±std (metrics ``test_<m>`` / ``test_<m>_std``). The best value of
+each column is marked (bold in Markdown, listed in the CSV's ``best`` column): the maximum for all
+metrics except VC, where the paper marks the LOWEST value as best (VC↓ in its tables; a VC below
+1 would mean fewer fragments than the ground truth, which the paper's convention does not single
+out). Ties are all marked. Rows are sorted by ``--metric`` (best first).
+
+Outputs in ``--out`` (default ``runs/reports/<experiment>``): ``report.md``, ``report.csv``,
+``report_<metric>.png`` (bar chart, ±std error bars) and, when the experiment holds RPST child
+runs (tags ``rpst.stage`` = teacher / round1 / round2 ... and ``rpst.num_labeled``),
+``rpst_curve.png`` + ``rpst_curve.csv`` (test DSC over stage, one line per number of labelled
+sequences, the paper's Fig. 9). Everything is logged back to the experiment as a run tagged
+``dias.report=true`` (report runs are never rows of later reports).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+
+from dias_dist.evaluation.tables import format_mean_std, markdown_table, write_csv
+from dias_dist.metrics import METRIC_NAMES, METRIC_TITLES
+
+LOWER_IS_BETTER = {"vc"}
+REPORT_TAG = "dias.report"
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<abs>/runs/mlflow.db`` (the trainer's default store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+
+
+def collect_rows(client, experiment_id: str) -> tuple[list[dict], list[dict]]:
+    """(table rows, RPST points) from the finished runs of one experiment (report runs excluded)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    rows, rpst_points = [], []
+    for run in runs:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        if tags.get(REPORT_TAG) == "true" or "test_dsc" not in metrics:
+            continue
+        num_params = tags.get("num_params", params.get("num_params"))
+        row = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name or run.info.run_id[:8],
+            "model": params.get("model.name", ""),
+            "method": params.get("method.name", ""),
+            "params_m": int(num_params) / 1e6 if num_params not in (None, "") else math.nan,
+            "parent_run_id": tags.get("mlflow.parentRunId", ""),
+        }
+        for name in METRIC_NAMES:
+            row[name] = metrics.get(f"test_{name}", math.nan)
+            row[f"{name}_std"] = metrics.get(f"test_{name}_std", math.nan)
+        rows.append(row)
+        if "rpst.stage" in tags and "rpst.num_labeled" in tags:
+            rpst_points.append({"stage": tags["rpst.stage"], "num_labeled": tags["rpst.num_labeled"],
+                                "test_dsc": metrics["test_dsc"], "run_id": run.info.run_id})
+    return rows, rpst_points
+
+
+def mark_best(rows: list[dict]) -> None:
+    """Add ``row["best"]`` = list of metric names where the row holds the column's best (ties all marked)."""
+    for row in rows:
+        row["best"] = []
+    for name in METRIC_NAMES:
+        values = [row[name] for row in rows if not math.isnan(row[name])]
+        if not values:
+            continue
+        best = min(values) if name in LOWER_IS_BETTER else max(values)
+        for row in rows:
+            if row[name] == best:
+                row["best"].append(name)
+
+
+def sort_rows(rows: list[dict], metric: str) -> list[dict]:
+    """Best-first by ``metric`` (ascending for VC); runs without the metric last."""
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    return sorted(rows, key=lambda r: (math.isnan(r[metric]), sign * r[metric] if not math.isnan(r[metric]) else 0.0))
+
+
+def report_markdown(rows: list[dict], experiment: str, metric: str) -> str:
+    """The paper-style table: run, model, method, Params/M, DSC ... VC (best in bold)."""
+    header = ["Run", "Model", "Method", "Params / M"] + [
+        METRIC_TITLES[n] + ("↓" if n in LOWER_IS_BETTER else "↑") for n in METRIC_NAMES]
+    body = []
+    for row in rows:
+        cells = [row["run_name"], row["model"], row["method"],
+                 "-" if math.isnan(row["params_m"]) else f"{row['params_m']:.2f}"]
+        for name in METRIC_NAMES:
+            digits = 2 if name == "vc" else 4
+            text = format_mean_std(row[name], row[f"{name}_std"], digits)
+            cells.append(f"**{text}**" if name in row["best"] else text)
+        body.append(cells)
+    title = f"# {experiment}: test metrics of {len(rows)} finished runs (sorted by {METRIC_TITLES[metric]}; best in bold)\n\n"
+    return title + markdown_table(header, body)
+
+
+def stage_order(stage: str) -> tuple[int, str]:
+    """teacher -> 0, roundN -> N, anything else after (alphabetically)."""
+    if stage == "teacher":
+        return 0, stage
+    match = re.fullmatch(r"round(\d+)", stage)
+    return (int(match.group(1)), stage) if match else (10**6, stage)
+
+
+def plot_bars(rows: list[dict], metric: str, path: Path) -> None:
+    """Bar chart of ``metric`` mean with ±std error bars, one bar per run, in table order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 4))
+    names = [row["run_name"] for row in rows]
+    means = [row[metric] for row in rows]
+    stds = [0.0 if math.isnan(row[f"{metric}_std"]) else row[f"{metric}_std"] for row in rows]
+    colours = ["tab:orange" if metric in row["best"] else "tab:blue" for row in rows]
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color=colours)
+    ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"test {METRIC_TITLES[metric]} (mean ± std)")
+    ax.set_title(f"{METRIC_TITLES[metric]} by run (best in orange)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_rpst(points: list[dict], path: Path) -> list[dict]:
+    """Fig. 9: test DSC over RPST stage, one line per ``rpst.num_labeled``; returns the plotted points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = sorted({p["stage"] for p in points}, key=stage_order)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ordered = []
+    for num_labeled in sorted({p["num_labeled"] for p in points}, key=lambda v: (len(v), v)):
+        line = sorted((p for p in points if p["num_labeled"] == num_labeled), key=lambda p: stage_order(p["stage"]))
+        ordered.extend(line)
+        ax.plot([stages.index(p["stage"]) for p in line], [p["test_dsc"] for p in line], marker="o",
+                label=f"L = {num_labeled}")
+    ax.set_xticks(range(len(stages)), stages)
+    ax.set_xlabel("stage")
+    ax.set_ylabel("test DSC")
+    ax.set_title("RPST: teacher vs student rounds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return ordered
+
+
+def build_report(experiment: str, *, tracking_uri: str, metric: str = "dsc", out_dir: str | Path | None = None,
+                 log_to_mlflow: bool = True) -> dict:
+    """Write the report files; returns ``{"rows", "files", "report_run_id"}``."""
+    from mlflow import MlflowClient
+
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"--metric {metric!r} is not a metric; choose from {', '.join(METRIC_NAMES)}")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no experiment {experiment!r} in {tracking_uri}; experiments: {', '.join(names) or 'none'}")
+    rows, rpst_points = collect_rows(client, found.experiment_id)
+    if not rows:
+        raise ValueError(f"experiment {experiment!r} has no FINISHED runs with test metrics (test_dsc)")
+    mark_best(rows)
+    rows = sort_rows(rows, metric)
+
+    out = Path(out_dir) if out_dir else Path("runs") / "reports" / re.sub(r"[^\w.-]+", "_", experiment)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "report.md", out / "report.csv", out / f"report_{metric}.png"]
+    (out / "report.md").write_text(report_markdown(rows, experiment, metric))
+    columns = ["run_name", "model", "method", "params_m"] + [c for n in METRIC_NAMES for c in (n, f"{n}_std")]
+    write_csv([{**row, "best": " ".join(row["best"])} for row in rows], out / "report.csv",
+              columns + ["best", "run_id", "parent_run_id"])
+    plot_bars(rows, metric, out / f"report_{metric}.png")
+    if rpst_points:
+        curve = plot_rpst(rpst_points, out / "rpst_curve.png")
+        write_csv(curve, out / "rpst_curve.csv", ["num_labeled", "stage", "test_dsc", "run_id"])
+        files += [out / "rpst_curve.png", out / "rpst_curve.csv"]
+
+    report_run_id = ""
+    if log_to_mlflow:
+        run = client.create_run(found.experiment_id, run_name=f"report-{metric}",
+                                tags={REPORT_TAG: "true", "report.metric": metric})
+        report_run_id = run.info.run_id
+        client.log_param(report_run_id, "num_runs", len(rows))
+        for path in files:
+            client.log_artifact(report_run_id, str(path), "report")
+        client.set_terminated(report_run_id, "FINISHED")
+    return {"rows": rows, "files": files, "report_run_id": report_run_id}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", metavar="EXPERIMENT", help="MLflow experiment name (e.g. dias-supervised)")
+    parser.add_argument("--metric", default="dsc", help=f"sort / bar-chart metric: {', '.join(METRIC_NAMES)}")
+    parser.add_argument("--out", default=None, help="output folder (default runs/reports/<experiment>)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
+
+
+def main(args: argparse.Namespace) -> int:
+    result = build_report(args.experiment, tracking_uri=args.tracking_uri or default_tracking_uri(),
+                          metric=args.metric, out_dir=args.out, log_to_mlflow=not args.no_log)
+    print(result["files"][0].read_text(), end="")
+    print("wrote " + ", ".join(str(p) for p in result["files"]))
+    if result["report_run_id"]:
+        print(f"logged as MLflow run {result['report_run_id']}")
+    return 0

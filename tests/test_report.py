@@ -1,0 +1,94 @@
+"""`dias report`: runs in a temporary sqlite MLflow store -> table rows, best markers, files, report run."""
+import csv
+
+import pytest
+
+from dias_dist import cli
+from dias_dist.metrics import METRIC_NAMES
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def _log_run(client, experiment_id, name, model, values, *, num_params=1_000_000, tags=None, finish=True):
+    run = client.create_run(experiment_id, run_name=name, tags={"num_params": str(num_params), **(tags or {})})
+    run_id = run.info.run_id
+    client.log_param(run_id, "model.name", model)
+    client.log_param(run_id, "method.name", "supervised")
+    for metric, (mean, std) in values.items():
+        client.log_metric(run_id, f"test_{metric}", mean)
+        client.log_metric(run_id, f"test_{metric}_std", std)
+    if finish:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _values(dsc, acc, vc):
+    base = {m: (0.5, 0.01) for m in METRIC_NAMES}
+    base.update(dsc=(dsc, 0.05), acc=(acc, 0.01), vc=(vc, 9.0))
+    return base
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("cmp", artifact_location=(tmp_path / "artifacts").as_uri())
+    return uri, client, experiment_id
+
+
+def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys):
+    uri, client, experiment_id = store
+    _log_run(client, experiment_id, "unet", "unet", _values(0.77, 0.97, 63.6), num_params=31_040_000)
+    _log_run(client, experiment_id, "vss", "vss_net", _values(0.80, 0.96, 53.9), num_params=18_690_000)
+    _log_run(client, experiment_id, "frunet", "fr_unet", _values(0.78, 0.97, 70.0), num_params=7_370_000)
+    _log_run(client, experiment_id, "crashed", "unet", _values(0.99, 0.99, 1.0), finish=False)  # not FINISHED
+    parent = client.create_run(experiment_id, run_name="rpst-parent").info.run_id  # no test metrics
+    for num_labeled, dscs in (("10", (0.70, 0.72, 0.73)), ("20", (0.74, 0.75, 0.755))):
+        for stage, dsc in zip(("teacher", "round1", "round2"), dscs):
+            _log_run(client, experiment_id, f"rpst-{num_labeled}-{stage}", "vss_net", _values(dsc, 0.95, 80.0),
+                     tags={"mlflow.parentRunId": parent, "rpst.stage": stage, "rpst.num_labeled": num_labeled})
+    client.set_terminated(parent, "FINISHED")
+
+    out = tmp_path / "report"
+    assert cli.main(["report", "cmp", "--tracking-uri", uri, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "**0.8000±0.0500**" in printed and "logged as MLflow run" in printed
+
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert len(rows) == 3 + 6  # crashed and parent are not rows
+    assert [r["run_name"] for r in rows[:3]] == ["vss", "frunet", "unet"]  # sorted by DSC, best first
+    by_name = {r["run_name"]: r for r in rows}
+    assert "dsc" in by_name["vss"]["best"].split() and "vc" in by_name["vss"]["best"].split()  # VC: lowest
+    assert "acc" in by_name["unet"]["best"].split() and "acc" in by_name["frunet"]["best"].split()  # tie: both
+    assert "vc" not in by_name["frunet"]["best"].split()
+    assert float(by_name["unet"]["params_m"]) == pytest.approx(31.04)
+    assert by_name["vss"]["model"] == "vss_net" and float(by_name["vss"]["dsc_std"]) == pytest.approx(0.05)
+
+    markdown = (out / "report.md").read_text()
+    assert "| vss | vss_net | supervised | 18.69 | **0.8000±0.0500** |" in markdown
+    assert "**53.90±9.00**" in markdown and "**70.00" not in markdown
+    assert (out / "report_dsc.png").stat().st_size > 1000 and (out / "rpst_curve.png").stat().st_size > 1000
+    curve = list(csv.DictReader(open(out / "rpst_curve.csv")))
+    assert [(c["num_labeled"], c["stage"]) for c in curve[:3]] == [("10", "teacher"), ("10", "round1"), ("10", "round2")]
+    assert float(curve[5]["test_dsc"]) == pytest.approx(0.755)
+
+    report_runs = client.search_runs([experiment_id], filter_string="tags.`dias.report` = 'true'")
+    assert len(report_runs) == 1 and report_runs[0].info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(report_runs[0].info.run_id, "report")}
+    assert {"report/report.md", "report/report.csv", "report/report_dsc.png", "report/rpst_curve.png"} <= artifacts
+
+    # a second report (by VC, no logging) does not count the report run as a row
+    assert cli.main(["report", "cmp", "--tracking-uri", uri, "--out", str(out / "vc"), "--metric", "vc",
+                     "--no-log"]) == 0
+    rows_vc = list(csv.DictReader(open(out / "vc" / "report.csv")))
+    assert len(rows_vc) == 9 and rows_vc[0]["run_name"] == "vss"  # lowest VC first
+
+
+def test_report_user_errors(store, capsys):
+    uri, client, experiment_id = store
+    assert cli.main(["report", "nope", "--tracking-uri", uri]) == 2
+    assert "no experiment 'nope'" in capsys.readouterr().err
+    assert cli.main(["report", "cmp", "--tracking-uri", uri]) == 2
+    assert "no FINISHED runs with test metrics" in capsys.readouterr().err
+    assert cli.main(["report", "cmp", "--tracking-uri", uri, "--metric", "f1"]) == 2
+    assert "'f1' is not a metric" in capsys.readouterr().err
