@@ -1,0 +1,97 @@
+"""``dias phantom OUT_DIR``: write a synthetic DSA data set in the DIAS release layout.
+
+IDs are global as in the release: training s0.., validation next, test next, unlabeled next.
+Training sequences also get ``scribble_labels/RDFA`` (METHODS.md §11 generator, reference
+settings) and ``scribble_labels/SALE`` (SALE-like strokes). Sequence ``s`` is generated from
+``SeedSequence([seed, s])`` alone, so any subset regenerates bit-identically.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .phantom import generate_sequence, sequence_rng
+from .scribbles import rdfa_scribble, sale_scribble
+
+
+def save_png(path: Path, array: np.ndarray, compress_level: int = 1) -> None:
+    """Write uint8 (H, W) as an 8-bit grayscale PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(path, compress_level=compress_level)
+
+
+def preview_image(frames: np.ndarray, label: np.ndarray, scribbles: dict[str, np.ndarray]) -> np.ndarray:
+    """uint8 RGB (H, W*(T+1+S), 3): frames, label, then scribbles (red vessel, green background)."""
+    tiles = [np.repeat(f[..., None], 3, axis=2) for f in frames]
+    tiles.append(np.repeat((label * 255)[..., None], 3, axis=2).astype(np.uint8))
+    for scribble in scribbles.values():
+        tile = np.zeros(label.shape + (3,), dtype=np.uint8)
+        tile[label > 0] = 60
+        tile[scribble == 1] = (255, 0, 0)
+        tile[scribble == 0] = (0, 255, 0)
+        tiles.append(tile)
+    return np.concatenate(tiles, axis=1)
+
+
+def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 30, val: int = 10, test: int = 20,
+                          unlabeled: int = 60, seed: int = 0, preview: bool = True, min_frames: int = 4,
+                          max_frames: int = 14, motion_px: float = 0.5) -> dict:
+    """Generate and write the data set; returns counts and timing. uint8 PNGs in the release layout."""
+    out = Path(out_dir)
+    for name, count in (("train", train), ("val", val), ("test", test), ("unlabeled", unlabeled)):
+        if count < 0:
+            raise ValueError(f"--{name} must be >= 0, got {count}")
+    plan = [("training", train), ("validation", val), ("test", test), ("unlabeled", unlabeled)]
+    seq_id = 0
+    start = time.perf_counter()
+    frames_written = 0
+    for split, count in plan:
+        for _ in range(count):
+            seq = generate_sequence(size, sequence_rng(seed, seq_id), min_frames=min_frames, max_frames=max_frames,
+                                    motion_px=motion_px)
+            image_dir = out / "unlabeled_DSA" if split == "unlabeled" else out / split / "images"
+            for f, frame in enumerate(seq.frames):
+                save_png(image_dir / f"image_s{seq_id}_i{f}.png", frame)
+            frames_written += len(seq.frames)
+            if split != "unlabeled":
+                save_png(out / split / "labels" / f"label_s{seq_id}.png", seq.label * 255)
+            if split == "training":
+                scribble_rng = np.random.default_rng(np.random.SeedSequence([seed, seq_id, 1]))
+                scribbles = {"RDFA": rdfa_scribble(seq.label, scribble_rng),
+                             "SALE": sale_scribble(seq.label, scribble_rng)}
+                for folder, scribble in scribbles.items():
+                    save_png(out / split / "scribble_labels" / folder / f"label_s{seq_id}.png", scribble)
+                if preview and seq_id == 0:
+                    Image.fromarray(preview_image(seq.frames, seq.label, scribbles)).save(out / "preview.png")
+            seq_id += 1
+    elapsed = time.perf_counter() - start
+    return {"sequences": seq_id, "frames": frames_written, "seconds": round(elapsed, 2),
+            "sequences_per_s": round(seq_id / elapsed, 3) if elapsed > 0 else None}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out_dir", help="folder to write (release layout)")
+    parser.add_argument("--size", type=int, default=800, help="frame side in px (default 800)")
+    parser.add_argument("--train", type=int, default=30)
+    parser.add_argument("--val", type=int, default=10)
+    parser.add_argument("--test", type=int, default=20)
+    parser.add_argument("--unlabeled", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-frames", type=int, default=4)
+    parser.add_argument("--max-frames", type=int, default=14)
+    parser.add_argument("--motion-px", type=float, default=0.5, help="inter-frame motion amplitude (0 = none)")
+    parser.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
+                        help="write preview.png (frames, label, scribbles of s0)")
+
+
+def main(args: argparse.Namespace) -> int:
+    stats = write_phantom_dataset(args.out_dir, size=args.size, train=args.train, val=args.val, test=args.test,
+                                  unlabeled=args.unlabeled, seed=args.seed, preview=args.preview,
+                                  min_frames=args.min_frames, max_frames=args.max_frames, motion_px=args.motion_px)
+    print(f"wrote {stats['sequences']} sequences ({stats['frames']} frames) to {args.out_dir} in "
+          f"{stats['seconds']} s ({stats['sequences_per_s']} sequences/s)")
+    return 0
