@@ -74,19 +74,28 @@ def roc_auc(gt: np.ndarray, prob: np.ndarray) -> float:
     Reference rule: ``gt`` all 0 or ``prob`` all 0 -> 1.0; also ``gt`` all 1 -> 1.0 (see module doc).
     """
     labels = binary_gt(np.asarray(gt)).ravel()
-    scores = np.asarray(prob, dtype=np.float64).ravel()
+    scores = np.asarray(prob).ravel()
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     if labels.shape != scores.shape:
         raise ValueError(f"roc_auc: gt has {labels.size} values, prob has {scores.size}")
     num_pos = int(np.count_nonzero(labels))
     num_neg = labels.size - num_pos
     if num_pos == 0 or num_neg == 0 or not np.any(scores):
         return 1.0
-    unique_scores, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    # 1-based mid-rank of each distinct score: (#smaller) + (count + 1) / 2
-    rank_before = np.cumsum(counts) - counts
-    mid_rank = rank_before + (counts + 1) / 2.0
-    pos_per_score = np.bincount(inverse, weights=labels.astype(np.float64), minlength=unique_scores.size)
-    rank_sum_pos = float(np.dot(pos_per_score, mid_rank))
+    # sort in the scores' own dtype (ties are ties in that dtype, as for sklearn on the same array)
+    order = np.argsort(scores)
+    sorted_scores = scores[order]
+    starts_group = np.empty(scores.size, dtype=bool)
+    starts_group[0] = True
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=starts_group[1:])
+    group_starts = np.flatnonzero(starts_group)
+    group_sizes = np.diff(np.append(group_starts, scores.size))
+    group_of_sorted = np.cumsum(starts_group) - 1
+    pos_per_group = np.bincount(group_of_sorted, weights=labels[order], minlength=group_starts.size)
+    # 1-based mid-rank of a tie group: (#smaller scores) + (size + 1) / 2
+    mid_rank = group_starts + (group_sizes + 1) / 2.0
+    rank_sum_pos = float(np.dot(pos_per_group, mid_rank))
     u_statistic = rank_sum_pos - num_pos * (num_pos + 1) / 2.0
     return u_statistic / (num_pos * num_neg)
 
