@@ -1,0 +1,35 @@
+"""DIAS weak augmentation (METHODS.md §10): H flip (p=0.5), W flip (p=0.5), rot90 k in {0,1,2,3}.
+
+The same geometric parameters go to the image and to every label map, so targets stay aligned.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def weak_params(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parameters of ``count`` weak augmentations: flip_h bool (n,), flip_w bool (n,), k int (n,).
+
+    Reference semantics: a flip happens when U(0,1) > 0.5; k ~ U{0, 1, 2, 3}.
+    """
+    flips = rng.random((count, 2)) > 0.5
+    return flips[:, 0], flips[:, 1], rng.integers(0, 4, count)
+
+
+def apply_weak(array: np.ndarray, flip_h: bool, flip_w: bool, k: int) -> np.ndarray:
+    """Flip/rotate the last two axes of ``array`` (..., P, P); returns a view (no copy)."""
+    h_axis, w_axis = array.ndim - 2, array.ndim - 1
+    if flip_h:
+        array = np.flip(array, axis=h_axis)
+    if flip_w:
+        array = np.flip(array, axis=w_axis)
+    if k:
+        array = np.rot90(array, int(k), axes=(h_axis, w_axis))
+    return array
+
+
+def weak_augment(image_tpp: np.ndarray, maps: list[np.ndarray], rng: np.random.Generator
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """image (T, P, P) and maps [(P, P), ...] -> the same flipped/rotated views, one draw for all."""
+    flip_h, flip_w, k = (p[0] for p in weak_params(rng, 1))
+    return apply_weak(image_tpp, flip_h, flip_w, k), [apply_weak(m, flip_h, flip_w, k) for m in maps]

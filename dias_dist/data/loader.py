@@ -1,0 +1,295 @@
+"""Training patch stream and evaluation sequence stream over shard sets (issue 2 §5).
+
+Training (``train_batches``): infinite. Each (rank, worker) draws shards at random with
+replacement (resampled) -- from its own disjoint slice of the shard list when there are at least
+rank x worker shards, otherwise from all of them -- visits the samples of a drawn shard in random
+order, cuts K random P x P patches from every decoded sequence, applies the weak augmentation to
+the image and every map together, and passes patches through a shuffle buffer. Several sources
+are mixed patch by patch with probability proportional to their weight (RPST's P). The random
+stream of worker w on rank r is seeded by (seed, r, w): no two workers repeat each other.
+
+Evaluation (``eval_sequences``): each sequence exactly once over all ranks and workers. Sample i
+of the manifest's key list (sorted by key) belongs to slot i mod (world x workers), so it works
+for any number of shards, including fewer shards than slots; it never waits on other ranks.
+
+Corrupt shards or members raise ``ValueError`` naming shard and key; with ``on_corrupt="skip"``
+the sample (or shard) is skipped, counted and warned about.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .augment import apply_weak, weak_params
+from .shards import ShardReader, split_entry
+
+AUGMENTS = ("none", "weak", "strong")
+TARGETS = ("label", "scribble_rdfa", "scribble_sale", "pseudo")
+ON_CORRUPT = ("raise", "skip")
+
+
+@dataclass
+class TrainSource:
+    """One shard split feeding the training stream.
+
+    weight: mixing weight (patch probability proportional to it); target: the map that becomes
+    ``target``; is_pseudo: flag copied to every patch; num_sequences > 0: only the first N
+    sequences by ID.
+    """
+
+    shard_dir: str
+    split: str = "training"
+    weight: float = 1.0
+    augment: str = "weak"
+    target: str = "label"
+    is_pseudo: bool = False
+    num_sequences: int = 0
+
+    def __post_init__(self):
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"TrainSource augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"TrainSource target must be one of {TARGETS}, got {self.target!r}")
+        if not self.weight > 0:
+            raise ValueError(f"TrainSource weight must be > 0, got {self.weight}")
+
+    def shard_keys(self) -> list[tuple[str, list[str], dict]]:
+        """[(shard path, keys to use, manifest entry)] after the ``num_sequences`` cut; empty shards dropped."""
+        entry = split_entry(self.shard_dir, self.split)
+        keys = sorted(k for s in entry["shards"] for k in s["keys"])
+        if self.num_sequences > 0:
+            if self.num_sequences > len(keys):
+                raise ValueError(f"{self.shard_dir}/{self.split}: num_sequences={self.num_sequences} but only "
+                                 f"{len(keys)} sequences")
+            keys = keys[:self.num_sequences]
+        wanted = set(keys)
+        out = [(str(Path(self.shard_dir) / s["name"]), [k for k in s["keys"] if k in wanted], s)
+               for s in entry["shards"]]
+        return [(path, ks, shard) for path, ks, shard in out if ks]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from dias_dist.dist, else the torchrun env vars."""
+    from dias_dist import dist
+
+    if dist.is_distributed():
+        return dist.rank(), dist.world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class _Skips:
+    def __init__(self, on_corrupt: str):
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
+        self.count = 0
+
+    def handle(self, err: ValueError) -> None:
+        if self.on_corrupt == "raise":
+            raise err
+        self.count += 1
+        warnings.warn(f"skipped corrupt data ({self.count} so far): {err}", stacklevel=2)
+
+
+class _ReaderCache:
+    def __init__(self, skips: _Skips):
+        self.readers: dict[str, ShardReader | None] = {}
+        self.skips = skips
+
+    def get(self, path: str, entry: dict | None = None) -> ShardReader | None:
+        """The reader of ``path``, checked against its manifest ``entry`` (bytes, keys) when given."""
+        if path not in self.readers:
+            try:
+                entry = entry or {}
+                self.readers[path] = ShardReader(path, entry.get("bytes"), entry.get("keys"))
+            except ValueError as err:
+                self.skips.handle(err)
+                self.readers[path] = None
+        return self.readers[path]
+
+
+def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: int, per_sequence: int,
+                maps_cached: int = 256):
+    """Infinite generator of (image float16 (T,P,P), target uint8 (P,P), is_pseudo) from one source.
+
+    Frames are cut straight from the memory-mapped shard; decoded target maps are kept in a small
+    per-worker cache (they are PNGs, the only per-sequence decode cost).
+    """
+    strong = None
+    if source.augment == "strong":
+        from .strong_augment import strong_augment as strong  # written by another module owner
+    targets_cache: dict[tuple[str, str], np.ndarray] = {}
+    failures = 0
+    while True:
+        path, keys, entry = shards[int(rng.integers(len(shards)))]
+        reader = cache.get(path, entry)
+        if reader is None:
+            failures += 1
+            if failures > 100 * len(shards):
+                raise ValueError(f"{source.shard_dir}/{source.split}: no readable shard left")
+            continue
+        for key in rng.permutation(keys):
+            try:
+                frames = reader.frames(key)
+                target = targets_cache.get((path, key))
+                if target is None:
+                    target = reader.map(key, source.target, frames.shape[1:])
+                    if target is None:
+                        raise ValueError(f"{path}: sample {key!r} has no member {source.target}.png")
+                    if len(targets_cache) >= maps_cached:
+                        targets_cache.pop(next(iter(targets_cache)))
+                    targets_cache[(path, key)] = target
+            except ValueError as err:
+                cache.skips.handle(err)
+                failures += 1
+                continue
+            _, height, width = frames.shape
+            if height < patch or width < patch:
+                raise ValueError(f"{path}: sample {key!r} is {height}x{width}, smaller than patch {patch}")
+            # reference crop: start in [0, H - P - 1] (randint upper bound exclusive)
+            tops = rng.integers(0, max(height - patch, 1), per_sequence)
+            lefts = rng.integers(0, max(width - patch, 1), per_sequence)
+            flip_h, flip_w, turns = weak_params(rng, per_sequence)
+            for i in range(per_sequence):
+                top, left = tops[i], lefts[i]
+                image = frames[:, top:top + patch, left:left + patch]
+                tgt = target[top:top + patch, left:left + patch]
+                if source.augment != "none":
+                    image = apply_weak(image, flip_h[i], flip_w[i], turns[i])
+                    tgt = apply_weak(tgt, flip_h[i], flip_w[i], turns[i])
+                if strong is not None:
+                    image, (tgt,) = strong(image.astype(np.float32), [tgt], rng)
+                yield image, tgt, source.is_pseudo
+
+
+class PatchStream(IterableDataset):
+    """Infinite stream of batches (see ``train_batches``); one instance per rank, copied per worker."""
+
+    def __init__(self, sources, batch_size, patch_size, patches_per_sequence, shuffle_buffer, seed, on_corrupt,
+                 image_dtype=np.float32):
+        self.image_dtype = image_dtype
+        self.sources = list(sources)
+        if not self.sources:
+            raise ValueError("train_batches needs at least one TrainSource")
+        self.batch_size, self.patch_size = batch_size, patch_size
+        self.per_sequence, self.shuffle_buffer = patches_per_sequence, shuffle_buffer
+        self.seed, self.on_corrupt = seed, on_corrupt
+        self.rank, self.world = rank_and_world()
+        self.shards = [source.shard_keys() for source in self.sources]
+        for source, shards in zip(self.sources, self.shards):
+            if not shards:
+                raise ValueError(f"{source.shard_dir}/{source.split}: no sequences to train on")
+        self.skipped = 0
+
+    def __iter__(self):
+        worker, num_workers = _worker()
+        slot, slots = self.rank * num_workers + worker, self.world * num_workers
+        rng = np.random.default_rng([self.seed, self.rank, worker])
+        skips = _Skips(self.on_corrupt)
+        cache = _ReaderCache(skips)
+        streams = []
+        for source, shards in zip(self.sources, self.shards):
+            mine = shards[slot::slots] if len(shards) >= slots else shards
+            streams.append(_patches_of(source, mine, rng, cache, self.patch_size, self.per_sequence))
+        weights = np.array([s.weight for s in self.sources], dtype=float)
+        weights /= weights.sum()
+        buffer: list = []
+        batch: list = []
+        while True:
+            which = int(rng.choice(len(streams), p=weights)) if len(streams) > 1 else 0
+            item = next(streams[which])
+            if self.shuffle_buffer > 0:
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(item)
+                    continue
+                j = int(rng.integers(len(buffer)))
+                item, buffer[j] = buffer[j], item
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                self.skipped = skips.count
+                yield {"image": torch.from_numpy(np.stack([b[0] for b in batch]).astype(self.image_dtype, copy=False)),
+                       "target": torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)),
+                       "is_pseudo": torch.tensor([b[2] for b in batch], dtype=torch.bool)}
+                batch = []
+
+
+def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per_sequence: int = 64,
+                  shuffle_buffer: int = 2048, num_workers: int = 2, seed: int = 0, on_corrupt: str = "raise",
+                  image_dtype: str = "float32"):
+    """Infinite iterable of training batches on this rank.
+
+    Yields {"image": float32 (B, T, P, P), "target": int64 (B, P, P), "is_pseudo": bool (B,)} with
+    B = ``batch_size`` patches per batch on this rank. ``sources``: TrainSource or a list of them.
+    ``image_dtype="float16"`` skips the float16 -> float32 conversion on the CPU (the shards hold
+    float16; converting on the GPU is free); it is the largest single cost of the loader.
+    """
+    if image_dtype not in ("float32", "float16"):
+        raise ValueError(f"train_batches: image_dtype must be float32 or float16, got {image_dtype!r}")
+    if isinstance(sources, TrainSource):
+        sources = [sources]
+    if batch_size < 1 or patch_size < 1 or patches_per_sequence < 1 or shuffle_buffer < 0 or num_workers < 0:
+        raise ValueError(f"train_batches: bad sizes batch_size={batch_size} patch_size={patch_size} "
+                         f"patches_per_sequence={patches_per_sequence} shuffle_buffer={shuffle_buffer} "
+                         f"num_workers={num_workers}")
+    _Skips(on_corrupt)
+    stream = PatchStream(sources, batch_size, patch_size, patches_per_sequence, shuffle_buffer, seed, on_corrupt,
+                         np.dtype(image_dtype))
+    if num_workers == 0:
+        return stream
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=True,
+                      prefetch_factor=4)
+
+
+class SequenceStream(IterableDataset):
+    """Whole sequences of one split, each exactly once across ranks x workers (see module doc)."""
+
+    def __init__(self, shard_dir, split, on_corrupt="raise"):
+        entry = split_entry(shard_dir, split)
+        self.entries = {str(Path(shard_dir) / s["name"]): s for s in entry["shards"]}
+        self.items = sorted((k, str(Path(shard_dir) / s["name"])) for s in entry["shards"] for k in s["keys"])
+        self.on_corrupt = on_corrupt
+        self.rank, self.world = rank_and_world()
+
+    def __iter__(self):
+        worker, num_workers = _worker()
+        slot, slots = self.rank * num_workers + worker, self.world * num_workers
+        skips = _Skips(self.on_corrupt)
+        cache = _ReaderCache(skips)
+        for key, path in self.items[slot::slots]:
+            reader = cache.get(path, self.entries[path])
+            if reader is None:
+                continue
+            try:
+                sample = reader.decode(key)
+            except ValueError as err:
+                skips.handle(err)
+                continue
+            label = sample.get("label")
+            meta = sample["meta"]
+            yield {"key": key, "id": int(meta.get("id", int(key[1:]))),
+                   "image": torch.from_numpy(sample["frames"].astype(np.float32)),
+                   "label": None if label is None else torch.from_numpy(label), "meta": meta}
+
+
+def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = "raise"):
+    """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "meta"}.
+
+    Each sequence of ``split`` appears exactly once over all ranks and workers; this rank gets
+    the samples of its slots (sorted-key index mod world x workers).
+    """
+    _Skips(on_corrupt)
+    stream = SequenceStream(shard_dir, split, on_corrupt)
+    if num_workers == 0:
+        return stream
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x)

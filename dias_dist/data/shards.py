@@ -1,0 +1,321 @@
+"""WebDataset tar shards of preprocessed sequences + a manifest (issue 2 §5).
+
+Layout (``shards/README.md`` documents the sample schema)::
+
+    OUT/manifest.json
+    OUT/{split}/{split}-000000.tar ...
+
+One sample per sequence, key ``s{ID:05d}``, members ``frames.npy`` (float16 (8, H, W), resampled
+and z-scored by ``preprocess.preprocess_sequence``), ``label.png`` (0/255), ``scribble_rdfa.png`` /
+``scribble_sale.png`` ({0, 1, 255}) when present, ``meta.json``. No pickles. Tar headers are
+normalised (mtime 0, uid/gid 0, no names), so the same input gives byte-identical shards.
+
+Reading: ``ShardReader`` indexes a tar once and decodes members straight from a memory map
+(``frames.npy`` is a zero-copy float16 view), so cutting patches touches only the patch bytes.
+Every structural fault raises ``ValueError`` naming the shard and the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mmap
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from . import dias
+from .preprocess import PARAMS, preprocess_sequence
+
+MANIFEST = "manifest.json"
+FORMAT = "dias_dist-shards-v1"
+BINARY_MAPS = ("label", "pseudo")  # stored 0/255, decoded to {0, 1}
+SCRIBBLE_MAPS = ("scribble_rdfa", "scribble_sale")  # stored raw {0, 1, 255}
+
+
+def sample_key(seq_id: int) -> str:
+    return f"s{int(seq_id):05d}"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def png_bytes(array_hw_uint8: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array_hw_uint8, dtype=np.uint8), mode="L").save(buffer, format="PNG",
+                                                                                         compress_level=1)
+    return buffer.getvalue()
+
+
+def sequence_sample(seq: dias.Sequence) -> dict:
+    """A read sequence -> a shard sample dict (``__key__`` + member name -> bytes)."""
+    frames, meta = preprocess_sequence(seq.frames)
+    meta.update(split=seq.split, id=seq.seq_id, height=int(frames.shape[1]), width=int(frames.shape[2]),
+                source=seq.source)
+    sample = {"__key__": sample_key(seq.seq_id), "frames.npy": npy_bytes(frames)}
+    if seq.label is not None:
+        sample["label.png"] = png_bytes(seq.label * 255)
+    for name, scribble in sorted(seq.scribbles.items()):
+        sample[f"scribble_{name}.png"] = png_bytes(scribble)
+    sample["meta.json"] = json.dumps(meta, sort_keys=True).encode()
+    return sample
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o444
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _member_bytes(sample: dict) -> Iterator[tuple[str, bytes]]:
+    for name, value in sample.items():
+        if name == "__key__":
+            continue
+        if isinstance(value, np.ndarray):
+            value = npy_bytes(value) if name.endswith(".npy") else png_bytes(value)
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True).encode()
+        if not isinstance(value, (bytes, bytearray)):
+            raise ValueError(f"sample {sample.get('__key__')!r}: member {name!r} must be bytes, ndarray or dict")
+        if name.endswith((".pyd", ".pickle", ".pkl")):
+            raise ValueError(f"sample {sample.get('__key__')!r}: member {name!r}: pickles are not allowed")
+        yield name, bytes(value)
+
+
+def write_samples(samples: Iterable[dict], out_dir: str | Path, split: str, *, num_samples: int | None = None,
+                  shard_size_mb: float = 256, min_shards: int = 1, provenance: dict | None = None) -> dict:
+    """Write ``samples`` (dicts: ``__key__`` + member name -> bytes / ndarray / dict) as tar shards of ``split``.
+
+    A new shard starts when the current one would pass ``shard_size_mb`` or holds its share of
+    ``num_samples`` / ``min_shards`` (``num_samples`` is required when ``min_shards`` > 1). The
+    split entry (shards with sha256, sizes and keys; ``provenance``) is merged into
+    ``out_dir/manifest.json``, which is returned.
+    """
+    out_dir = Path(out_dir)
+    if min_shards < 1 or shard_size_mb <= 0:
+        raise ValueError(f"min_shards must be >= 1 and shard_size_mb > 0, got {min_shards}, {shard_size_mb}")
+    if min_shards > 1 and num_samples is None:
+        raise ValueError("write_samples: min_shards > 1 needs num_samples")
+    per_shard = -(-num_samples // min_shards) if num_samples else None
+    limit = int(shard_size_mb * 2 ** 20)
+    split_dir = out_dir / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for old in split_dir.glob(f"{split}-*.tar"):
+        old.unlink()
+    shards: list[dict] = []
+    tar, size, keys, seen = None, 0, [], set()
+
+    def close():
+        tar.close()
+        path = split_dir / shards[-1]["name"].split("/")[-1]
+        shards[-1].update(sha256=_sha256(path), bytes=path.stat().st_size, keys=list(keys))
+
+    for sample in samples:
+        key = sample.get("__key__")
+        if not key or "." in key or "/" in key:
+            raise ValueError(f"split {split}: bad sample key {key!r} (needs a non-empty name without '.' or '/')")
+        if key in seen:
+            raise ValueError(f"split {split}: duplicate sample key {key!r}")
+        seen.add(key)
+        members = list(_member_bytes(sample))
+        sample_size = sum(512 + -(-len(data) // 512) * 512 for _, data in members)
+        if tar is None or (keys and (size + sample_size > limit or (per_shard and len(keys) >= per_shard))):
+            if tar is not None:
+                close()
+            name = f"{split}-{len(shards):06d}.tar"
+            tar = tarfile.open(split_dir / name, "w", format=tarfile.USTAR_FORMAT)
+            shards.append({"name": f"{split}/{name}"})
+            size, keys = 0, []
+        for name, data in members:
+            _add_member(tar, f"{key}.{name}", data)
+        size += sample_size
+        keys.append(key)
+    if tar is not None:
+        close()
+    if not shards:
+        raise ValueError(f"split {split}: no samples to write")
+    manifest = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else {"format": FORMAT, "splits": {}}
+    manifest["splits"][split] = {"num_samples": len(seen), "num_shards": len(shards), "shards": shards,
+                                 "provenance": provenance or {}}
+    tmp = out_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    tmp.replace(out_dir / MANIFEST)
+    return manifest
+
+
+def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float = 256, min_shards: int = 1,
+                 splits: Iterable[str] | None = None) -> dict:
+    """Shard every split of a release-layout folder (``splits=None``: every split folder present)."""
+    src_root = Path(src_root)
+    if splits is None:
+        splits = [s for s in dias.SPLITS if dias.split_dir(src_root, s).is_dir()]
+        if not splits:
+            raise ValueError(f"{src_root}: no split folders ({', '.join(dias.SPLITS[:3])}, unlabeled_DSA)")
+    manifest = {}
+    for split in splits:
+        files = dias.list_sequences(src_root, split)
+        samples = (sequence_sample(dias.read_sequence(f)) for f in files)
+        manifest = write_samples(samples, out_dir, split, num_samples=len(files), shard_size_mb=shard_size_mb,
+                                 min_shards=min_shards, provenance={"source": str(src_root.resolve())})
+    manifest["preprocessing"] = PARAMS
+    manifest["source"] = str(src_root.resolve())
+    path = Path(out_dir) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def read_manifest(shard_dir: str | Path) -> dict:
+    """The manifest of a shard set; ValueError naming the file when missing or malformed."""
+    path = Path(shard_dir) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{path}: no shard manifest (write one with `dias shard SRC {shard_dir}`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if manifest.get("format") != FORMAT or "splits" not in manifest:
+        raise ValueError(f"{path}: not a {FORMAT} manifest")
+    return manifest
+
+
+def split_entry(shard_dir: str | Path, split: str) -> dict:
+    manifest = read_manifest(shard_dir)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{Path(shard_dir) / MANIFEST}: no split {split!r}; has {', '.join(manifest['splits'])}")
+    return manifest["splits"][split]
+
+
+def shard_urls(shard_dir: str | Path, split: str) -> list[str]:
+    """Paths of the shards of ``split`` in manifest order."""
+    return [str(Path(shard_dir) / s["name"]) for s in split_entry(shard_dir, split)["shards"]]
+
+
+def verify_shards(shard_dir: str | Path) -> None:
+    """Check every shard's sha256 against the manifest; ValueError naming the first mismatch."""
+    for split, entry in read_manifest(shard_dir)["splits"].items():
+        for shard in entry["shards"]:
+            path = Path(shard_dir) / shard["name"]
+            if not path.is_file() or _sha256(path) != shard["sha256"]:
+                raise ValueError(f"{path}: missing or sha256 differs from {Path(shard_dir) / MANIFEST}")
+
+
+class ShardReader:
+    """Random access to the samples of one tar shard through a memory map.
+
+    ``keys``: sample keys in tar order. ``members(key)``: member name -> memoryview (zero copy).
+    ``decode(key)``: dict with ``frames`` float16 (8, H, W) view, binary maps uint8 {0,1}
+    (``label``, ``pseudo``), scribbles uint8 {0,1,255}, ``meta`` dict, ``key``, ``shard``.
+    """
+
+    def __init__(self, path: str | Path, expected_bytes: int | None = None, expected_keys: list[str] | None = None):
+        self.path = str(path)
+        self._index: dict[str, dict[str, tuple[int, int]]] = {}
+        try:
+            file_size = Path(path).stat().st_size
+            if expected_bytes is not None and file_size != expected_bytes:
+                raise ValueError(f"{path}: shard is {file_size} bytes, the manifest says {expected_bytes} "
+                                 f"(truncated or replaced)")
+            with tarfile.open(path, "r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    key, _, member = info.name.partition(".")
+                    if not member:
+                        raise ValueError(f"{path}: tar entry {info.name!r} is not KEY.MEMBER")
+                    if info.offset_data + info.size > file_size:
+                        raise ValueError(f"{path}: key {key!r} member {member!r} is truncated")
+                    self._index.setdefault(key, {})[member] = (info.offset_data, info.size)
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ValueError(f"{path}: corrupt or unreadable tar shard ({type(err).__name__}: {err})") from None
+        for key in expected_keys or []:
+            if key not in self._index:
+                raise ValueError(f"{path}: sample {key!r} listed in the manifest is missing from the shard")
+        with open(path, "rb") as handle:
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if file_size else b""
+        self.keys = list(self._index)
+
+    def members(self, key: str) -> dict[str, memoryview]:
+        if key not in self._index:
+            raise ValueError(f"{self.path}: no sample with key {key!r}")
+        view = memoryview(self._map)
+        return {name: view[offset:offset + size] for name, (offset, size) in self._index[key].items()}
+
+    def frames(self, key: str) -> np.ndarray:
+        """float16 (8, H, W) zero-copy view of ``key``'s frames.npy."""
+        members = self.members(key)
+        try:
+            if "frames.npy" not in members:
+                raise ValueError("member frames.npy is missing")
+            frames = _npy_view(members["frames.npy"])
+            if frames.ndim != 3:
+                raise ValueError(f"frames.npy has shape {frames.shape}, expected (T, H, W)")
+        except Exception as err:  # noqa: BLE001 - every decode fault becomes one message naming shard and key
+            raise ValueError(f"{self.path}: sample {key!r}: corrupt member frames.npy "
+                             f"({type(err).__name__}: {err})") from None
+        return frames
+
+    def map(self, key: str, name: str, size: tuple[int, int] | None = None) -> np.ndarray | None:
+        """Decoded ``name``.png of ``key`` (uint8 (H, W); binary maps -> {0,1}), or None if absent."""
+        members = self.members(key)
+        data = members.get(f"{name}.png")
+        if data is None:
+            return None
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                array = np.asarray(image.convert("L"))
+            if size is not None and array.shape != tuple(size):
+                raise ValueError(f"size {array.shape} differs from frames {tuple(size)}")
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"{self.path}: sample {key!r}: corrupt member {name}.png "
+                             f"({type(err).__name__}: {err})") from None
+        return (array >= 128).astype(np.uint8) if name in BINARY_MAPS else array
+
+    def meta(self, key: str) -> dict:
+        data = self.members(key).get("meta.json")
+        try:
+            return json.loads(bytes(data)) if data is not None else {}
+        except ValueError as err:
+            raise ValueError(f"{self.path}: sample {key!r}: corrupt member meta.json ({err})") from None
+
+    def decode(self, key: str) -> dict:
+        """Every member of ``key``: frames, meta, and each PNG map under its stem name."""
+        frames = self.frames(key)
+        out = {"key": key, "shard": self.path, "frames": frames, "meta": self.meta(key)}
+        for name in self.members(key):
+            stem, _, ext = name.rpartition(".")
+            if ext == "png":
+                out[stem] = self.map(key, stem, frames.shape[1:])
+        return out
+
+
+def _npy_view(data: memoryview) -> np.ndarray:
+    """Zero-copy array from .npy bytes; refuses object dtypes (no pickles) and short data."""
+    header = io.BytesIO(bytes(data[:1024]))
+    version = np.lib.format.read_magic(header)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(header)
+    if dtype.hasobject:
+        raise ValueError("object arrays (pickles) are not allowed")
+    count = int(np.prod(shape))
+    offset = header.tell()
+    if offset + count * dtype.itemsize != len(data):
+        raise ValueError(f"npy payload has {len(data) - offset} bytes, shape {shape} {dtype} needs "
+                         f"{count * dtype.itemsize}")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
