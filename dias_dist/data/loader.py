@@ -292,4 +292,9 @@ def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = 
     stream = SequenceStream(shard_dir, split, on_corrupt)
     if num_workers == 0:
         return stream
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+
+
+def _as_is(sample: dict) -> dict:
+    """Collate function of the evaluation stream: samples pass through unchanged (meta stays a dict)."""
+    return sample
