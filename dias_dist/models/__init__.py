@@ -19,8 +19,11 @@ from torch import nn
 MODELS: dict[str, type[nn.Module]] = {}
 
 # Explicit imports, one line per model file (added as models land).
-# from .vss_net import VSSNet
-# MODELS["vss_net"] = VSSNet
+from .vss_net import VSSNet  # noqa: E402
+from .fr_unet import FRUNet  # noqa: E402
+
+MODELS["vss_net"] = VSSNet
+MODELS["fr_unet"] = FRUNet
 
 # 3D (DR head), 3D->2D baselines and the weak methods' 2D backbones
 from .unet_3d import UNet3D  # noqa: E402
@@ -32,6 +35,7 @@ from .fr_unet_3d import FRUNet3D  # noqa: E402
 from .ipn import IPN  # noqa: E402
 from .psc import PSC  # noqa: E402
 from .svs_net import SVSNet  # noqa: E402
+from .st_unet import STUNet  # noqa: E402
 from .unet_cct import UNetCCT  # noqa: E402
 from .unet_dp import UNetDP  # noqa: E402
 
@@ -44,6 +48,7 @@ MODELS["fr_unet_3d"] = FRUNet3D
 MODELS["ipn"] = IPN
 MODELS["psc"] = PSC
 MODELS["svs_net"] = SVSNet
+MODELS["st_unet"] = STUNet
 MODELS["unet_cct"] = UNetCCT
 MODELS["unet_dp"] = UNetDP
 
