@@ -21,3 +21,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """A 64×64 synthetic DIAS release (4 train / 2 val / 2 test / 2 unlabeled) packed into shards.
+
+    Returns the shard folder (holds manifest.json); its release-layout source is ``<dir>.parent / "src"``.
+    """
+    from dias_dist.data.phantom_cli import write_phantom_dataset
+    from dias_dist.data.shards import write_shards
+
+    root = tmp_path_factory.mktemp("tiny_dias")
+    write_phantom_dataset(root / "src", size=64, train=4, val=2, test=2, unlabeled=2, seed=3, preview=False)
+    write_shards(root / "src", root / "shards", min_shards=2)
+    return root / "shards"

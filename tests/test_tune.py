@@ -1,0 +1,86 @@
+"""Ray Tune sweeps on a real local Ray instance (num_cpus=2) with real trainer runs on tiny shards."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ray = pytest.importorskip("ray")
+
+
+def _tiny_overrides(tiny_shards, tmp_path) -> list[str]:
+    return [
+        f"data.shards={tiny_shards}", "data.patch_size_px=32", "data.num_workers=0",
+        "model.name=fr_unet", "model.params={width: 4}",
+        "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "train.device=cpu",
+        f"train.run_dir={tmp_path / 'runs'}", "eval.select_from_epoch=0", "eval.test_split=",
+        "eval.batch_size=16", "track.enabled=true",
+    ]
+
+
+def _child_runs(tracking_uri: str, parent_id: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    return parent, client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.mark.timeout(400)
+def test_sscr_grid_nests_four_runs_and_a_failed_trial_keeps_the_rest(tiny_shards, tmp_path):
+    from dias_dist.sweep import SweepSpec, run_sweep
+
+    # 2 x 2 λ grid of 2-step SSCR trials, plus a third width value that cannot build (negative
+    # channels): that trial must fail with its error reported while the 4 good ones complete.
+    spec = SweepSpec(
+        kind="train", config=str(ROOT / "configs" / "weak" / "sscr.yaml"), name="grid",
+        param_space={"method.params.lambda1": [0.5, 1.0], "method.params.lambda2": [0.0, 0.5],
+                     "model.params.width": [4, -4]},
+        overrides=_tiny_overrides(tiny_shards, tmp_path) + ["data.target=scribble_rdfa"],
+        cpus_per_trial=1,
+    )
+    out = run_sweep(spec, storage_path=str(tmp_path / "tune"))
+    assert not ray.is_initialized()  # shut down after the sweep
+    ok = [r for r in out["rows"] if r["status"] == "ok"]
+    assert len(out["rows"]) == 8 and len(ok) == 4 and len(out["errors"]) == 4
+    assert all(e["model.params.width"] == -4 for e in out["errors"])
+    assert all(r["best_val_dsc"] is not None for r in ok)
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    parent, children = _child_runs(uri, out["parent_run_id"])
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(finished) == 4
+    lambdas = {(c.data.params["method.params.lambda1"], c.data.params["method.params.lambda2"]) for c in finished}
+    assert lambdas == {("0.5", "0.0"), ("0.5", "0.5"), ("1.0", "0.0"), ("1.0", "0.5")}
+    assert parent.data.metrics["num_failed_trials"] == 4
+    assert (Path(out["dir"]) / "summary.png").stat().st_size > 1000
+
+    # Restarting the same sweep resumes from Tune's experiment state: finished trials are kept (no new
+    # child runs), errored ones are retried (and fail again), and the summary still has all 8 rows.
+    again = run_sweep(spec, storage_path=str(tmp_path / "tune"))
+    assert again["parent_run_id"] == out["parent_run_id"]
+    assert len(again["rows"]) == 8 and len(again["errors"]) == 4
+    _, children_after = _child_runs(uri, out["parent_run_id"])
+    assert len([c for c in children_after if c.info.status == "FINISHED"]) == 4
+
+
+def test_no_improvement_stopper_ends_a_trial_whose_round_does_not_improve():
+    from dias_dist.sweep import NoImprovementStopper
+
+    stop = NoImprovementStopper()
+    assert stop("a", {"val_dsc": 0.5}) is False  # teacher
+    assert stop("a", {"val_dsc": 0.6}) is False  # round 1 improves
+    assert stop("b", {"val_dsc": 0.1}) is False  # other trial tracked separately
+    assert stop("a", {"val_dsc": 0.59}) is True  # round 2 does not improve
+    assert stop("a", {"epoch": 3}) is False  # reports without the metric are ignored
+
+
+def test_parse_grid_and_bad_grid():
+    from dias_dist.sweep import parse_grid
+
+    assert parse_grid(["method.params.lambda1=0.5,1,2"]) == {"method.params.lambda1": [0.5, 1, 2]}
+    with pytest.raises(ValueError, match="section.key=v1,v2"):
+        parse_grid(["lambda1"])
