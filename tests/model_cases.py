@@ -43,7 +43,7 @@ SMALL_PARAMS = {
     "unet_nested": {"width": 4},
     "att_unet": {"width": 4},
     "cs2_net": {"width": 4},
-    "maa_net": {"width": 4},
+    "maa_net": {"width": 8},  # position attention needs width/8 >= 1
     # 3D and 3D->2D models (tests/test_models_3d.py CASES)
     "unet_3d": {"width": 4},
     "res_unet_3d": {"feature_scale": 16},

@@ -21,9 +21,21 @@ MODELS: dict[str, type[nn.Module]] = {}
 # Explicit imports, one line per model file (added as models land).
 from .vss_net import VSSNet  # noqa: E402
 from .fr_unet import FRUNet  # noqa: E402
+from .unet import UNet  # noqa: E402
+from .res_unet import ResUNet  # noqa: E402
+from .unet_nested import UNetNested  # noqa: E402
+from .att_unet import AttUNet  # noqa: E402
+from .cs2_net import CS2Net  # noqa: E402
+from .maa_net import MAANet  # noqa: E402
 
 MODELS["vss_net"] = VSSNet
 MODELS["fr_unet"] = FRUNet
+MODELS["unet"] = UNet
+MODELS["res_unet"] = ResUNet
+MODELS["unet_nested"] = UNetNested
+MODELS["att_unet"] = AttUNet
+MODELS["cs2_net"] = CS2Net
+MODELS["maa_net"] = MAANet
 
 # 3D (DR head), 3D->2D baselines and the weak methods' 2D backbones
 from .unet_3d import UNet3D  # noqa: E402
