@@ -94,7 +94,8 @@ class SSCR(Method):
         if self._generator is None or self._generator.device != x.device:
             self._generator = torch.Generator(device=x.device)
         self._generator.manual_seed(int(torch.randint(0, 2**62, ())))
-        frames = augment_intensity(as_frames(x), self._generator)
+        with torch.autocast(x.device.type, enabled=False):  # blur and noise in fp32 under bf16 training
+            frames = augment_intensity(as_frames(x).float(), self._generator).to(x.dtype)
         return frames.unsqueeze(1) if x.dim() == 5 else frames
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
