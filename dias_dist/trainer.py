@@ -207,20 +207,17 @@ def _validate(cfg, engine, epoch, step, best, save, log, tracker, report, device
 
 
 def _test(cfg, engine, run_dir, device, step, log, tracker) -> dict:
-    """Evaluate ``eval.test_split`` with the ``eval.test_checkpoint`` weights; tables + overlays on rank 0."""
-    from dias_dist.evaluation.tables import write_tables
+    """Evaluate ``eval.test_split`` with the ``eval.test_checkpoint`` weights; rank 0 gets tables
+    (``metrics.csv``, ``summary.{csv,md}``), overlays and probability maps under ``eval/<split>``."""
+    from dias_dist.evaluation.tables import flat_metrics
 
     model = engine.unwrap()
     model.load_state_dict(support.broadcast_model_state(run_dir / "checkpoints" / f"{cfg.eval.test_checkpoint}.pt"))
     out_dir = run_dir / "eval" / cfg.eval.test_split
     rows, summary = support.evaluate_summary(model, cfg, cfg.eval.test_split, device=device,
                                              out_dir=out_dir, write_images=cfg.eval.overlays)
-    flat = {}
-    for name, (mean, std) in summary.items():
-        flat[f"test_{name}"] = mean
-        flat[f"test_{name}_std"] = std
+    flat = flat_metrics(summary, "test")  # test_dsc, test_dsc_std, ... (evaluate_split wrote the tables)
     if dist.is_main() and log.enabled:
-        write_tables(rows, out_dir)
         log.write("test", step, flat)
         tracker.log_metrics(flat, step)
         tracker.log_artifact(out_dir, f"eval/{cfg.eval.test_split}")

@@ -1,0 +1,110 @@
+"""Forward+backward throughput (patches/s) of VSS-Net and FR-UNet, and VSS-Net with its batched
+ConvGRU against the reference code's per-timestep cell (``ConvGRUReference``) on the same machine.
+
+    python benchmarks/train_step.py --batch 4 --out benchmarks/results/train_step_cpu.json
+
+Prints one line of JSON last. Each measurement: ``--warmup`` untimed steps, then the median of
+``--repeats`` timed (forward + CE/Dice loss + backward) steps on random 64x64 input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+from dias_dist.losses import ce_dice_loss
+from dias_dist.models import build_model, count_parameters, to_layout, input_layout
+from dias_dist.models.convgru import BiConvGRU, ConvGRUReference
+
+
+def with_reference_gru(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every batched ConvGRU of ``model`` by the per-timestep reference cell (same size)."""
+    for module in model.modules():
+        if isinstance(module, BiConvGRU):
+            channels = module.forward_gru.channels
+            device = module.forward_gru.input_conv.weight.device
+            module.forward_gru = ConvGRUReference(channels).to(device)
+            module.backward_gru = ConvGRUReference(channels).to(device)
+    return model
+
+
+def patches_per_second(model: torch.nn.Module, *, batch: int, patch: int, device: torch.device,
+                       warmup: int, repeats: int, amp: bool) -> dict:
+    """Median forward+backward time of one step -> {"patches_per_s", "step_ms", "params"}."""
+    model.to(device).train()
+    gen = torch.Generator().manual_seed(0)
+    image = to_layout(torch.randn(batch, 8, patch, patch, generator=gen), input_layout(model)).to(device)
+    target = (torch.rand(batch, patch, patch, generator=gen) > 0.8).long().to(device)
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            loss = ce_dice_loss(model(image), target)["total"]
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - tic)
+    step = statistics.median(times)
+    return {"patches_per_s": batch / step, "step_ms": step * 1e3, "params": count_parameters(model)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--width", type=int, default=32, help="VSS-Net width (32 = full size)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-amp", action="store_true", help="fp32 on GPU (default: bf16 autocast)")
+    parser.add_argument("--out", default="", help="also write the JSON here")
+    args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    kw = dict(batch=args.batch, patch=args.patch, device=device, warmup=args.warmup, repeats=args.repeats,
+              amp=not args.no_amp)
+    torch.manual_seed(0)
+    vss = patches_per_second(build_model("vss_net", width=args.width, gru_impl="torch"), **kw)
+    torch.manual_seed(0)
+    vss_ref = patches_per_second(with_reference_gru(build_model("vss_net", width=args.width, gru_impl="torch")), **kw)
+    torch.manual_seed(0)
+    fr_unet = patches_per_second(build_model("fr_unet"), **kw)
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    result = {
+        "benchmark": "train_step",
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": load,
+        "batch": args.batch, "patch_px": args.patch, "vss_net_width": args.width,
+        "amp_bf16": (not args.no_amp) and device.type == "cuda",
+        "vss_net": vss,
+        "vss_net_reference_gru": vss_ref,
+        "fr_unet": fr_unet,
+        "vss_net_batched_gru_speedup": vss["patches_per_s"] / vss_ref["patches_per_s"],
+        "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    }
+    line = json.dumps(result)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as handle:
+            handle.write(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

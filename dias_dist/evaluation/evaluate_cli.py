@@ -1,0 +1,52 @@
+"""``dias evaluate CHECKPOINT [--split test] [--out DIR] [key=value ...]``.
+
+Rebuilds the model from the config stored in the checkpoint (overrides apply on top, e.g.
+``data.shards=shards/other`` or ``eval.batch_size=256``), evaluates the split with the paper's
+protocol (runs under torchrun too: images are spread over ranks, each evaluated once) and prints
+the mean ± std table. Outputs (per-image CSV, summary CSV/Markdown, overlays, probability maps)
+go to ``--out`` (default: ``<run folder>/eval/<split>``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dias_dist import checkpoint, dist
+from dias_dist.config import Config, apply_overrides, from_dict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .pt file written by the trainer (best.pt, final.pt, last.pt)")
+    parser.add_argument("--split", default="test", help="training | validation | test (default: test)")
+    parser.add_argument("--out", default="", help="output folder (default: <run folder>/eval/<split>)")
+    parser.add_argument("--no-images", action="store_true", help="skip overlays and probability maps")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides such as data.shards=...")
+
+
+def main(args: argparse.Namespace) -> int:
+    from dias_dist.evaluation.evaluate import evaluate_split
+    from dias_dist.evaluation.tables import summarize, summary_markdown
+    from dias_dist.methods import build_method
+
+    payload = checkpoint.load(args.checkpoint)
+    if "config" not in payload or "model" not in payload:
+        raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")
+    cfg = from_dict(Config, apply_overrides(payload["config"], list(args.overrides)),
+                    f"{args.checkpoint} config" + (" + overrides" if args.overrides else ""))
+    device = dist.init(cfg.dist.backend, cfg.train.device)
+    try:
+        method = build_method(cfg.method.name, **cfg.method.params)
+        model = method.build_model(cfg.model.name, dict(cfg.model.params))
+        model.load_state_dict(payload["model"])
+        model.to(device).eval()
+        out_dir = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval" / args.split
+        rows = evaluate_split(model, cfg.data.shards, args.split, cfg.eval, device=device, out_dir=out_dir,
+                              write_images=not args.no_images, amp=cfg.train.amp)
+        if dist.is_main():
+            print(f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}, "
+                  f"{args.split} split of {cfg.data.shards}: {len(rows)} images")
+            print(summary_markdown(summarize(rows)), end="")
+            print(f"tables, overlays and probability maps: {out_dir}")
+    finally:
+        dist.teardown()
+    return 0
