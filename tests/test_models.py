@@ -11,7 +11,9 @@ from model_cases import (
 
 MY_MODELS = ["vss_net", "fr_unet", "unet", "res_unet", "unet_nested", "att_unet", "cs2_net", "maa_net"]
 # Models whose implementation deliberately differs from the reference's parameter count:
-# name -> (expected count, why). See the model's docstring.
+# name -> (expected count, why). See the model's docstring. Res-UNet (and MAA-Net) implement the
+# intended network where the reference has bugs (residual sum discarded; Res-UNet's head on the
+# tensor before the last decoder block): that removes no layer, so their counts equal the reference.
 INTENDED_DIFFERENCES: dict[str, tuple[int, str]] = {}
 
 
@@ -139,3 +141,20 @@ def test_dias_models_lists_every_model(capsys):
 
 def test_all_my_models_are_registered():
     assert set(MY_MODELS) <= set(MODELS)
+
+
+def test_res_unet_is_the_intended_network():
+    """Head on the last decoder block's output (the reference applies it one block early) and
+    residual blocks that add their input (the reference discards the sum)."""
+    model = build_small("res_unet")
+    seen = {}
+    model.decoders[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("last_decoder", o))
+    model.head.register_forward_hook(lambda m, i, o: seen.__setitem__("head_input", i[0]))
+    block = model.encoders[1]
+    block.conv.register_forward_hook(lambda m, i, o: seen.__setitem__("body", o))
+    block.register_forward_hook(lambda m, i, o: seen.__setitem__("block", (i[0], o)))
+    with torch.no_grad():
+        model(make_input(model, batch=1))
+    assert seen["head_input"] is seen["last_decoder"]
+    block_input, block_output = seen["block"]
+    torch.testing.assert_close(block_output, torch.nn.functional.leaky_relu(seen["body"] + block_input, 0.1))
