@@ -174,3 +174,13 @@ def test_two_round_rpst_under_two_process_gloo(shard_dir, tmp_path):
         assert 0.0 <= child.data.metrics["test_dsc"] <= 1.0
     curve = client.get_metric_history(parent.info.run_id, "rpst_test_dsc")
     assert sorted(m.step for m in curve) == [0, 1, 2]
+
+
+def test_cli_rejects_bad_stage_requests(shard_dir, tmp_path, capsys):
+    from dias_dist.cli import main
+
+    base = ["rpst", str(CPU_CONFIG), f"data.shards={shard_dir}", f"train.run_dir={tmp_path}", "track.enabled=false"]
+    assert main(base + ["--stage", "student"]) == 2
+    assert "unknown RPST stage" in capsys.readouterr().err
+    assert main(base + ["--stage", "round1"]) == 2
+    assert "train.run_name" in capsys.readouterr().err
