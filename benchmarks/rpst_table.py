@@ -1,12 +1,15 @@
 """Table V on synthetic data: RPST teacher vs student (and student without strong augmentation) for several N.
 
-    .venv/bin/python benchmarks/rpst_table.py --out runs/rpst_table --labeled 1 3 10
+    .venv/bin/python benchmarks/rpst_table.py --out runs/rpst_table --labeled 1 3 10 --ablate-sda --control
 
 Steps: ``dias phantom`` (labelled, validation, test and unlabelled sequences) -> ``dias shard`` -> for each
 N one RPST job (``dias_dist.semi.rpst.run_rpst``: teacher on the first N labelled sequences, pseudo labels
 on all unlabelled ones, one student round) with ``configs/semi/rpst_cpu.yaml`` and the budget overrides
 below; with ``--ablate-sda`` a second student per N trains on the same teacher's pseudo labels with
-``rpst.strong_augment=false`` ("S w/o SDA"). Every stage is an MLflow run (store ``OUT/mlflow.db``,
+``rpst.strong_augment=false`` ("S w/o SDA"); with ``--control`` the teacher is also trained on for the
+student's budget on labelled patches only ("T + steps", an equal-budget control: a student starts from
+the teacher and trains as many steps again, so part of its gain may be the extra steps alone; the control
+is nested under the job's parent with tag ``rpst.control=labelled_only``, no ``rpst.stage``). Every stage is an MLflow run (store ``OUT/mlflow.db``,
 experiment ``--experiment``) nested under its job's parent run; the table (test metrics, mean over the test
 images) goes to ``OUT/rpst_table.md`` / ``.csv``. Finished stages are reused, so an interrupted table is
 completed by running the same command again.
@@ -51,6 +54,29 @@ def ablation_job(cfg, base_job: str, job: str) -> None:
     path.write_text(json.dumps(state, indent=1))
 
 
+def control_run(cfg, job: str) -> None:
+    """The teacher trained on (init from its final checkpoint) with the student's budget, labelled patches only."""
+    from dias_dist.semi.rpst import STATE_FILE, derive, job_dir
+
+    path = job_dir(cfg, job) / STATE_FILE
+    state = json.loads(path.read_text())
+    if "control" in state["stages"]:
+        return
+    from dias_dist.data.loader import TrainSource
+
+    source = TrainSource(cfg.data.shards, "training", augment=cfg.data.augment, target=cfg.data.target,
+                         num_sequences=cfg.data.num_labeled)
+    tags = {**cfg.track.tags, "rpst.control": "labelled_only", "rpst.num_labeled": str(cfg.data.num_labeled)}
+    control_cfg = derive(cfg, {"train.run_name": f"{job}-control", "track.parent_run_id": state["parent_run_id"],
+                               "track.tags": tags, "train.epochs": cfg.rpst.student_epochs or cfg.train.epochs})
+    from dias_dist.trainer import run
+
+    result = run(control_cfg, sources=[source], init_from=state["stages"]["teacher"]["checkpoint"])
+    state["stages"]["control"] = {"run_id": result.get("run_id", ""), "run_dir": result["run_dir"],
+                                  "metrics": {k: v for k, v in result.items() if isinstance(v, (int, float))}}
+    path.write_text(json.dumps(state, indent=1))
+
+
 def table_rows(cfg, jobs: list[tuple[str, str, int, int]]) -> list[dict]:
     """One row per (label, job, stage): Teacher (U = 0) and students (U = unlabelled sequences)."""
     from dias_dist.semi.rpst import STATE_FILE, job_dir
@@ -58,9 +84,9 @@ def table_rows(cfg, jobs: list[tuple[str, str, int, int]]) -> list[dict]:
     rows = []
     for label, job, num_labeled, num_unlabeled in jobs:
         state = json.loads((job_dir(cfg, job) / STATE_FILE).read_text())
-        stage = "teacher" if label == "Teacher" else "round1"
+        stage = {"Teacher": "teacher", "T + steps": "control"}.get(label, "round1")
         metrics = state["stages"][stage]["metrics"]
-        row = {"method": label, "L": num_labeled, "U": 0 if label == "Teacher" else num_unlabeled,
+        row = {"method": label, "L": num_labeled, "U": num_unlabeled if stage == "round1" else 0,
                "run_id": state["stages"][stage]["run_id"], "parent_run_id": state["parent_run_id"]}
         row.update({m: metrics[f"test_{m}"] for m in METRICS})
         rows.append(row)
@@ -88,6 +114,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128, help="phantom frame side (px)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablate-sda", action="store_true", help="also a student without strong augmentation")
+    parser.add_argument("--control", action="store_true", help="also the teacher trained on for the student's budget")
+    parser.add_argument("--results", default="benchmarks/results/rpst_table_cpu.md", help="copy of the table")
     parser.add_argument("overrides", nargs="*", help="config overrides for every stage (train.epochs=4 ...)")
     args = parser.parse_args()
 
@@ -111,6 +139,11 @@ def main() -> int:
         seconds[f"L{num_labeled}"] = round(time.perf_counter() - start, 1)
         jobs += [("Teacher", f"rpst-L{num_labeled}", num_labeled, args.unlabeled),
                  ("Student", f"rpst-L{num_labeled}", num_labeled, args.unlabeled)]
+        if args.control:
+            start = time.perf_counter()
+            control_run(cfg, f"rpst-L{num_labeled}")
+            seconds[f"L{num_labeled}-control"] = round(time.perf_counter() - start, 1)
+            jobs.append(("T + steps", f"rpst-L{num_labeled}", num_labeled, args.unlabeled))
         if args.ablate_sda:
             job = f"rpst-L{num_labeled}-nosda"
             cfg = load_config(ROOT / "configs" / "semi" / "rpst_cpu.yaml",
@@ -137,7 +170,7 @@ def main() -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(text)
-    shutil.copy(out / "rpst_table.md", ROOT / "benchmarks" / "results" / "rpst_table_cpu.md")
+    shutil.copy(out / "rpst_table.md", ROOT / args.results)
     return 0
 
 
