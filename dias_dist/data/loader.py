@@ -160,17 +160,31 @@ def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: in
             # reference crop: start in [0, H - P - 1] (randint upper bound exclusive)
             tops = rng.integers(0, max(height - patch, 1), per_sequence)
             lefts = rng.integers(0, max(width - patch, 1), per_sequence)
-            flip_h, flip_w, turns = weak_params(rng, per_sequence)
-            for i in range(per_sequence):
-                top, left = tops[i], lefts[i]
-                image = frames[:, top:top + patch, left:left + patch]
-                tgt = target[top:top + patch, left:left + patch]
-                if source.augment != "none":
-                    image = apply_weak(image, flip_h[i], flip_w[i], turns[i])
-                    tgt = apply_weak(tgt, flip_h[i], flip_w[i], turns[i])
+            images = np.stack([frames[:, t:t + patch, l:l + patch] for t, l in zip(tops, lefts)])  # (K,T,P,P)
+            targets = np.stack([target[t:t + patch, l:l + patch] for t, l in zip(tops, lefts)])  # (K,P,P)
+            if source.augment != "none":
+                _weak_in_place(images, targets, rng)
+            for image, tgt in zip(images, targets):
                 if strong is not None:
                     image, (tgt,) = strong(image.astype(np.float32), [tgt], rng)
                 yield image, tgt, source.is_pseudo
+
+
+def _weak_in_place(images_ktpp: np.ndarray, targets_kpp: np.ndarray, rng: np.random.Generator) -> None:
+    """Weak augmentation of K patches, each with its own draw, image and target together.
+
+    Patches that share one of the 8 flip/rotation combinations are transformed as one block,
+    so the patches stay contiguous (fast batch assembly) and Python overhead stays per block.
+    """
+    flip_h, flip_w, turns = weak_params(rng, len(images_ktpp))
+    combo = flip_h * 8 + flip_w * 4 + turns
+    for value in np.unique(combo):
+        idx = np.flatnonzero(combo == value)
+        fh, fw, k = bool(value & 8), bool(value & 4), int(value & 3)
+        if not (fh or fw or k):
+            continue
+        images_ktpp[idx] = apply_weak(images_ktpp[idx], fh, fw, k)
+        targets_kpp[idx] = apply_weak(targets_kpp[idx], fh, fw, k)
 
 
 class PatchStream(IterableDataset):
