@@ -171,6 +171,7 @@ def test_two_round_rpst_under_two_process_gloo(shard_dir, tmp_path):
         assert child.info.run_id == state["stages"][stage]["run_id"]
         assert child.info.status == "FINISHED"
         assert child.data.tags["rpst.num_labeled"] == "2"
+        assert child.data.tags["rpst.strong_augment"] == "true" and child.data.tags["rpst.student_init"] == "teacher"
         assert 0.0 <= child.data.metrics["test_dsc"] <= 1.0
     curve = client.get_metric_history(parent.info.run_id, "rpst_test_dsc")
     assert sorted(m.step for m in curve) == [0, 1, 2]
