@@ -28,16 +28,25 @@ def _values(dsc, acc, vc):
     return base
 
 
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """One sqlite store per module (creating the schema is the slow part)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return uri, mlflow.MlflowClient(tracking_uri=uri), root
+
+
 @pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("cmp", artifact_location=(tmp_path / "artifacts").as_uri())
-    return uri, client, experiment_id
+def store(mlflow_store, request):
+    """A fresh experiment (named after the test) in the shared store."""
+    uri, client, root = mlflow_store
+    name = request.node.name
+    experiment_id = client.create_experiment(name, artifact_location=(root / name).as_uri())
+    return uri, client, experiment_id, name
 
 
 def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys):
-    uri, client, experiment_id = store
+    uri, client, experiment_id, experiment = store
     _log_run(client, experiment_id, "unet", "unet", _values(0.77, 0.97, 63.6), num_params=31_040_000)
     _log_run(client, experiment_id, "vss", "vss_net", _values(0.80, 0.96, 53.9), num_params=18_690_000)
     _log_run(client, experiment_id, "frunet", "fr_unet", _values(0.78, 0.97, 70.0), num_params=7_370_000)
@@ -50,7 +59,7 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
     client.set_terminated(parent, "FINISHED")
 
     out = tmp_path / "report"
-    assert cli.main(["report", "cmp", "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert cli.main(["report", experiment, "--tracking-uri", uri, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "**0.8000±0.0500**" in printed and "logged as MLflow run" in printed
 
@@ -78,17 +87,17 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
     assert {"report/report.md", "report/report.csv", "report/report_dsc.png", "report/rpst_curve.png"} <= artifacts
 
     # a second report (by VC, no logging) does not count the report run as a row
-    assert cli.main(["report", "cmp", "--tracking-uri", uri, "--out", str(out / "vc"), "--metric", "vc",
+    assert cli.main(["report", experiment, "--tracking-uri", uri, "--out", str(out / "vc"), "--metric", "vc",
                      "--no-log"]) == 0
     rows_vc = list(csv.DictReader(open(out / "vc" / "report.csv")))
     assert len(rows_vc) == 9 and rows_vc[0]["run_name"] == "vss"  # lowest VC first
 
 
 def test_report_user_errors(store, capsys):
-    uri, client, experiment_id = store
+    uri, client, experiment_id, experiment = store
     assert cli.main(["report", "nope", "--tracking-uri", uri]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
-    assert cli.main(["report", "cmp", "--tracking-uri", uri]) == 2
+    assert cli.main(["report", experiment, "--tracking-uri", uri]) == 2
     assert "no FINISHED runs with test metrics" in capsys.readouterr().err
-    assert cli.main(["report", "cmp", "--tracking-uri", uri, "--metric", "f1"]) == 2
+    assert cli.main(["report", experiment, "--tracking-uri", uri, "--metric", "f1"]) == 2
     assert "'f1' is not a metric" in capsys.readouterr().err
