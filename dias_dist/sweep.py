@@ -143,6 +143,7 @@ class SweepSpec:
     gpus_per_trial: float = 0.0
     workers_per_trial: int = 1  # >1: TorchTrainer with this many workers per trial
     max_rounds: int = 0  # rpst: rounds per trial
+    stop_on_plateau: bool = True  # rpst: end a trial at the first round that does not improve val DSC
     resume: bool = True
 
 
@@ -225,7 +226,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
                 tune_config=tune.TuneConfig(num_samples=spec.num_samples, scheduler=_scheduler(spec)),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=str(storage),
-                    stop=NoImprovementStopper() if spec.kind == "rpst" else None,
+                    stop=NoImprovementStopper() if spec.kind == "rpst" and spec.stop_on_plateau else None,
                     failure_config=tune.FailureConfig(max_failures=0),
                     verbose=1,
                 ),

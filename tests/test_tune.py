@@ -84,3 +84,26 @@ def test_parse_grid_and_bad_grid():
     assert parse_grid(["method.params.lambda1=0.5,1,2"]) == {"method.params.lambda1": [0.5, 1, 2]}
     with pytest.raises(ValueError, match="section.key=v1,v2"):
         parse_grid(["lambda1"])
+
+
+@pytest.mark.timeout(400)
+def test_rpst_trial_reports_after_teacher_and_each_round(tiny_shards, tmp_path):
+    from dias_dist.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(
+        kind="rpst", config=str(ROOT / "configs" / "semi" / "rpst_cpu.yaml"), name="rpst",
+        param_space={"data.num_labeled": [2]}, max_rounds=2, stop_on_plateau=False,
+        overrides=[f"data.shards={tiny_shards}", "train.epochs=1", "train.steps_per_epoch=2",
+                   f"train.run_dir={tmp_path / 'runs'}", "eval.test_split=", "rpst.num_unlabeled=2"],
+    )
+    out = run_sweep(spec, storage_path=str(tmp_path / "tune"))
+    assert out["errors"] == []
+    (row,) = out["rows"]
+    # one report after the teacher and one after each of the 2 rounds (the plateau stopper is off)
+    assert len(row["val_dsc_history"]) == 3
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    _, jobs = _child_runs(uri, out["parent_run_id"])  # the RPST job run nests under the sweep
+    assert len(jobs) == 1
+    _, stages = _child_runs(uri, jobs[0].info.run_id)  # its teacher and rounds nest under the job
+    trained = sorted(r.data.tags["rpst.stage"] for r in stages if not r.data.tags["rpst.stage"].startswith("pseudo"))
+    assert trained == ["round1", "round2", "teacher"]
