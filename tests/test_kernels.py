@@ -54,7 +54,8 @@ def outputs_and_grads(fn, inputs, seed=2):
     outs = fn(*inputs)
     outs = outs if isinstance(outs, tuple) else (outs,)
     gen = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype)).sum()
+               for o in outs)
     return [o.detach() for o in outs], torch.autograd.grad(loss, inputs)
 
 
@@ -185,7 +186,7 @@ def assert_modules_agree(make_module, inputs, tol):
         outs = module(*inputs)
         outs = outs if isinstance(outs, tuple) else (outs,)
         gen = torch.Generator().manual_seed(5)
-        loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs)
+        loss = sum((o * torch.randn(o.shape, generator=gen).to(o.device)).sum() for o in outs)
         wrt = [t for t in list(inputs) + list(module.parameters()) if t.requires_grad]
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)  # VSS-Net keeps unused convs
         results[impl] = [o.detach() for o in outs] + [g for g in grads if g is not None]
@@ -255,3 +256,15 @@ def test_benchmark_writes_json_with_device_and_checked_outputs(tmp_path):
     assert layer["fused"]["max_abs_diff_vs_first"] < 1e-5 and layer["fused"]["median_ms"] > 0
     assert bench.main(tiny + ["--variants", "eager", "fused", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["workloads"]["convgru_layer"]["fused"]["status"].startswith("not applicable")
+
+
+@pytest.mark.gpu
+def test_vss_net_on_cuda_fused_equals_torch_and_auto_picks_triton():
+    if triton_kernels.INTERPRETED:
+        pytest.skip("TRITON_INTERPRET=1: run GPU tests with TRITON_INTERPRET=0")
+    from dias_dist.models import build_model, convgru
+
+    assert convgru.resolve_impl("auto", torch.device("cuda")) == "triton"
+    x = torch.randn(4, 1, 8, 64, 64, device="cuda", requires_grad=True)
+    assert_modules_agree(lambda impl: build_model("vss_net", width=8, gru_impl=impl).cuda(), (x,),
+                         dict(rtol=1e-3, atol=1e-4))
