@@ -104,6 +104,8 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
     predict = model_predict_fn(network, device, layout, amp)
 
     def probability(image_THW) -> np.ndarray:
+        # tile on the model's device: one host->device copy per image instead of one per batch
+        image_THW = torch.as_tensor(image_THW).to(device, non_blocking=True)
         prob = sliding_window_probability(predict, image_THW, patch=eval_cfg.patch_size_px,
                                           stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
         return prob.cpu().numpy()
