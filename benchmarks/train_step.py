@@ -4,7 +4,8 @@ ConvGRU against the reference code's per-timestep cell (``ConvGRUReference``) on
     python benchmarks/train_step.py --batch 4 --out benchmarks/results/train_step_cpu.json
 
 Prints one line of JSON last. Each measurement: ``--warmup`` untimed steps, then the median of
-``--repeats`` timed (forward + CE/Dice loss + backward) steps on random 64x64 input.
+``--repeats`` timed (forward + CE/Dice loss + backward) steps on random 64x64 input, the models
+timed in alternation.
 """
 from __future__ import annotations
 
@@ -34,28 +35,43 @@ def with_reference_gru(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def patches_per_second(model: torch.nn.Module, *, batch: int, patch: int, device: torch.device,
-                       warmup: int, repeats: int, amp: bool) -> dict:
-    """Median forward+backward time of one step -> {"patches_per_s", "step_ms", "params"}."""
-    model.to(device).train()
+def _step_seconds(model, image, target, device, amp) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        loss = ce_dice_loss(model(image), target)["total"]
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - tic
+
+
+def patches_per_second(models: dict[str, torch.nn.Module], *, batch: int, patch: int, device: torch.device,
+                       warmup: int, repeats: int, amp: bool) -> dict[str, dict]:
+    """Median forward+backward step time of each model -> {name: {"patches_per_s", "step_ms", "params"}}.
+
+    The models are timed in alternation (one step each per round), so a change of machine load
+    during the run affects them alike (the ratio is what the batched-GRU check needs).
+    """
     gen = torch.Generator().manual_seed(0)
-    image = to_layout(torch.randn(batch, 8, patch, patch, generator=gen), input_layout(model)).to(device)
+    frames = torch.randn(batch, 8, patch, patch, generator=gen)
     target = (torch.rand(batch, patch, patch, generator=gen) > 0.8).long().to(device)
-    times = []
+    inputs, times = {}, {name: [] for name in models}
+    for name, model in models.items():
+        model.to(device).train()
+        inputs[name] = to_layout(frames, input_layout(model)).to(device)
     for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            loss = ce_dice_loss(model(image), target)["total"]
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - tic)
-    step = statistics.median(times)
-    return {"patches_per_s": batch / step, "step_ms": step * 1e3, "params": count_parameters(model)}
+        for name, model in models.items():
+            seconds = _step_seconds(model, inputs[name], target, device, amp)
+            if i >= warmup:
+                times[name].append(seconds)
+    out = {}
+    for name, model in models.items():
+        step = statistics.median(times[name])
+        out[name] = {"patches_per_s": batch / step, "step_ms": step * 1e3, "params": count_parameters(model)}
+    return out
 
 
 def main() -> None:
@@ -67,6 +83,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-amp", action="store_true", help="fp32 on GPU (default: bf16 autocast)")
+    parser.add_argument("--skip-fr-unet", action="store_true")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args()
     if args.device == "auto":
@@ -75,11 +92,12 @@ def main() -> None:
     kw = dict(batch=args.batch, patch=args.patch, device=device, warmup=args.warmup, repeats=args.repeats,
               amp=not args.no_amp)
     torch.manual_seed(0)
-    vss = patches_per_second(build_model("vss_net", width=args.width, gru_impl="torch"), **kw)
+    models = {"vss_net": build_model("vss_net", width=args.width, gru_impl="torch")}
     torch.manual_seed(0)
-    vss_ref = patches_per_second(with_reference_gru(build_model("vss_net", width=args.width, gru_impl="torch")), **kw)
-    torch.manual_seed(0)
-    fr_unet = patches_per_second(build_model("fr_unet"), **kw)
+    models["vss_net_reference_gru"] = with_reference_gru(build_model("vss_net", width=args.width, gru_impl="torch"))
+    if not args.skip_fr_unet:
+        models["fr_unet"] = build_model("fr_unet")
+    measured = patches_per_second(models, **kw)
     try:
         load = os.getloadavg()
     except OSError:
@@ -92,10 +110,9 @@ def main() -> None:
         "load_average_1_5_15": load,
         "batch": args.batch, "patch_px": args.patch, "vss_net_width": args.width,
         "amp_bf16": (not args.no_amp) and device.type == "cuda",
-        "vss_net": vss,
-        "vss_net_reference_gru": vss_ref,
-        "fr_unet": fr_unet,
-        "vss_net_batched_gru_speedup": vss["patches_per_s"] / vss_ref["patches_per_s"],
+        **measured,
+        "vss_net_batched_gru_speedup": measured["vss_net"]["patches_per_s"]
+        / measured["vss_net_reference_gru"]["patches_per_s"],
         "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
     line = json.dumps(result)

@@ -126,3 +126,25 @@ def test_training_configs_validate_and_build(name):
     method = build_method(cfg.method.name, **cfg.method.params)
     model = method.build_model(cfg.model.name, dict(cfg.model.params))
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_dias_evaluate_rebuilds_the_model_and_matches_the_trainers_test(tiny_shards, tmp_path, capsys):
+    """`dias evaluate CHECKPOINT --split test --out DIR key=value` == the trainer's final test."""
+    from dias_dist.cli import main as dias
+
+    cfg = load_config(ROOT / "configs" / "debug.yaml", [
+        f"data.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.run_name=e", "train.max_steps=2",
+        "eval.val_every_epochs=1000"])
+    result = trainer.run(cfg)
+    ckpt = tmp_path / "e" / "checkpoints" / "final.pt"
+    out = tmp_path / "again"
+    assert dias(["evaluate", str(ckpt), "--split", "test", "--out", str(out), "--no-images",
+                 "eval.batch_size=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "test split" in printed and "DSC" in printed
+    import csv
+
+    rows = {r["metric"]: float(r["mean"]) for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["dsc"] == pytest.approx(result["test_dsc"], abs=1e-6)
+    assert rows["auc"] == pytest.approx(result["test_auc"], abs=1e-6)
+    assert dias(["evaluate", str(tmp_path / "missing.pt")]) == 2

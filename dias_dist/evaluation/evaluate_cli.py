@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="", help="output folder (default: <run folder>/eval/<split>)")
     parser.add_argument("--no-images", action="store_true", help="skip overlays and probability maps")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides such as data.shards=...")
+    # overrides may follow options (CHECKPOINT --split test key=value): plain parse_args would
+    # hand every positional to the first group and reject the rest
+    parser.parse_args = parser.parse_intermixed_args
 
 
 def main(args: argparse.Namespace) -> int:
