@@ -67,6 +67,9 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         total_steps = 1
     boundary = t.checkpoint_every_steps or t.steps_per_epoch  # checkpoint + re-seed interval
 
+    torch.backends.cudnn.benchmark = not t.deterministic  # the reference sets benchmark=True
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(t.seed)  # identical initialisation on every rank
     method = build_method(cfg.method.name, **cfg.method.params)
     model = method.build_model(cfg.model.name, dict(cfg.model.params))
@@ -212,7 +215,11 @@ def _test(cfg, engine, run_dir, device, step, log, tracker) -> dict:
     from dias_dist.evaluation.tables import flat_metrics
 
     model = engine.unwrap()
-    model.load_state_dict(support.broadcast_model_state(run_dir / "checkpoints" / f"{cfg.eval.test_checkpoint}.pt"))
+    weights = run_dir / "checkpoints" / f"{cfg.eval.test_checkpoint}.pt"
+    if not dist.broadcast_object(weights.is_file()):
+        raise ValueError(f"eval.test_checkpoint={cfg.eval.test_checkpoint!r} but {weights} was never written "
+                         f"(no validation ran? eval.val_every_epochs={cfg.eval.val_every_epochs}); use best | final")
+    model.load_state_dict(support.broadcast_model_state(weights))
     out_dir = run_dir / "eval" / cfg.eval.test_split
     rows, summary = support.evaluate_summary(model, cfg, cfg.eval.test_split, device=device,
                                              out_dir=out_dir, write_images=cfg.eval.overlays)

@@ -148,3 +148,11 @@ def test_dias_evaluate_rebuilds_the_model_and_matches_the_trainers_test(tiny_sha
     assert rows["dsc"] == pytest.approx(result["test_dsc"], abs=1e-6)
     assert rows["auc"] == pytest.approx(result["test_auc"], abs=1e-6)
     assert dias(["evaluate", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_best_checkpoint_without_validation_is_a_clear_error(tiny_shards, tmp_path):
+    cfg = load_config(ROOT / "configs" / "debug.yaml", [
+        f"data.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.run_name=b", "train.max_steps=1",
+        "eval.val_every_epochs=1000", "eval.test_checkpoint=best"])
+    with pytest.raises(ValueError, match="eval.test_checkpoint='best'.*never written"):
+        trainer.run(cfg)
