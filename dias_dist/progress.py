@@ -32,7 +32,9 @@ class Progress:
             self.wait_s = self.busy_s = 0.0
 
     def write(self, text: str) -> None:
-        self.bar.write(text, file=sys.stderr) if not self.bar.disable else None
+        """Print a line above the bar (nothing when the bar is disabled)."""
+        if not self.bar.disable:
+            self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()
