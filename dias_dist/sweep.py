@@ -21,6 +21,7 @@ from typing import Any, Callable
 from dias_dist.config import load_config
 
 METRIC = "val_dsc"
+COORDINATOR_CPU = 0.01  # the Tune function that only drives a TorchTrainer; its workers get the rest
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,27 +71,53 @@ def rpst_trial(params: dict, spec: dict) -> None:
 
 
 def torch_trainer_trial(params: dict, spec: dict) -> None:
-    """Multi-GPU trial: the same ``run`` inside Ray Train's TorchTrainer (``dist.init`` reuses its group)."""
+    """Multi-GPU trial: the same ``run`` inside Ray Train's TorchTrainer (``dist.init`` reuses its group).
+
+    Ray Train keeps a worker's reports for the trial; they are forwarded to Tune once the training
+    finishes (so schedulers see them only at the end of such a trial).
+    """
     from ray import tune
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    def loop(config: dict) -> None:
-        import ray.train
-
-        from dias_dist.trainer import run
-
-        cfg = load_config(config["spec"]["config"], _trial_overrides(config["spec"], config["params"], config["name"]))
-        run(cfg, report=ray.train.report)
-
+    workers = spec["workers_per_trial"]
+    per_worker = {"CPU": max(spec["cpus_per_trial"] - COORDINATOR_CPU, 0.01) / workers}
+    if spec["gpus_per_trial"] > 0:
+        per_worker["GPU"] = spec["gpus_per_trial"] / workers
     trainer = TorchTrainer(
-        loop,
+        _torch_trainer_loop,
         train_loop_config={"spec": spec, "params": params, "name": _trial_name()},
-        scaling_config=ScalingConfig(num_workers=spec["workers_per_trial"], use_gpu=spec["gpus_per_trial"] > 0),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=spec["gpus_per_trial"] > 0,
+                                     resources_per_worker=per_worker),
         run_config=RunConfig(storage_path=spec["storage_path"], name=_trial_name()),
     )
     result = trainer.fit()
-    tune.report(_numeric(result.metrics or {}))
+    history = result.metrics_dataframe
+    rows = history.to_dict("records") if history is not None else [result.metrics or {}]
+    for row in rows:
+        tune.report(_numeric(row))
+
+
+def _torch_trainer_loop(config: dict) -> None:
+    """Runs on every Ray Train worker; rank 0 attaches a small checkpoint so Ray keeps the metrics."""
+    import tempfile
+
+    import ray.train
+
+    from dias_dist.trainer import run
+
+    def report(metrics: dict) -> None:
+        metrics = _numeric(metrics)
+        if ray.train.get_context().get_world_rank() != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "metrics.json").write_text(json.dumps(metrics))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    cfg = load_config(config["spec"]["config"], _trial_overrides(config["spec"], config["params"], config["name"]))
+    final = run(cfg, report=report)
+    report({**final, "done": 1})
 
 
 def _numeric(metrics: dict) -> dict:
@@ -199,15 +226,16 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
         "storage_path": str(storage),
         "workers_per_trial": spec.workers_per_trial,
         "gpus_per_trial": spec.gpus_per_trial,
+        "cpus_per_trial": spec.cpus_per_trial,
     }
     if trial_fn is None:
         trial_fn = {"train": train_trial, "rpst": rpst_trial}[spec.kind]
         if spec.workers_per_trial > 1:
             trial_fn = torch_trainer_trial
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, spec=trial_spec),
-        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
-    )
+    # A TorchTrainer trial only coordinates: its workers hold the trial's CPUs/GPUs.
+    resources = ({"cpu": COORDINATOR_CPU, "gpu": 0} if trial_fn is torch_trainer_trial
+                 else {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, spec=trial_spec), resources)
 
     started_here = not ray.is_initialized()
     if started_here:

@@ -107,3 +107,23 @@ def test_rpst_trial_reports_after_teacher_and_each_round(tiny_shards, tmp_path):
     _, stages = _child_runs(uri, jobs[0].info.run_id)  # its teacher and rounds nest under the job
     trained = sorted(r.data.tags["rpst.stage"] for r in stages if not r.data.tags["rpst.stage"].startswith("pseudo"))
     assert trained == ["round1", "round2", "teacher"]
+
+
+@pytest.mark.timeout(400)
+def test_multi_worker_trial_runs_the_same_run_in_a_torch_trainer(tiny_shards, tmp_path):
+    """A trial with 2 workers: Ray Train's TorchTrainer (gloo on CPU) around the same trainer.run."""
+    from dias_dist.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(
+        kind="train", config=str(ROOT / "configs" / "full" / "fr_unet.yaml"), name="ddp",
+        param_space={"optim.lr": [1e-3]}, overrides=_tiny_overrides(tiny_shards, tmp_path),
+        cpus_per_trial=2, workers_per_trial=2,
+    )
+    out = run_sweep(spec, storage_path=str(tmp_path / "tune"))
+    assert out["errors"] == []
+    (row,) = out["rows"]
+    assert row["best_val_dsc"] is not None and row["reports"] >= 1
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    _, children = _child_runs(uri, out["parent_run_id"])
+    assert len(children) == 1  # only rank 0 of the two workers logs
+    assert children[0].data.tags["world_size"] == "2"
