@@ -156,3 +156,18 @@ def test_best_checkpoint_without_validation_is_a_clear_error(tiny_shards, tmp_pa
         "eval.val_every_epochs=1000", "eval.test_checkpoint=best"])
     with pytest.raises(ValueError, match="eval.test_checkpoint='best'.*never written"):
         trainer.run(cfg)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_channels_last_step(tmp_path, fake_data):
+    """On a GPU: bf16 autocast + channels-last train and the loss stays finite."""
+    from dias_dist.engine.ddp import DDPEngine
+
+    engine = DDPEngine(TinyNet(), tiny_cfg(tmp_path, "train.device=cuda", "train.channels_last=true"),
+                       device=torch.device("cuda"))
+    x = engine.prepare_input(torch.randn(2, 8, 16, 16))
+    assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
+    with engine.autocast():
+        assert engine.model(x).dtype == torch.bfloat16
+    result = trainer.run(tiny_cfg(tmp_path, "train.device=cuda", "train.channels_last=true", "train.max_steps=3"))
+    assert result["step"] == 3
