@@ -63,9 +63,10 @@ def collect_rows(client, experiment_id: str) -> tuple[list[dict], list[dict]]:
             row[name] = metrics.get(f"test_{name}", math.nan)
             row[f"{name}_std"] = metrics.get(f"test_{name}_std", math.nan)
         rows.append(row)
-        if "rpst.stage" in tags and "rpst.num_labeled" in tags:
+        if "rpst.stage" in tags and "rpst.num_labeled" in tags and "test_dsc" in metrics:
             rpst_points.append({"stage": tags["rpst.stage"], "num_labeled": tags["rpst.num_labeled"],
-                                "test_dsc": metrics["test_dsc"], "run_id": run.info.run_id})
+                                "variant": rpst_variant(tags), "test_dsc": metrics["test_dsc"],
+                                "run_id": run.info.run_id})
     return rows, rpst_points
 
 
@@ -135,8 +136,20 @@ def plot_bars(rows: list[dict], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+def rpst_variant(tags: dict) -> str:
+    """Label of an RPST job's settings that change its curve ("" for the paper's defaults):
+    students without strong augmentation or freshly initialised get lines of their own."""
+    parts = []
+    if tags.get("rpst.strong_augment", "True").lower() in ("false", "0"):
+        parts.append("no SDA")
+    if tags.get("rpst.student_init", "teacher") != "teacher":
+        parts.append(f"init {tags['rpst.student_init']}")
+    return ", ".join(parts)
+
+
 def plot_rpst(points: list[dict], path: Path) -> list[dict]:
-    """Fig. 9: test DSC over RPST stage, one line per ``rpst.num_labeled``; returns the plotted points."""
+    """Fig. 9: test DSC over RPST stage, one line per ``rpst.num_labeled`` (and per variant, see
+    ``rpst_variant``); returns the plotted points. Runs without test metrics (pseudo-labelling) are skipped."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,11 +158,13 @@ def plot_rpst(points: list[dict], path: Path) -> list[dict]:
     stages = sorted({p["stage"] for p in points}, key=stage_order)
     fig, ax = plt.subplots(figsize=(5, 4))
     ordered = []
-    for num_labeled in sorted({p["num_labeled"] for p in points}, key=lambda v: (len(v), v)):
-        line = sorted((p for p in points if p["num_labeled"] == num_labeled), key=lambda p: stage_order(p["stage"]))
+    groups = sorted({(p["num_labeled"], p.get("variant", "")) for p in points}, key=lambda g: (len(g[0]), g))
+    for num_labeled, variant in groups:
+        line = sorted((p for p in points if p["num_labeled"] == num_labeled and p.get("variant", "") == variant),
+                      key=lambda p: stage_order(p["stage"]))
         ordered.extend(line)
         ax.plot([stages.index(p["stage"]) for p in line], [p["test_dsc"] for p in line], marker="o",
-                label=f"L = {num_labeled}")
+                label=f"L = {num_labeled}" + (f" ({variant})" if variant else ""))
     ax.set_xticks(range(len(stages)), stages)
     ax.set_xlabel("stage")
     ax.set_ylabel("test DSC")
@@ -189,7 +204,7 @@ def build_report(experiment: str, *, tracking_uri: str, metric: str = "dsc", out
     plot_bars(rows, metric, out / f"report_{metric}.png")
     if rpst_points:
         curve = plot_rpst(rpst_points, out / "rpst_curve.png")
-        write_csv(curve, out / "rpst_curve.csv", ["num_labeled", "stage", "test_dsc", "run_id"])
+        write_csv(curve, out / "rpst_curve.csv", ["num_labeled", "variant", "stage", "test_dsc", "run_id"])
         files += [out / "rpst_curve.png", out / "rpst_curve.csv"]
 
     report_run_id = ""

@@ -56,6 +56,14 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
         for stage, dsc in zip(("teacher", "round1", "round2"), dscs):
             _log_run(client, experiment_id, f"rpst-{num_labeled}-{stage}", "vss_net", _values(dsc, 0.95, 80.0),
                      tags={"mlflow.parentRunId": parent, "rpst.stage": stage, "rpst.num_labeled": num_labeled})
+    # a student without strong augmentation gets a line of its own; pseudo-labelling runs (no test
+    # metrics) are not points
+    _log_run(client, experiment_id, "rpst-10-round1-nosda", "vss_net", _values(0.71, 0.95, 80.0),
+             tags={"mlflow.parentRunId": parent, "rpst.stage": "round1", "rpst.num_labeled": "10",
+                   "rpst.strong_augment": "False"})
+    pseudo = client.create_run(experiment_id, run_name="rpst-10-pseudo1",
+                               tags={"mlflow.parentRunId": parent, "rpst.stage": "pseudo1", "rpst.num_labeled": "10"})
+    client.set_terminated(pseudo.info.run_id, "FINISHED")
     client.set_terminated(parent, "FINISHED")
 
     out = tmp_path / "report"
@@ -64,7 +72,7 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
     assert "**0.8000±0.0500**" in printed and "logged as MLflow run" in printed
 
     rows = list(csv.DictReader(open(out / "report.csv")))
-    assert len(rows) == 3 + 6  # crashed and parent are not rows
+    assert len(rows) == 3 + 7  # crashed, parent and pseudo-labelling runs are not rows
     assert [r["run_name"] for r in rows[:3]] == ["vss", "frunet", "unet"]  # sorted by DSC, best first
     by_name = {r["run_name"]: r for r in rows}
     assert "dsc" in by_name["vss"]["best"].split() and "vc" in by_name["vss"]["best"].split()  # VC: lowest
@@ -79,7 +87,8 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
     assert (out / "report_dsc.png").stat().st_size > 1000 and (out / "rpst_curve.png").stat().st_size > 1000
     curve = list(csv.DictReader(open(out / "rpst_curve.csv")))
     assert [(c["num_labeled"], c["stage"]) for c in curve[:3]] == [("10", "teacher"), ("10", "round1"), ("10", "round2")]
-    assert float(curve[5]["test_dsc"]) == pytest.approx(0.755)
+    assert (curve[3]["num_labeled"], curve[3]["variant"], curve[3]["stage"]) == ("10", "no SDA", "round1")
+    assert len(curve) == 7 and float(curve[6]["test_dsc"]) == pytest.approx(0.755)
 
     report_runs = client.search_runs([experiment_id], filter_string="tags.`dias.report` = 'true'")
     assert len(report_runs) == 1 and report_runs[0].info.status == "FINISHED"
@@ -90,7 +99,7 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
     assert cli.main(["report", experiment, "--tracking-uri", uri, "--out", str(out / "vc"), "--metric", "vc",
                      "--no-log"]) == 0
     rows_vc = list(csv.DictReader(open(out / "vc" / "report.csv")))
-    assert len(rows_vc) == 9 and rows_vc[0]["run_name"] == "vss"  # lowest VC first
+    assert len(rows_vc) == 10 and rows_vc[0]["run_name"] == "vss"  # lowest VC first
 
 
 def test_report_user_errors(store, capsys):
