@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML file under configs/")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=3e-4")
     parser.add_argument("--dry-run", action="store_true", help="build everything and run one step")
+    parser.parse_args = parser.parse_intermixed_args  # options may sit between the overrides
 
 
 def main(args: argparse.Namespace) -> int:

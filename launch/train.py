@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="YAML file under configs/")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=3e-4")
     parser.add_argument("--dry-run", action="store_true", help="build everything and run one step")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may sit between the overrides
     try:
         cfg = load_config(args.config, args.overrides)
     except ValueError as err:
