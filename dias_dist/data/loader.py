@@ -232,7 +232,9 @@ class PatchStream(IterableDataset):
             batch.append(item)
             if len(batch) == self.batch_size:
                 self.skipped = skips.count
-                yield {"image": torch.from_numpy(np.stack([b[0] for b in batch]).astype(self.image_dtype, copy=False)),
+                # torch's float16 -> float32 cast is ~2x faster than numpy's (the loader's largest cost)
+                image = torch.from_numpy(np.stack([b[0] for b in batch]))
+                yield {"image": image.to(torch.float32 if self.image_dtype == np.float32 else torch.float16),
                        "target": torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)),
                        "is_pseudo": torch.tensor([b[2] for b in batch], dtype=torch.bool)}
                 batch = []
