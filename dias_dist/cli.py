@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f"dias {name}", description=help_text)
     module.add_arguments(sub)
-    args = sub.parse_args(rest)
+    args = sub.parse_intermixed_args(rest)  # options may follow key=value overrides
     try:
         return int(module.main(args) or 0)
     except ValueError as err:  # user errors: one clear line, no traceback

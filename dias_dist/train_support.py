@@ -74,6 +74,22 @@ def default_sources(cfg: Config) -> list:
                         target=cfg.data.target, num_sequences=cfg.data.num_labeled)]
 
 
+TARGET_KINDS = {"label": "dense", "pseudo": "dense", "scribble_rdfa": "scribble", "scribble_sale": "scribble"}
+
+
+def check_targets(method, sources: list) -> None:
+    """ValueError when a source's target map does not suit the method (a scribble method trained on
+    dense labels would silently become supervised; a dense method would see 255s)."""
+    for source in sources:
+        kind = TARGET_KINDS.get(source.target)
+        if kind is None:
+            raise ValueError(f"data.target={source.target!r} is not a target map; valid: {', '.join(TARGET_KINDS)}")
+        if kind != method.target_kind:
+            valid = [t for t, k in TARGET_KINDS.items() if k == method.target_kind]
+            raise ValueError(f"method {type(method).__name__} learns from {method.target_kind} targets but "
+                             f"data.target={source.target!r} is {kind}; use one of {', '.join(valid)}")
+
+
 def train_stream(cfg: Config, sources: list, *, micro_batch: int, step: int):
     """Infinite iterator of micro-batches for this rank, re-seeded from (train.seed, step).
 

@@ -98,6 +98,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         tracker.log_artifact(run_dir / "config.yaml")
 
     sources = sources if sources is not None else support.default_sources(cfg)
+    support.check_targets(method, sources)
     progress = Progress(total_steps, step, t.batch_size, enabled=is_main and t.progress)
     status = "FAILED"
 
@@ -105,8 +106,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         """Gather every rank's RNG state; rank 0 writes ``checkpoints/<name>``."""
         rng = dist.all_gather_object(checkpoint.rng_state())
         path = run_dir / "checkpoints" / name
+        payload = engine.state_dict()  # every rank: ZeRO-1/2 gathers optimizer shards collectively
         if writes:
-            payload = engine.state_dict()
             payload.update(step=step, epoch=step // t.steps_per_epoch, rng=rng, config=to_dict(cfg),
                            mlflow_run_id=tracker.run_id, best=best, run_name=t.run_name,
                            data={"reseed_step": step - step % boundary, "seed": t.seed}, **extra)

@@ -171,3 +171,28 @@ def test_cuda_bf16_channels_last_step(tmp_path, fake_data):
         assert engine.model(x).dtype == torch.bfloat16
     result = trainer.run(tiny_cfg(tmp_path, "train.device=cuda", "train.channels_last=true", "train.max_steps=3"))
     assert result["step"] == 3
+
+
+def test_method_and_target_map_must_agree():
+    from dias_dist.data.loader import TrainSource
+    from dias_dist.methods import build_method
+
+    support = train_support
+    support.check_targets(build_method("pce"), [TrainSource("x", target="scribble_sale")])
+    support.check_targets(build_method("supervised"), [TrainSource("x", target="label"),
+                                                       TrainSource("y", target="pseudo", is_pseudo=True)])
+    with pytest.raises(ValueError, match="learns from scribble targets but data.target='label'"):
+        support.check_targets(build_method("pce"), [TrainSource("x", target="label")])
+    with pytest.raises(ValueError, match="use one of label, pseudo"):
+        support.check_targets(build_method("supervised"), [TrainSource("x", target="scribble_rdfa")])
+
+
+def test_ddp_engine_refuses_a_zero_sharded_optimizer_state_clearly():
+    from dias_dist.config import load_config
+    from dias_dist.engine.ddp import DDPEngine
+
+    engine = DDPEngine(torch.nn.Conv2d(1, 2, 1), load_config(None), device=torch.device("cpu"))
+    state = engine.state_dict()
+    state["optimizer"] = {"format": "deepspeed-zero-sharded", "shards": []}
+    with pytest.raises(ValueError, match="dist.engine=deepspeed"):
+        engine.load_state_dict(state)
