@@ -7,7 +7,7 @@ up (level 1: (1, 2, 2), deeper: (2, 2, 2)), concatenation, two Conv3d(3)-BN-ReLU
 PyTorch default initialisation (as the reference).
 
 ``attention_fuse`` (Conv3d(2C -> C, 1) at the bottleneck) is defined but never used by the
-reference; it is kept, frozen (see ``dr_head.freeze_unused``), only so the parameter count equals
+reference; it is kept, frozen (see ``blocks.freeze_unused``), only so the parameter count equals
 Table II. It takes no part in the forward pass or in training.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dr_head import DRHead, check_num_frames, check_sequence_input, freeze_unused
+from .blocks import freeze_unused
+from .dr_head import DRHead, check_num_frames, check_sequence_input
 
 
 class ResEncoder3d(nn.Module):

@@ -81,19 +81,3 @@ def scaled_channels(model_name: str, base: tuple[int, ...], divisor: int) -> lis
     if divisor < 1 or any(c % divisor for c in base):
         raise ValueError(f"{model_name}: feature_scale={divisor} must divide every width of {base}")
     return [c // divisor for c in base]
-
-
-def reference_init(module: nn.Module) -> None:
-    """The reference's ``InitWeights``: kaiming_normal_(a=0.02) on every (transposed) conv weight,
-    zero bias; norms keep PyTorch defaults. Apply with ``model.apply(reference_init)``."""
-    if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        nn.init.kaiming_normal_(module.weight, a=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-def freeze_unused(module: nn.Module) -> nn.Module:
-    """Mark layers that exist only so the parameter count equals the reference's (it defines
-    them and never calls them) as frozen: DDP and optimisers then skip them. Returns ``module``."""
-    module.requires_grad_(False)
-    return module

@@ -10,7 +10,7 @@ is the mean of five DR heads on the full-resolution nodes. Reference initialisat
 
 Frozen reference-only layers: the reference builds a ``feature_fuse`` in every block, also where
 the input width equals the block's (block1_2, block2_2, block3_1, block40) and the fuse is skipped,
-and an unused ``Conv3d(5, classes, 1)``. Those layers are kept frozen (``dr_head.freeze_unused``)
+and an unused ``Conv3d(5, classes, 1)``. Those layers are kept frozen (``blocks.freeze_unused``)
 only so the parameter count equals Table II; they take no part in the forward pass or training.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dr_head import DRHead, check_sequence_input, freeze_unused, reference_init, scaled_channels
+from .blocks import freeze_unused, init_kaiming
+from .dr_head import DRHead, check_sequence_input, scaled_channels
 
 WIDTHS = (64, 128, 256, 512)
 SPATIAL = (1, 2, 2)
@@ -118,7 +119,7 @@ class FRUNet3D(nn.Module):
         self.block40 = block(c[3], c[3], up=True)
         self.heads = nn.ModuleList(DRHead(c[0], num_frames, num_classes) for _ in range(5))
         self.unused_fuse = freeze_unused(nn.Conv3d(5, num_classes, 1))  # reference-only, see docstring
-        self.apply(reference_init)
+        self.apply(init_kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_sequence_input("fr_unet_3d", x, self.num_frames, 8)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dr_head import check_sequence_input, reference_init, scaled_channels
+from .blocks import init_kaiming
+from .dr_head import check_sequence_input, scaled_channels
 
 WIDTHS = (64, 128, 256, 512, 1024)
 PROJECTED_FRAMES = 32  # 2**5: five (2, 1, 1) pools reduce it to one
@@ -51,7 +52,7 @@ class IPN(nn.Module):
         c = scaled_channels("ipn", WIDTHS, feature_scale)
         self.projections = nn.Sequential(*(ProjectionModule(1 if i == 0 else c[i - 1], c[i]) for i in range(5)))
         self.head = nn.Sequential(*conv_lrelu(c[4], c[2]), *conv_lrelu(c[2], c[0]), *conv_lrelu(c[0], num_classes))
-        self.apply(reference_init)
+        self.apply(init_kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_sequence_input("ipn", x, self.num_frames, 1)

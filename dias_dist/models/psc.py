@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dr_head import check_sequence_input, reference_init, scaled_channels
+from .blocks import init_kaiming
+from .dr_head import check_sequence_input, scaled_channels
 from .res_unet_3d import ResConv3d, conv_bn_lrelu, up_bn_lrelu
 
 WIDTHS = (64, 128, 256, 512)
@@ -41,7 +42,7 @@ class PSC(nn.Module):
         self.ups = nn.ModuleList(up_bn_lrelu(c[i + 1], c[i], (1, 2, 2)) for i in reversed(range(3)))
         self.dec = nn.ModuleList(ResConv3d(2 * c[i], c[i]) for i in reversed(range(3)))
         self.head = nn.Conv3d(c[0], num_classes, 1)
-        self.apply(reference_init)
+        self.apply(init_kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_sequence_input("psc", x, self.num_frames, 8)

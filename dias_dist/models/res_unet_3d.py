@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dr_head import DRHead, check_num_frames, check_sequence_input, reference_init, scaled_channels
+from .blocks import init_kaiming
+from .dr_head import DRHead, check_num_frames, check_sequence_input, scaled_channels
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -78,7 +79,7 @@ class ResUNet3D(nn.Module):
         self.ups = nn.ModuleList(up_bn_lrelu(c[i + 1], c[i], 2) for i in reversed(range(3)))
         self.dec = nn.ModuleList(ResConv3d(2 * c[i], c[i], dropout) for i in reversed(range(3)))
         self.head = DRHead(c[0], num_frames, num_classes)
-        self.apply(reference_init)
+        self.apply(init_kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_sequence_input("res_unet_3d", x, self.num_frames, 8)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dr_head import DRHead, check_num_frames, check_sequence_input, reference_init, scaled_channels
+from .blocks import init_kaiming
+from .dr_head import DRHead, check_num_frames, check_sequence_input, scaled_channels
 
 WIDTHS = (64, 128, 256, 512, 1024)
 
@@ -59,7 +60,7 @@ class UNetNested3D(nn.Module):
                 scale = (1, 2, 2) if i == 0 else (2, 2, 2)
                 self.decoders[f"{i}{j}"] = NestedUp3d(c[i + 1], c[i], j, scale)
         self.heads = nn.ModuleList(DRHead(c[0], num_frames, num_classes) for _ in range(4))
-        self.apply(reference_init)
+        self.apply(init_kaiming)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_sequence_input("unet_nested_3d", x, self.num_frames, 16)
