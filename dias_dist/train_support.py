@@ -155,13 +155,19 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         keys = sorted({k for r in records_of_kind for k in r if k.startswith(("loss", "val_"))})
         if not keys:
             continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in keys:
-            points = [(r["step"], r[key]) for r in records_of_kind if key in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key, marker="." if kind == "val" else None)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
+        # Unbounded quantities (VC, a ratio of component counts) get their own panel so that the
+        # [0, 1] metrics stay readable.
+        unbounded = [k for k in keys if k.endswith("_vc")]
+        panels = [[k for k in keys if k not in unbounded]] + ([unbounded] if unbounded else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            for key in panel:
+                points = [(r["step"], r[key]) for r in records_of_kind if key in r]
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=key,
+                        marker="." if kind == "val" else None)
+            ax.set_xlabel("step")
+            ax.set_title(title + (" (VC: closer to 1 is better)" if panel is not panels[0] else ""))
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out_dir / file_name, dpi=100)
         plt.close(fig)
