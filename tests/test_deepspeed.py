@@ -351,3 +351,26 @@ if __name__ == "__main__":
         trainer_worker(Path(sys.argv[2]))
     else:
         worker(Path(sys.argv[1]))
+
+
+@pytest.mark.timeout(300)
+def test_zero2_two_ranks_through_the_trainer_checkpoints_and_evaluates(tiny_shards, tmp_path):
+    """2 torchrun ranks, ZeRO-2, the real loader: checkpoints are gathered collectively (a rank-0-only
+    gather would hang here), and the result evaluates with `dias evaluate` like a DDP checkpoint."""
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    train = subprocess.run(
+        [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=2", "launch/train.py", "configs/debug.yaml",
+         f"data.shards={tiny_shards}", "model.name=fr_unet", "model.params={width: 4}", "train.epochs=2",
+         "train.steps_per_epoch=2", f"train.run_dir={tmp_path}", "train.run_name=z2", "eval.test_split=test",
+         "dist.engine=deepspeed", "dist.deepspeed_config=configs/deepspeed/zero2.json"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    final = tmp_path / "z2" / "checkpoints" / "final.pt"
+    assert final.is_file() and (tmp_path / "z2" / "checkpoints" / "last.pt").is_file()
+    evaluate = subprocess.run(
+        [str(bin_dir / "dias"), "evaluate", str(final), "--split", "test", "--out", str(tmp_path / "ev"), "--no-images"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
+    assert (tmp_path / "ev" / "summary.csv").is_file()
