@@ -136,3 +136,22 @@ def test_corrupt_member_names_shard_and_key(shard_set, tmp_path):
     with pytest.warns(UserWarning, match="skipped corrupt data"):
         batch = next(iter(stream))
     assert batch["image"].shape == (16, 8, 64, 64) and stream.skipped >= 1
+
+
+def test_resharding_a_whole_data_set_drops_splits_the_source_no_longer_has(release, tmp_path):
+    import shutil
+
+    out = tmp_path / "reshard"
+    write_shards(release, out)
+    assert "unlabeled" in read_manifest(out)["splits"]
+    smaller = tmp_path / "smaller"
+    shutil.copytree(release, smaller)
+    shutil.rmtree(smaller / "unlabeled_DSA")
+    with pytest.warns(UserWarning, match="'unlabeled' is not in the new source"):
+        manifest = write_shards(smaller, out)
+    assert "unlabeled" not in manifest["splits"] and "unlabeled" not in read_manifest(out)["splits"]
+    assert not list((out / "unlabeled").glob("*.tar"))
+    verify_shards(out)
+    # sharding one split on purpose still merges into the existing manifest
+    merged = write_shards(release, out, splits=["unlabeled"])
+    assert {"training", "validation", "test", "unlabeled"} <= set(merged["splits"])

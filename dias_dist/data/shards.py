@@ -21,6 +21,7 @@ import io
 import json
 import mmap
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -159,6 +160,24 @@ def write_samples(samples: Iterable[dict], out_dir: str | Path, split: str, *, n
     return manifest
 
 
+def _drop_stale_splits(out_dir: Path, keep: list[str]) -> None:
+    """Re-sharding a whole data set into an existing folder: splits the source no longer has would
+    otherwise stay in the manifest (and be trained or evaluated on); remove them and their shards."""
+    if not (out_dir / MANIFEST).is_file():
+        return
+    manifest = read_manifest(out_dir)
+    stale = sorted(set(manifest.get("splits", {})) - set(keep))
+    for split in stale:
+        warnings.warn(f"{out_dir}: split {split!r} is not in the new source; removing its old shards")
+        for old in (out_dir / split).glob(f"{split}-*.tar"):
+            old.unlink()
+        del manifest["splits"][split]
+    if stale:
+        tmp = out_dir / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        tmp.replace(out_dir / MANIFEST)
+
+
 def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float = 256, min_shards: int = 1,
                  splits: Iterable[str] | None = None) -> dict:
     """Shard every split of a release-layout folder (``splits=None``: every split folder present)."""
@@ -167,6 +186,7 @@ def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float
         splits = [s for s in dias.SPLITS if dias.split_dir(src_root, s).is_dir()]
         if not splits:
             raise ValueError(f"{src_root}: no split folders ({', '.join(dias.SPLITS[:3])}, unlabeled_DSA)")
+        _drop_stale_splits(Path(out_dir), keep=splits)
     manifest = {}
     for split in splits:
         files = dias.list_sequences(src_root, split)
