@@ -56,8 +56,9 @@ def train_trial(params: dict, spec: dict) -> None:
     from dias_dist.trainer import run
 
     cfg = load_config(spec["config"], _trial_overrides(spec, params, _trial_name()))
-    final = run(cfg, report=tune.report)
-    tune.report({**_numeric(final), "done": True})
+    reporter = LastValidation(tune.report)
+    final = run(cfg, report=reporter)
+    reporter.final(final)
 
 
 def rpst_trial(params: dict, spec: dict) -> None:
@@ -116,8 +117,23 @@ def _torch_trainer_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     cfg = load_config(config["spec"]["config"], _trial_overrides(config["spec"], config["params"], config["name"]))
-    final = run(cfg, report=report)
-    report({**final, "done": 1})
+    reporter = LastValidation(report)
+    reporter.final(run(cfg, report=reporter))
+
+
+class LastValidation:
+    """Forwards each validation report and remembers it, so that the final report (test metrics) also
+    carries the last validation metrics: schedulers such as ASHA require their metric in every result."""
+
+    def __init__(self, report: Callable[[dict], None]):
+        self.report, self.last = report, {}
+
+    def __call__(self, metrics: dict) -> None:
+        self.last = _numeric(metrics)
+        self.report(self.last)
+
+    def final(self, metrics: dict) -> None:
+        self.report({**self.last, **_numeric(metrics), "done": 1.0})
 
 
 def _numeric(metrics: dict) -> dict:

@@ -127,3 +127,34 @@ def test_multi_worker_trial_runs_the_same_run_in_a_torch_trainer(tiny_shards, tm
     _, children = _child_runs(uri, out["parent_run_id"])
     assert len(children) == 1  # only rank 0 of the two workers logs
     assert children[0].data.tags["world_size"] == "2"
+
+
+def test_last_validation_reporter_keeps_the_metric_in_the_final_report():
+    from dias_dist.sweep import LastValidation
+
+    seen = []
+    reporter = LastValidation(seen.append)
+    reporter({"epoch": 1, "val_dsc": 0.5, "note": "x"})
+    reporter.final({"test_dsc": 0.6, "run_dir": "/tmp/r"})
+    assert seen[0] == {"epoch": 1.0, "val_dsc": 0.5}
+    assert seen[1] == {"epoch": 1.0, "val_dsc": 0.5, "test_dsc": 0.6, "done": 1.0}
+
+
+@pytest.mark.timeout(300)
+def test_tune_cli_with_asha(tiny_shards, tmp_path):
+    """`python tune.py sscr-sweep ... --scheduler asha`: every result carries val_dsc (ASHA checks it)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tune.py"), "sscr-sweep", str(ROOT / "configs" / "weak" / "sscr.yaml"),
+         f"data.shards={tiny_shards}", "data.patch_size_px=32", "data.num_workers=0", "data.target=scribble_rdfa",
+         "model.name=fr_unet", "model.params.width=4", "train.epochs=2", "train.steps_per_epoch=2",
+         "train.batch_size=2", "train.device=cpu", f"train.run_dir={tmp_path / 'runs'}", "eval.select_from_epoch=0",
+         "eval.test_split=test", "eval.batch_size=16", "--grid", "method.params.lambda1=0.5,1.0",
+         "--scheduler", "asha", "--storage", str(tmp_path / "tune"), "--name", "asha"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "[tune] 2 trials, 0 failed" in log, log[-3000:]
