@@ -69,3 +69,42 @@ def test_two_gloo_ranks_keep_identical_parameters(tiny_shards, tmp_path):
     assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3]  # rank 0 writes, once per step
     rows = (tmp_path / "ddp" / "eval" / "test" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 2  # header + each of the 2 test images exactly once
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_meet_through_c10d_rendezvous(tiny_shards, tmp_path):
+    """Two torchrun launchers, one process each, as two 'nodes' on localhost (--nnodes=2, c10d).
+
+    Each process has LOCAL_RANK 0, so this catches any code that takes the local rank for the
+    global one: both would believe they are rank 0 (two metric writers, duplicated evaluation).
+    """
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    out = tmp_path / "result.json"
+    rdzv = [f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--rdzv_backend=c10d", f"--rdzv_id=nodes-{os.getpid()}"]
+    args = [str(driver), str(ROOT / "configs" / "debug.yaml"), str(out), f"data.shards={tiny_shards}",
+            f"train.run_dir={tmp_path}", "train.run_name=nodes", "train.max_steps=3", "eval.val_every_epochs=1000",
+            "eval.test_checkpoint=final"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    nodes = [subprocess.Popen([str(TORCHRUN), "--nnodes=2", "--nproc_per_node=1", *rdzv, *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    try:
+        logs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    result = json.loads(out.read_text())
+    assert result["world"] == 2
+    assert result["initial_equal"] and result["final_equal"] and result["moved"]
+    assert result["target_sums"][0] != result["target_sums"][1]
+    metrics = [json.loads(line) for line in (tmp_path / "nodes" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3]  # exactly one writer over both nodes
+    rows = (tmp_path / "nodes" / "eval" / "test" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2
