@@ -6,6 +6,12 @@ ConvGRU against the reference code's per-timestep cell (``ConvGRUReference``) on
 Prints one line of JSON last. Each measurement: ``--warmup`` untimed steps, then the median of
 ``--repeats`` timed (forward + CE/Dice loss + backward) steps on random 64x64 input, the models
 timed in alternation.
+
+Roofline fields: both ConvGRU forms do the same arithmetic, so the JSON also gives each model's
+convolution/matmul FLOPs per step (``torch.utils.flop_counter``), the rate it reached, and the
+machine's dense matmul rate measured on the same threads (``matmul_peak_gflop_per_s``: fp32 on CPU,
+bf16 under autocast on GPU). ``vss_net_speedup_bound_at_equal_flops`` = that peak / the reference
+form's rate: no rearrangement of the same FLOPs can beat the reference form by more than this.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import subprocess
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from dias_dist.losses import ce_dice_loss
 from dias_dist.models import build_model, count_parameters, to_layout, input_layout
@@ -48,6 +55,31 @@ def _step_seconds(model, image, target, device, amp) -> float:
     return time.perf_counter() - tic
 
 
+def flops_per_step(model, image, target, device, amp) -> int:
+    """Convolution and matmul FLOPs of one forward + loss + backward step (elementwise ops not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _step_seconds(model, image, target, device, amp)
+    return counter.get_total_flops()
+
+
+def matmul_peak_gflop_per_s(device: torch.device, amp: bool, size: int = 4096, repeats: int = 5) -> float:
+    """Best rate of a square dense matmul on ``device`` (fp32 on CPU, bf16 on GPU under ``amp``), GFLOP/s."""
+    dtype = torch.bfloat16 if amp and device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - tic)
+    return 2 * size**3 / best / 1e9
+
+
 def patches_per_second(models: dict[str, torch.nn.Module], *, batch: int, patch: int, device: torch.device,
                        warmup: int, repeats: int, amp: bool) -> dict[str, dict]:
     """Median forward+backward step time of each model -> {name: {"patches_per_s", "step_ms", "params"}}.
@@ -70,7 +102,9 @@ def patches_per_second(models: dict[str, torch.nn.Module], *, batch: int, patch:
     out = {}
     for name, model in models.items():
         step = statistics.median(times[name])
-        out[name] = {"patches_per_s": batch / step, "step_ms": step * 1e3, "params": count_parameters(model)}
+        flops = flops_per_step(model, inputs[name], target, device, amp)
+        out[name] = {"patches_per_s": batch / step, "step_ms": step * 1e3, "params": count_parameters(model),
+                     "gflop_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / step}
     return out
 
 
@@ -84,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-amp", action="store_true", help="fp32 on GPU (default: bf16 autocast)")
     parser.add_argument("--skip-fr-unet", action="store_true")
+    parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul that measures the peak")
     parser.add_argument("--out", default="", help="also write the JSON here")
     args = parser.parse_args()
     if args.device == "auto":
@@ -98,6 +133,10 @@ def main() -> None:
     if not args.skip_fr_unet:
         models["fr_unet"] = build_model("fr_unet")
     measured = patches_per_second(models, **kw)
+    peak = matmul_peak_gflop_per_s(device, kw["amp"], size=args.peak_size)
+    for entry in measured.values():
+        entry["fraction_of_matmul_peak"] = entry["gflop_per_s"] / peak
+    speedup = measured["vss_net"]["patches_per_s"] / measured["vss_net_reference_gru"]["patches_per_s"]
     try:
         load = os.getloadavg()
     except OSError:
@@ -111,8 +150,11 @@ def main() -> None:
         "batch": args.batch, "patch_px": args.patch, "vss_net_width": args.width,
         "amp_bf16": (not args.no_amp) and device.type == "cuda",
         **measured,
-        "vss_net_batched_gru_speedup": measured["vss_net"]["patches_per_s"]
-        / measured["vss_net_reference_gru"]["patches_per_s"],
+        "matmul_peak_gflop_per_s": peak, "matmul_peak_size": args.peak_size,
+        "vss_net_batched_gru_speedup": speedup,
+        "vss_net_speedup_bound_at_equal_flops": peak / measured["vss_net_reference_gru"]["gflop_per_s"],
+        "batched_gru_target": 1.3,
+        "batched_gru_target_met": speedup >= 1.3,
         "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
     }
     line = json.dumps(result)
