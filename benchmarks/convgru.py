@@ -29,24 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from machine import describe as device_name
+
 from dias_dist.models import build_model
 from dias_dist.models import convgru
 
 VARIANTS = ("eager", "compile", "fused")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {cpu} ({os.cpu_count()} logical cores visible, torch threads {torch.get_num_threads()})"
 
 
 def timed(fn, device: torch.device, warmup: int, iters: int) -> dict:

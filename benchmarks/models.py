@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -20,6 +19,8 @@ import sys
 import time
 
 import torch
+
+from machine import describe
 
 from dias_dist.losses import ce_dice_loss
 from dias_dist.models import MODELS, build_model, count_parameters, input_layout, to_layout
@@ -98,8 +99,7 @@ def main() -> int:
         print(f"{name:15s} " + (f"{row['patches_per_s']:9.2f} patches/s  {row['peak_memory_mb']:9.0f} MB"
                                 if "error" not in row else f"ERROR {row['error']}"), file=sys.stderr, flush=True)
     result = {
-        "benchmark": "models", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "benchmark": "models", "device": describe(device), "device_type": device.type, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "load_average_1_5_15": list(os.getloadavg()),
         "batch": args.batch, "patch_px": args.patch, "frames": 8, "amp_bf16": device.type == "cuda" and not args.no_amp,
         "models": rows,

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from machine import describe
 
 from dias_dist.losses import ce_dice_loss
 from dias_dist.models import build_model, count_parameters, to_layout, input_layout
@@ -143,8 +144,7 @@ def main() -> None:
         load = None
     result = {
         "benchmark": "train_step",
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "cpu": platform.processor() or platform.machine(),
+        "device": describe(device), "device_type": device.type, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "load_average_1_5_15": load,
         "batch": args.batch, "patch_px": args.patch, "vss_net_width": args.width,

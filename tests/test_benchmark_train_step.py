@@ -19,7 +19,7 @@ def test_train_step_json_reports_speed_and_the_equal_flops_bound(tmp_path):
     result = json.loads(out.read_text())
     assert json.loads(proc.stdout.splitlines()[-1]) == result
     batched, reference = result["vss_net"], result["vss_net_reference_gru"]
-    assert result["device"] == "cpu" and result["batch"] == 2 and result["vss_net_width"] == 4
+    assert result["device_type"] == "cpu" and result["device"].startswith("CPU ") and result["batch"] == 2 and result["vss_net_width"] == 4
     assert batched["params"] == reference["params"]
     assert batched["gflop_per_step"] == reference["gflop_per_step"] > 0  # same arithmetic, other order
     assert result["matmul_peak_gflop_per_s"] > 0

@@ -235,14 +235,16 @@ def test_vss_net_triton_equals_torch():
                          dict(rtol=1e-3, atol=1e-4))
 
 
-def test_benchmark_writes_json_with_device_and_checked_outputs(tmp_path):
+def test_benchmark_writes_json_with_device_and_checked_outputs(tmp_path, monkeypatch):
     """benchmarks/convgru.py end to end on tiny sizes: eager vs interpreted fused layer outputs agree,
     and without --allow-interpreted the fused variant is recorded as not applicable on CPU."""
     import importlib.util as util
     import json
     from pathlib import Path
 
-    spec = util.spec_from_file_location("bench_convgru", Path(__file__).resolve().parents[1] / "benchmarks/convgru.py")
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when run as a script: its folder is on sys.path
+    spec = util.spec_from_file_location("bench_convgru", benchmarks / "convgru.py")
     bench = util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     tiny = ["--device", "cpu", "--layer-batch", "1", "--layer-channels", "2", "--layer-size", "4", "--frames", "3",
