@@ -9,9 +9,10 @@ timed in alternation.
 
 Roofline fields: both ConvGRU forms do the same arithmetic, so the JSON also gives each model's
 convolution/matmul FLOPs per step (``torch.utils.flop_counter``), the rate it reached, and the
-machine's dense matmul rate measured on the same threads (``matmul_peak_gflop_per_s``: fp32 on CPU,
-bf16 under autocast on GPU). ``vss_net_speedup_bound_at_equal_flops`` = that peak / the reference
-form's rate: no rearrangement of the same FLOPs can beat the reference form by more than this.
+machine's dense matmul rate on the same threads (``matmul_peak_gflop_per_s``; bf16 under autocast,
+i.e. on GPU by default and on CPU with ``--cpu-bf16``, else fp32).
+``vss_net_speedup_bound_at_equal_flops`` = that peak / the reference form's rate: no rearrangement
+of the same FLOPs can beat the reference form by more than this.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _step_seconds(model, image, target, device, amp) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     tic = time.perf_counter()
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         loss = ce_dice_loss(model(image), target)["total"]
     loss.backward()
     model.zero_grad(set_to_none=True)
@@ -65,8 +66,8 @@ def flops_per_step(model, image, target, device, amp) -> int:
 
 
 def matmul_peak_gflop_per_s(device: torch.device, amp: bool, size: int = 4096, repeats: int = 5) -> float:
-    """Best rate of a square dense matmul on ``device`` (fp32 on CPU, bf16 on GPU under ``amp``), GFLOP/s."""
-    dtype = torch.bfloat16 if amp and device.type == "cuda" else torch.float32
+    """Best rate of a square dense matmul on ``device`` (bf16 under ``amp``, else fp32), GFLOP/s."""
+    dtype = torch.bfloat16 if amp else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-amp", action="store_true", help="fp32 on GPU (default: bf16 autocast)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU (train.cpu_bf16; default fp32)")
     parser.add_argument("--skip-fr-unet", action="store_true")
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul that measures the peak")
     parser.add_argument("--out", default="", help="also write the JSON here")
@@ -126,7 +128,7 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     kw = dict(batch=args.batch, patch=args.patch, device=device, warmup=args.warmup, repeats=args.repeats,
-              amp=not args.no_amp)
+              amp=(not args.no_amp) if device.type == "cuda" else args.cpu_bf16)
     torch.manual_seed(0)
     models = {"vss_net": build_model("vss_net", width=args.width, gru_impl="torch")}
     torch.manual_seed(0)
@@ -148,7 +150,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "load_average_1_5_15": load,
         "batch": args.batch, "patch_px": args.patch, "vss_net_width": args.width,
-        "amp_bf16": (not args.no_amp) and device.type == "cuda",
+        "amp_bf16": kw["amp"],
         **measured,
         "matmul_peak_gflop_per_s": peak, "matmul_peak_size": args.peak_size,
         "vss_net_batched_gru_speedup": speedup,

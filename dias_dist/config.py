@@ -77,7 +77,8 @@ class TrainConfig:
     max_steps: int = 0  # >0: stop after this many steps (tests, smoke runs)
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = True  # bf16 autocast on GPU
+    cpu_bf16: bool = False  # bf16 autocast on CPU too: ~1.9x faster on CPUs with AVX512-BF16/AMX, slower without
     channels_last: bool = False
     deterministic: bool = False
     log_every_steps: int = 10
@@ -86,6 +87,12 @@ class TrainConfig:
     run_name: str = ""  # "" = <model>-<method>-<timestamp>
     resume: str = "never"  # never | auto | PATH to a checkpoint
     progress: bool = True
+
+    def bf16_autocast(self, device: "torch.device | str") -> bool:
+        """Whether training and evaluation on ``device`` run under bf16 autocast:
+        ``amp`` on CUDA, ``cpu_bf16`` on CPU, never elsewhere."""
+        kind = device if isinstance(device, str) else device.type
+        return bool(self.amp) if kind == "cuda" else bool(self.cpu_bf16) if kind == "cpu" else False
 
 
 @dataclass(kw_only=True)

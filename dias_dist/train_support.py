@@ -114,7 +114,7 @@ def evaluate_summary(model: torch.nn.Module, cfg: Config, split: str, *, device:
     was_training = model.training
     model.eval()
     rows = evaluate_split(model, cfg.data.shards, split, cfg.eval, device=device, out_dir=out_dir,
-                          write_images=write_images, amp=cfg.train.amp)
+                          write_images=write_images, amp=cfg.train.bf16_autocast(device))
     model.train(was_training)
     return rows, summarize(rows)
 

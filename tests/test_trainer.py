@@ -173,6 +173,33 @@ def test_cuda_bf16_channels_last_step(tmp_path, fake_data):
     assert result["step"] == 3
 
 
+def test_cpu_runs_fp32_by_default_and_bf16_with_cpu_bf16(tmp_path, fake_data):
+    """train.amp is for CUDA; on CPU bf16 autocast needs train.cpu_bf16 (training and evaluation)."""
+    from dias_dist.engine.ddp import DDPEngine
+    from dias_dist.evaluation.tiling import model_predict_fn
+
+    cpu = torch.device("cpu")
+    default = tiny_cfg(tmp_path)
+    assert default.train.amp and not default.train.bf16_autocast(cpu) and default.train.bf16_autocast("cuda")
+    engine = DDPEngine(TinyNet(), default, device=cpu)
+    with engine.autocast():
+        assert engine.model(torch.randn(2, 8, 16, 16)).dtype == torch.float32
+    cfg = tiny_cfg(tmp_path, "train.cpu_bf16=true", "train.amp=false")
+    assert cfg.train.bf16_autocast(cpu) and not cfg.train.bf16_autocast("cuda")
+    engine = DDPEngine(TinyNet(), cfg, device=cpu)
+    with engine.autocast():
+        assert engine.model(torch.randn(2, 8, 16, 16)).dtype == torch.bfloat16
+    net = TinyNet().eval()
+    tiles = torch.randn(3, 8, 16, 16)
+    fp32, bf16 = (model_predict_fn(net, cpu, "frames", amp)(tiles) for amp in (False, True))
+    assert fp32.dtype == bf16.dtype == torch.float32  # probabilities stay float32
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.05)  # bf16 logits, close
+    result = trainer.run(tiny_cfg(tmp_path, "train.cpu_bf16=true", "train.max_steps=3", "train.run_name=bf16"))
+    assert result["step"] == 3
+    losses = [r["loss_total"] for r in MetricsLog(tmp_path / "bf16" / "metrics.jsonl", True).read() if r["kind"] == "train"]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
 def test_method_and_target_map_must_agree():
     from dias_dist.data.loader import TrainSource
     from dias_dist.methods import build_method

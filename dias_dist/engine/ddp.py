@@ -4,7 +4,8 @@
   gloo on CPU). One process: the bare model, same code path otherwise.
 - Gradient accumulation: micro-batches before the last one run under ``no_sync()`` so the
   all-reduce happens once per optimizer step.
-- bf16 autocast on CUDA when ``cfg.train.amp`` (no GradScaler needed for bf16); ignored on CPU.
+- bf16 autocast (no GradScaler needed for bf16) on CUDA when ``cfg.train.amp``, on CPU when
+  ``cfg.train.cpu_bf16`` (``TrainConfig.bf16_autocast``).
 - ``channels_last`` memory format on CUDA when ``cfg.train.channels_last`` (for 4-D convs).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ class DDPEngine:
     def __init__(self, model: nn.Module, cfg, *, device: torch.device):
         self.device = device
         self.grad_clip = cfg.optim.grad_clip
-        self.use_amp = bool(cfg.train.amp) and device.type == "cuda"
+        self.use_amp = cfg.train.bf16_autocast(device)
         self.channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
         model = model.to(device)
         if self.channels_last:
@@ -40,9 +41,9 @@ class DDPEngine:
             self.model = model
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when enabled, else a no-op context."""
+        """bf16 autocast on the engine's device when enabled, else a no-op context."""
         if self.use_amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:

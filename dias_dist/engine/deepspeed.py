@@ -9,8 +9,8 @@ Same protocol as ``DDPEngine`` (ARCHITECTURE.md), so the training loop does not 
 - Gradient accumulation: ``backward(loss, sync)`` marks the accumulation boundary itself
   (``set_gradient_accumulation_boundary``) and does not rescale the loss, like DDP's ``no_sync``.
 - bf16 (``"bf16": {"enabled": true}``) keeps bf16 weights with fp32 master copies in the optimizer;
-  ``prepare_input`` casts float inputs to bf16 then. Without it, ``cfg.train.amp`` autocasts on CUDA
-  exactly as the DDP engine does.
+  ``prepare_input`` casts float inputs to bf16 then. Without it, bf16 autocast follows ``cfg.train.amp`` (CUDA)
+  and ``cfg.train.cpu_bf16`` (CPU) exactly as the DDP engine does.
 
 Checkpoints (``state_dict`` is COLLECTIVE under ZeRO 1/2: every rank must call it; only rank 0 writes):
 - ``model``: the full weights in float32, so ``dias evaluate`` reads them like a DDP checkpoint.
@@ -101,7 +101,7 @@ class DeepSpeedEngine:
         self.ds_config = read_deepspeed_config(cfg.dist.deepspeed_config, cfg)
         self.bf16 = bool(self.ds_config.get("bf16", {}).get("enabled", False))
         self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
-        self.use_amp = bool(cfg.train.amp) and device.type == "cuda" and not self.bf16
+        self.use_amp = cfg.train.bf16_autocast(device) and not self.bf16
         self.channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
         if device.type == "cpu":
             # Otherwise init_distributed JIT-compiles the shm comm op with g++ (~1-2 min); gloo suffices.
@@ -121,9 +121,9 @@ class DeepSpeedEngine:
     # -- training step -----------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when train.amp and the JSON does not enable DeepSpeed bf16."""
+        """bf16 autocast (train.amp on CUDA, train.cpu_bf16 on CPU) unless the JSON enables DeepSpeed bf16."""
         if self.use_amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -85,12 +85,13 @@ def _write_tables(rows: list[dict], out_dir: Path) -> None:
 
 def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig, *,
                    device: torch.device | str, out_dir: str | Path | None = None, write_images: bool = True,
-                   amp: bool = True) -> list[dict]:
+                   amp: bool = False) -> list[dict]:
     """Evaluate ``model`` on every sequence of ``split`` in ``shard_dir`` with the paper's protocol.
 
     Sliding window (``eval_cfg.patch_size_px`` / ``stride_px``, zero pad, ``batch_size`` tiles per
     forward), overlap-averaged softmax vessel probability, threshold ``eval_cfg.threshold`` (or DTI),
-    the 8 metrics per image. ``amp``: bf16 autocast on CUDA as the reference tester (no-op on CPU).
+    the 8 metrics per image. ``amp``: bf16 autocast on ``device`` (callers pass
+    ``cfg.train.bf16_autocast(device)``: on CUDA as the reference tester).
     A DDP/DeepSpeed wrapper is bypassed (``.module``) so that ranks with different image counts
     never meet in a collective inside forward. Returns the per-image rows of ALL ranks (see
     ``evaluate_sequences``); rank 0 writes the outputs when ``out_dir`` is given.

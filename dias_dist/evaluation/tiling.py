@@ -71,12 +71,12 @@ def model_predict_fn(model: nn.Module, device: torch.device | str, layout: str, 
     """predict_fn for ``sliding_window_probability`` from a model returning logits (N, C, P, P).
 
     Moves tiles (N, T, P, P) float32 to ``device``, reshapes them to ``layout`` ("frames" /
-    "sequence"), runs the model without gradients (bf16 autocast when ``amp`` and on CUDA) and
+    "sequence"), runs the model without gradients (bf16 autocast on ``device`` when ``amp``) and
     returns the limited-softmax vessel probability float32 (N, P, P). The caller puts the model
     in eval mode.
     """
     device = torch.device(device)
-    use_autocast = bool(amp) and device.type == "cuda"
+    use_autocast = bool(amp) and device.type in ("cuda", "cpu")
 
     @torch.no_grad()
     def predict(tiles_NTPP: torch.Tensor) -> torch.Tensor:
