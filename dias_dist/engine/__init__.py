@@ -40,6 +40,11 @@ class Engine(Protocol):
 ENGINES = ("ddp", "deepspeed")
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``enabled`` (CUDA or CPU), else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def build_engine(model: nn.Module, cfg, *, device: torch.device) -> Engine:
     """Wrap ``model`` (already built, identical on every rank) for ``cfg.dist.engine`` on ``device``."""
     name = cfg.dist.engine

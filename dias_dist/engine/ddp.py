@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dias_dist import dist
+from dias_dist.engine import bf16_autocast
 from dias_dist.schedule import build_optimizer
 
 
@@ -42,9 +43,7 @@ class DDPEngine:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on the engine's device when enabled, else a no-op context."""
-        if self.use_amp:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.device, self.use_amp)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Move a batch tensor to the device (non-blocking), channels-last for 4-D float input when set."""

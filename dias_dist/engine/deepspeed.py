@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from dias_dist import dist
+from dias_dist.engine import bf16_autocast
 from dias_dist.schedule import build_optimizer
 
 # Keys the engine fills from cfg.train / cfg.optim; a JSON that sets them would be a second source of truth.
@@ -122,9 +123,7 @@ class DeepSpeedEngine:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast (train.amp on CUDA, train.cpu_bf16 on CPU) unless the JSON enables DeepSpeed bf16."""
-        if self.use_amp:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.device, self.use_amp)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """To the device; float input to bf16 when DeepSpeed bf16 is on (the weights are bf16)."""
