@@ -82,7 +82,8 @@ def test_two_nodes_meet_through_c10d_rendezvous(tiny_shards, tmp_path):
     """Two torchrun launchers, one process each, as two 'nodes' on localhost (--nnodes=2, c10d).
 
     Each process has LOCAL_RANK 0, so this catches any code that takes the local rank for the
-    global one: both would believe they are rank 0 (two metric writers, duplicated evaluation).
+    global one: both would believe they are rank 0 (two metric writers, two MLflow runs,
+    duplicated evaluation). MLflow is on: rank 0 alone logs.
     """
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -90,7 +91,7 @@ def test_two_nodes_meet_through_c10d_rendezvous(tiny_shards, tmp_path):
     rdzv = [f"--rdzv_endpoint=127.0.0.1:{_free_port()}", "--rdzv_backend=c10d", f"--rdzv_id=nodes-{os.getpid()}"]
     args = [str(driver), str(ROOT / "configs" / "debug.yaml"), str(out), f"data.shards={tiny_shards}",
             f"train.run_dir={tmp_path}", "train.run_name=nodes", "train.max_steps=3", "eval.val_every_epochs=1000",
-            "eval.test_checkpoint=final"]
+            "eval.test_checkpoint=final", "track.enabled=true", f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     nodes = [subprocess.Popen([str(TORCHRUN), "--nnodes=2", "--nproc_per_node=1", *rdzv, *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -108,3 +109,12 @@ def test_two_nodes_meet_through_c10d_rendezvous(tiny_shards, tmp_path):
     assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3]  # exactly one writer over both nodes
     rows = (tmp_path / "nodes" / "eval" / "test" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 2
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, "only rank 0 may create an MLflow run"
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_total")] == [1, 2, 3]
+    assert 0.0 <= run.data.metrics["test_dsc"] <= 1.0
