@@ -1,4 +1,8 @@
-"""Rank-0 progress bar: it/s and ETA (tqdm), patches/s, data-wait share and the current loss."""
+"""Progress bars on stderr (tqdm: count, rate, ETA).
+
+``Progress``: the training bar (rank 0): it/s, ETA, patches/s, data-wait share and the current loss.
+``bar``: any other long loop (phantom generation, sharding, evaluation, pseudo-labelling).
+"""
 from __future__ import annotations
 
 import sys
@@ -38,3 +42,12 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def bar(iterable, *, total: int | None = None, desc: str, unit: str, enabled: bool | None = None):
+    """``iterable`` wrapped in a tqdm bar (count, rate, ETA when ``total`` is known).
+
+    ``enabled``: True shows it, False hides it, None shows it only when stderr is a terminal.
+    """
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None if enabled is None else not enabled,
+                dynamic_ncols=True, file=sys.stderr, mininterval=1.0)

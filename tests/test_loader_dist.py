@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dias_dist.data.loader import TrainSource, eval_sequences, train_batches
+from dias_dist.data.loader import TrainSource, eval_sequences, eval_share_size, train_batches
 from dias_dist.data.shards import write_samples
 
 SIDE = 80
@@ -97,19 +97,22 @@ def test_eval_every_sequence_once_single_process(shard_dir):
     sample = next(iter(eval_sequences(shard_dir, "test", num_workers=0)))
     assert sample["image"].shape == (8, SIDE, SIDE) and str(sample["image"].dtype) == "torch.float32"
     assert sample["label"].shape == (SIDE, SIDE) and sample["id"] == 200
+    assert eval_share_size(shard_dir, "test", num_workers=2) == eval_share_size(shard_dir, "test", num_workers=0) == 5
+    assert eval_share_size(shard_dir, "test", keys={"s00201", "s00204", "s99999"}) == 2
 
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     from dias_dist import dist
-    from dias_dist.data.loader import TrainSource, eval_sequences, train_batches
+    from dias_dist.data.loader import TrainSource, eval_sequences, eval_share_size, train_batches
     shard_dir, out = sys.argv[1], sys.argv[2]
     dist.init(backend="gloo", device="cpu")
     stream = iter(train_batches(TrainSource(shard_dir), batch_size=16, patch_size=16, patches_per_sequence=2,
                                 shuffle_buffer=8, num_workers=2, seed=0))
     train = [next(stream)["image"][:, :, 0, 0].tolist() for _ in range(2)]
     keys = [s["key"] for s in eval_sequences(shard_dir, "test", num_workers=2)]
-    gathered = dist.all_gather_object({"train": train, "keys": keys})
+    share = eval_share_size(shard_dir, "test", num_workers=2)
+    gathered = dist.all_gather_object({"train": train, "keys": keys, "share": share})
     if dist.is_main():
         json.dump(gathered, open(out, "w"))
     dist.teardown()
@@ -130,3 +133,4 @@ def test_two_ranks_two_workers(shard_dir, tmp_path):
     keys = rank0["keys"] + rank1["keys"]
     assert sorted(keys) == [f"s{i:05d}" for i in range(200, 205)]  # 5 sequences in 3 shards: each exactly once
     assert set(rank0["keys"]).isdisjoint(rank1["keys"])
+    assert [rank0["share"], rank1["share"]] == [len(rank0["keys"]), len(rank1["keys"])]  # progress-bar totals

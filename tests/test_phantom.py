@@ -79,6 +79,21 @@ def test_cli_writes_release_layout(tmp_path):
     assert [s.seq_id for s in dias.read_split(out, "test")] == [3]
 
 
+def test_progress_bar_counts_sequences_with_rate(tmp_path, capsys):
+    from dias_dist.data.phantom_cli import write_phantom_dataset
+    from dias_dist.data.shards import write_shards
+
+    write_phantom_dataset(tmp_path / "ph", size=32, train=2, val=0, test=1, unlabeled=0, preview=False, progress=True)
+    err = capsys.readouterr().err
+    assert "phantom" in err and "3/3" in err and "seq/s" in err
+    write_phantom_dataset(tmp_path / "quiet", size=32, train=1, val=0, test=0, unlabeled=0, preview=False,
+                          progress=False)
+    assert capsys.readouterr().err == ""
+    write_shards(tmp_path / "ph", tmp_path / "shards", progress=True)
+    err = capsys.readouterr().err
+    assert "shard training" in err and "2/2" in err and "shard test" in err and "1/1" in err
+
+
 @pytest.mark.slow
 def test_speed_800_at_least_one_sequence_per_second():
     """CPU seconds of this process (one core), so that other jobs on the machine do not decide the result."""

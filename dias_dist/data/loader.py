@@ -311,6 +311,16 @@ def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = 
     return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
 
 
+def eval_share_size(shard_dir, split, *, num_workers: int = 1, keys: set[str] | None = None) -> int:
+    """How many sequences ``eval_sequences(shard_dir, split, num_workers=...)`` yields on this rank
+    (only those in ``keys`` when given); for progress bars."""
+    stream = SequenceStream(shard_dir, split)
+    workers = max(num_workers, 1)
+    slots = stream.world * workers
+    return sum(1 for slot in range(stream.rank * workers, (stream.rank + 1) * workers)
+               for key, _ in stream.items[slot::slots] if keys is None or key in keys)
+
+
 def _as_is(sample: dict) -> dict:
     """Collate function of the evaluation stream: samples pass through unchanged (meta stays a dict)."""
     return sample

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..progress import bar
 from .phantom import generate_sequence, sequence_rng
 from .scribbles import rdfa_scribble, sale_scribble
 
@@ -39,8 +40,11 @@ def preview_image(frames: np.ndarray, label: np.ndarray, scribbles: dict[str, np
 
 def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 30, val: int = 10, test: int = 20,
                           unlabeled: int = 60, seed: int = 0, preview: bool = True, min_frames: int = 4,
-                          max_frames: int = 14, motion_px: float = 0.5) -> dict:
-    """Generate and write the data set; returns counts and timing. uint8 PNGs in the release layout."""
+                          max_frames: int = 14, motion_px: float = 0.5, progress: bool | None = None) -> dict:
+    """Generate and write the data set; returns counts and timing. uint8 PNGs in the release layout.
+
+    ``progress``: a bar over the sequences (None: only on a terminal, see ``progress.bar``).
+    """
     out = Path(out_dir)
     for name, count in (("train", train), ("val", val), ("test", test), ("unlabeled", unlabeled)):
         if count < 0:
@@ -49,25 +53,25 @@ def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 
     seq_id = 0
     start = time.perf_counter()
     frames_written = 0
-    for split, count in plan:
-        for _ in range(count):
-            seq = generate_sequence(size, sequence_rng(seed, seq_id), min_frames=min_frames, max_frames=max_frames,
-                                    motion_px=motion_px)
-            image_dir = out / "unlabeled_DSA" if split == "unlabeled" else out / split / "images"
-            for f, frame in enumerate(seq.frames):
-                save_png(image_dir / f"image_s{seq_id}_i{f}.png", frame)
-            frames_written += len(seq.frames)
-            if split != "unlabeled":
-                save_png(out / split / "labels" / f"label_s{seq_id}.png", seq.label * 255)
-            if split == "training":
-                scribble_rng = np.random.default_rng(np.random.SeedSequence([seed, seq_id, 1]))
-                scribbles = {"RDFA": rdfa_scribble(seq.label, scribble_rng),
-                             "SALE": sale_scribble(seq.label, scribble_rng)}
-                for folder, scribble in scribbles.items():
-                    save_png(out / split / "scribble_labels" / folder / f"label_s{seq_id}.png", scribble)
-                if preview and seq_id == 0:
-                    Image.fromarray(preview_image(seq.frames, seq.label, scribbles)).save(out / "preview.png")
-            seq_id += 1
+    todo = [split for split, count in plan for _ in range(count)]
+    for split in bar(todo, desc="phantom", unit="seq", enabled=progress):
+        seq = generate_sequence(size, sequence_rng(seed, seq_id), min_frames=min_frames, max_frames=max_frames,
+                                motion_px=motion_px)
+        image_dir = out / "unlabeled_DSA" if split == "unlabeled" else out / split / "images"
+        for f, frame in enumerate(seq.frames):
+            save_png(image_dir / f"image_s{seq_id}_i{f}.png", frame)
+        frames_written += len(seq.frames)
+        if split != "unlabeled":
+            save_png(out / split / "labels" / f"label_s{seq_id}.png", seq.label * 255)
+        if split == "training":
+            scribble_rng = np.random.default_rng(np.random.SeedSequence([seed, seq_id, 1]))
+            scribbles = {"RDFA": rdfa_scribble(seq.label, scribble_rng),
+                         "SALE": sale_scribble(seq.label, scribble_rng)}
+            for folder, scribble in scribbles.items():
+                save_png(out / split / "scribble_labels" / folder / f"label_s{seq_id}.png", scribble)
+            if preview and seq_id == 0:
+                Image.fromarray(preview_image(seq.frames, seq.label, scribbles)).save(out / "preview.png")
+        seq_id += 1
     elapsed = time.perf_counter() - start
     return {"sequences": seq_id, "frames": frames_written, "seconds": round(elapsed, 2),
             "sequences_per_s": round(seq_id / elapsed, 3) if elapsed > 0 else None}

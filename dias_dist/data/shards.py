@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from ..progress import bar
 from . import dias
 from .preprocess import PARAMS, preprocess_sequence
 
@@ -179,8 +180,11 @@ def _drop_stale_splits(out_dir: Path, keep: list[str]) -> None:
 
 
 def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float = 256, min_shards: int = 1,
-                 splits: Iterable[str] | None = None) -> dict:
-    """Shard every split of a release-layout folder (``splits=None``: every split folder present)."""
+                 splits: Iterable[str] | None = None, progress: bool | None = None) -> dict:
+    """Shard every split of a release-layout folder (``splits=None``: every split folder present).
+
+    ``progress``: a bar per split over its sequences (None: only on a terminal).
+    """
     src_root = Path(src_root)
     if splits is None:
         splits = [s for s in dias.SPLITS if dias.split_dir(src_root, s).is_dir()]
@@ -190,7 +194,8 @@ def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float
     manifest = {}
     for split in splits:
         files = dias.list_sequences(src_root, split)
-        samples = (sequence_sample(dias.read_sequence(f)) for f in files)
+        samples = (sequence_sample(dias.read_sequence(f))
+                   for f in bar(files, desc=f"shard {split}", unit="seq", enabled=progress))
         manifest = write_samples(samples, out_dir, split, num_samples=len(files), shard_size_mb=shard_size_mb,
                                  min_shards=min_shards, provenance={"source": str(src_root.resolve())})
     manifest["preprocessing"] = PARAMS

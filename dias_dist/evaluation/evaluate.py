@@ -25,6 +25,7 @@ from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv, 
 from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
 from dias_dist.metrics import METRIC_NAMES, binarize, image_metrics
 from dias_dist.models import input_layout
+from dias_dist.progress import bar
 
 ProbabilityFn = Callable[[object], np.ndarray]  # image float32 (T, H, W) -> prob float32 (H, W)
 
@@ -85,7 +86,7 @@ def _write_tables(rows: list[dict], out_dir: Path) -> None:
 
 def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig, *,
                    device: torch.device | str, out_dir: str | Path | None = None, write_images: bool = True,
-                   amp: bool = False) -> list[dict]:
+                   amp: bool = False, progress: bool | None = False) -> list[dict]:
     """Evaluate ``model`` on every sequence of ``split`` in ``shard_dir`` with the paper's protocol.
 
     Sliding window (``eval_cfg.patch_size_px`` / ``stride_px``, zero pad, ``batch_size`` tiles per
@@ -94,7 +95,8 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
     ``cfg.train.bf16_autocast(device)``: on CUDA as the reference tester).
     A DDP/DeepSpeed wrapper is bypassed (``.module``) so that ranks with different image counts
     never meet in a collective inside forward. Returns the per-image rows of ALL ranks (see
-    ``evaluate_sequences``); rank 0 writes the outputs when ``out_dir`` is given.
+    ``evaluate_sequences``); rank 0 writes the outputs when ``out_dir`` is given. ``progress``: a
+    bar over this rank's images (pass False on other ranks; None = only on a terminal).
     """
     from dias_dist.data import loader as data_loader  # imported late: evaluation without data code stays importable
 
@@ -112,8 +114,10 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
         return prob.cpu().numpy()
 
     try:
-        rows = evaluate_sequences(probability, data_loader.eval_sequences(shard_dir, split), eval_cfg,
-                                  out_dir=out_dir, write_images=write_images)
+        total = None if progress is False else data_loader.eval_share_size(shard_dir, split)
+        sequences = bar(data_loader.eval_sequences(shard_dir, split), desc=f"eval {split}", unit="img",
+                        total=total, enabled=progress)
+        rows = evaluate_sequences(probability, sequences, eval_cfg, out_dir=out_dir, write_images=write_images)
     finally:
         network.train(was_training)
     if not rows:

@@ -44,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
         model.to(device).eval()
         out_dir = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval" / args.split
         rows = evaluate_split(model, cfg.data.shards, args.split, cfg.eval, device=device, out_dir=out_dir,
-                              write_images=not args.no_images, amp=cfg.train.bf16_autocast(device))
+                              write_images=not args.no_images, amp=cfg.train.bf16_autocast(device),
+                              progress=None if dist.is_main() else False)
         if dist.is_main():
             print(f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}, "
                   f"{args.split} split of {cfg.data.shards}: {len(rows)} images")

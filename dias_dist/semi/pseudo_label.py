@@ -24,10 +24,11 @@ from torch import nn
 
 from dias_dist import dist
 from dias_dist.config import EvalConfig
-from dias_dist.data.loader import eval_sequences
+from dias_dist.data.loader import eval_sequences, eval_share_size
 from dias_dist.data.shards import ShardReader, png_bytes, read_manifest, split_entry, write_samples
 from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
 from dias_dist.models import input_layout
+from dias_dist.progress import bar
 
 PSEUDO_MAP = "pseudo"
 
@@ -42,7 +43,8 @@ def selected_keys(shard_dir: str | Path, split: str, num_sequences: int) -> list
 
 
 def label_local_sequences(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig, *,
-                          device: torch.device, keys: list[str], amp: bool = False) -> dict[str, bytes]:
+                          device: torch.device, keys: list[str], amp: bool = False,
+                          progress: bool | None = False) -> dict[str, bytes]:
     """Hard pseudo labels of this rank's share of ``keys``: {key: PNG bytes of uint8 (H, W) in {0, 255}}.
 
     The vessel probability float32 (H, W) comes from ``sliding_window_probability`` on the z-scored
@@ -55,9 +57,9 @@ def label_local_sequences(model: nn.Module, shard_dir: str | Path, split: str, e
     wanted = set(keys)
     labels: dict[str, bytes] = {}
     try:
-        for sample in eval_sequences(shard_dir, split, num_workers=0):
-            if sample["key"] not in wanted:
-                continue
+        total = None if progress is False else eval_share_size(shard_dir, split, num_workers=0, keys=wanted)
+        for sample in bar((s for s in eval_sequences(shard_dir, split, num_workers=0) if s["key"] in wanted),
+                          total=total, desc=f"pseudo-label {split}", unit="img", enabled=progress):
             prob_HW = sliding_window_probability(predict, sample["image"], patch=eval_cfg.patch_size_px,
                                                  stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
             hard_HW = (prob_HW.cpu().numpy() >= eval_cfg.threshold).astype(np.uint8)
@@ -106,7 +108,8 @@ def write_pseudo_shards(source_dir: str | Path, split: str, labels: dict[str, by
 
 
 def pseudo_label_split(model: nn.Module, shard_dir: str | Path, split: str, out_dir: str | Path, eval_cfg: EvalConfig,
-                       *, device: torch.device, provenance: dict, num_sequences: int = 0, amp: bool = False) -> dict:
+                       *, device: torch.device, provenance: dict, num_sequences: int = 0, amp: bool = False,
+                       progress: bool | None = False) -> dict:
     """The whole stage on every rank: label the shares, gather the PNGs, rank 0 writes ``out_dir``.
 
     Returns (on every rank) {"out_dir", "num_sequences", "vessel_fraction", "seconds"}; vessel_fraction
@@ -114,7 +117,8 @@ def pseudo_label_split(model: nn.Module, shard_dir: str | Path, split: str, out_
     """
     start = time.perf_counter()
     keys = selected_keys(shard_dir, split, num_sequences)
-    local = label_local_sequences(model, shard_dir, split, eval_cfg, device=device, keys=keys, amp=amp)
+    local = label_local_sequences(model, shard_dir, split, eval_cfg, device=device, keys=keys, amp=amp,
+                                  progress=progress)
     labels: dict[str, bytes] = {}
     for part in dist.all_gather_object(local):
         duplicated = set(part) & set(labels)

@@ -211,7 +211,8 @@ def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
     try:
         stats = pseudo_label_split(model, cfg.data.shards, cfg.rpst.unlabeled_split, out_dir, cfg.eval,
                                    device=device, provenance=provenance, num_sequences=cfg.rpst.num_unlabeled,
-                                   amp=cfg.train.bf16_autocast(device))
+                                   amp=cfg.train.bf16_autocast(device),
+                                   progress=cfg.train.progress and dist.is_main())
         tracker.log_params({**provenance, "unlabeled_split": cfg.rpst.unlabeled_split, "out_dir": str(out_dir)})
         tracker.log_metrics({k_: float(v) for k_, v in stats.items() if isinstance(v, (int, float))}, k)
         tracker.log_artifact(out_dir / "manifest.json")
