@@ -44,10 +44,12 @@ class Progress:
         self.bar.close()
 
 
-def bar(iterable, *, total: int | None = None, desc: str, unit: str, enabled: bool | None = None):
+def bar(iterable, *, total: int | None = None, desc: str, unit: str, enabled: bool | None = None,
+        leave: bool = True):
     """``iterable`` wrapped in a tqdm bar (count, rate, ETA when ``total`` is known).
 
     ``enabled``: True shows it, False hides it, None shows it only when stderr is a terminal.
+    ``leave=False`` clears the bar when done (bars that open under the training bar).
     """
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None if enabled is None else not enabled,
-                dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+                dynamic_ncols=True, file=sys.stderr, mininterval=1.0, leave=leave)

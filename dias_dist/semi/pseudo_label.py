@@ -59,7 +59,8 @@ def label_local_sequences(model: nn.Module, shard_dir: str | Path, split: str, e
     try:
         total = None if progress is False else eval_share_size(shard_dir, split, num_workers=0, keys=wanted)
         for sample in bar((s for s in eval_sequences(shard_dir, split, num_workers=0) if s["key"] in wanted),
-                          total=total, desc=f"pseudo-label {split}", unit="img", enabled=progress):
+                          total=total, desc=f"pseudo-label {split}", unit="img", enabled=progress,
+                          leave=False):
             prob_HW = sliding_window_probability(predict, sample["image"], patch=eval_cfg.patch_size_px,
                                                  stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
             hard_HW = (prob_HW.cpu().numpy() >= eval_cfg.threshold).astype(np.uint8)
