@@ -50,11 +50,10 @@ def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 
         if count < 0:
             raise ValueError(f"--{name} must be >= 0, got {count}")
     plan = [("training", train), ("validation", val), ("test", test), ("unlabeled", unlabeled)]
-    seq_id = 0
     start = time.perf_counter()
     frames_written = 0
-    todo = [split for split, count in plan for _ in range(count)]
-    for split in bar(todo, desc="phantom", unit="seq", enabled=progress):
+    todo = [split for split, count in plan for _ in range(count)]  # sequence id = index
+    for seq_id, split in enumerate(bar(todo, desc="phantom", unit="seq", enabled=progress)):
         seq = generate_sequence(size, sequence_rng(seed, seq_id), min_frames=min_frames, max_frames=max_frames,
                                 motion_px=motion_px)
         image_dir = out / "unlabeled_DSA" if split == "unlabeled" else out / split / "images"
@@ -71,10 +70,9 @@ def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 
                 save_png(out / split / "scribble_labels" / folder / f"label_s{seq_id}.png", scribble)
             if preview and seq_id == 0:
                 Image.fromarray(preview_image(seq.frames, seq.label, scribbles)).save(out / "preview.png")
-        seq_id += 1
     elapsed = time.perf_counter() - start
-    return {"sequences": seq_id, "frames": frames_written, "seconds": round(elapsed, 2),
-            "sequences_per_s": round(seq_id / elapsed, 3) if elapsed > 0 else None}
+    return {"sequences": len(todo), "frames": frames_written, "seconds": round(elapsed, 2),
+            "sequences_per_s": round(len(todo) / elapsed, 3) if elapsed > 0 else None}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
