@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dias_dist.data.loader import TrainSource, eval_sequences, eval_share_size, train_batches
+from dias_dist.data.loader import TrainSource, eval_sequences, train_batches
 from dias_dist.data.shards import write_samples
 
 SIDE = 80
@@ -84,8 +84,9 @@ def test_sources_mix_by_weight(shard_dir):
 
 
 def test_workers_draw_different_streams(shard_dir):
-    loader = train_batches(TrainSource(str(shard_dir)), batch_size=16, patch_size=16, patches_per_sequence=2,
-                           shuffle_buffer=8, num_workers=2, seed=0)
+    # one shard: both workers read the same sequences, so only their seeds can make the batches differ
+    loader = train_batches(TrainSource(str(shard_dir), split="pseudo"), batch_size=16, patch_size=16,
+                           patches_per_sequence=2, shuffle_buffer=8, num_workers=2, seed=0)
     stream = iter(loader)
     first, second = next(stream), next(stream)  # one from each worker
     assert not np.array_equal(first["image"].numpy(), second["image"].numpy())
@@ -97,21 +98,22 @@ def test_eval_every_sequence_once_single_process(shard_dir):
     sample = next(iter(eval_sequences(shard_dir, "test", num_workers=0)))
     assert sample["image"].shape == (8, SIDE, SIDE) and str(sample["image"].dtype) == "torch.float32"
     assert sample["label"].shape == (SIDE, SIDE) and sample["id"] == 200
-    assert eval_share_size(shard_dir, "test", num_workers=2) == eval_share_size(shard_dir, "test", num_workers=0) == 5
-    assert eval_share_size(shard_dir, "test", keys={"s00201", "s00204", "s99999"}) == 2
+    assert len(eval_sequences(shard_dir, "test", num_workers=2)) == len(eval_sequences(shard_dir, "test", num_workers=0)) == 5
+    wanted = eval_sequences(shard_dir, "test", num_workers=0, keys={"s00201", "s00204", "s99999"})
+    assert len(wanted) == 2 and [s["key"] for s in wanted] == ["s00201", "s00204"]
 
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     from dias_dist import dist
-    from dias_dist.data.loader import TrainSource, eval_sequences, eval_share_size, train_batches
+    from dias_dist.data.loader import TrainSource, eval_sequences, train_batches
     shard_dir, out = sys.argv[1], sys.argv[2]
     dist.init(backend="gloo", device="cpu")
     stream = iter(train_batches(TrainSource(shard_dir), batch_size=16, patch_size=16, patches_per_sequence=2,
                                 shuffle_buffer=8, num_workers=2, seed=0))
     train = [next(stream)["image"][:, :, 0, 0].tolist() for _ in range(2)]
-    keys = [s["key"] for s in eval_sequences(shard_dir, "test", num_workers=2)]
-    share = eval_share_size(shard_dir, "test", num_workers=2)
+    sequences = eval_sequences(shard_dir, "test", num_workers=2)
+    keys, share = [s["key"] for s in sequences], len(sequences)
     gathered = dist.all_gather_object({"train": train, "keys": keys, "share": share})
     if dist.is_main():
         json.dump(gathered, open(out, "w"))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from skimage.transform import resize
 
-from dias_dist.data.preprocess import preprocess_sequence, resample_time, zscore
+from dias_dist.data.preprocess import preprocess_sequence, resample_time
 
 
 @pytest.mark.parametrize("num_in", [1, 2, 4, 7, 8, 9, 14])
@@ -19,13 +19,6 @@ def test_resample_to_other_lengths():
     frames = np.random.default_rng(0).random((5, 4, 4))
     expected = resize(frames, (12, 4, 4), order=3, mode="edge", anti_aliasing=False)
     np.testing.assert_allclose(resample_time(frames, 12), expected, atol=1e-12)
-
-
-def test_zscore():
-    x = np.array([1.0, 2.0, 3.0, 4.0])
-    z, mean, std = zscore(x)
-    assert mean == 2.5 and std == pytest.approx(np.sqrt(1.25))
-    np.testing.assert_allclose(z, (x - 2.5) / (np.sqrt(1.25) + 1e-8))
 
 
 def test_preprocess_sequence_uses_pre_resample_statistics():

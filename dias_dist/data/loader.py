@@ -119,8 +119,10 @@ class _ReaderCache:
         return self.readers[path]
 
 
-def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: int, per_sequence: int,
-                maps_cached: int = 256):
+MAPS_CACHED = 256  # decoded target maps kept per worker
+
+
+def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: int, per_sequence: int):
     """Infinite generator of (image float16 (T,P,P), target uint8 (P,P), is_pseudo) from one source.
 
     Frames are cut straight from the memory-mapped shard; decoded target maps are kept in a small
@@ -147,7 +149,7 @@ def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: in
                     target = reader.map(key, source.target, frames.shape[1:])
                     if target is None:
                         raise ValueError(f"{path}: sample {key!r} has no member {source.target}.png")
-                    if len(targets_cache) >= maps_cached:
+                    if len(targets_cache) >= MAPS_CACHED:
                         targets_cache.pop(next(iter(targets_cache)))
                     targets_cache[(path, key)] = target
             except ValueError as err:
@@ -166,7 +168,7 @@ def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: in
                 _weak_in_place(images, targets, rng)
             for image, tgt in zip(images, targets):
                 if strong is not None:
-                    image, (tgt,) = strong(image.astype(np.float32), [tgt], rng)
+                    image, (tgt,) = strong(image, [tgt], rng)  # float16 in, float32 out (it copies)
                 yield image, tgt, source.is_pseudo
 
 
@@ -198,13 +200,13 @@ class PatchStream(IterableDataset):
             raise ValueError("train_batches needs at least one TrainSource")
         self.batch_size, self.patch_size = batch_size, patch_size
         self.per_sequence, self.shuffle_buffer = patches_per_sequence, shuffle_buffer
+        _Skips(on_corrupt)  # validates the value
         self.seed, self.on_corrupt = seed, on_corrupt
         self.rank, self.world = rank_and_world()
         self.shards = [source.shard_keys() for source in self.sources]
         for source, shards in zip(self.sources, self.shards):
             if not shards:
                 raise ValueError(f"{source.shard_dir}/{source.split}: no sequences to train on")
-        self.skipped = 0
 
     def __iter__(self):
         worker, num_workers = _worker()
@@ -231,7 +233,6 @@ class PatchStream(IterableDataset):
                 item, buffer[j] = buffer[j], item
             batch.append(item)
             if len(batch) == self.batch_size:
-                self.skipped = skips.count
                 # torch's float16 -> float32 cast is ~2x faster than numpy's (the loader's largest cost)
                 image = torch.from_numpy(np.stack([b[0] for b in batch]))
                 yield {"image": image.to(torch.float32 if self.image_dtype == np.float32 else torch.float16),
@@ -258,7 +259,6 @@ def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per
         raise ValueError(f"train_batches: bad sizes batch_size={batch_size} patch_size={patch_size} "
                          f"patches_per_sequence={patches_per_sequence} shuffle_buffer={shuffle_buffer} "
                          f"num_workers={num_workers}")
-    _Skips(on_corrupt)
     stream = PatchStream(sources, batch_size, patch_size, patches_per_sequence, shuffle_buffer, seed, on_corrupt,
                          np.dtype(image_dtype))
     if num_workers == 0:
@@ -270,19 +270,25 @@ def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per
 class SequenceStream(IterableDataset):
     """Whole sequences of one split, each exactly once across ranks x workers (see module doc)."""
 
-    def __init__(self, shard_dir, split, on_corrupt="raise"):
+    def __init__(self, shard_dir, split, on_corrupt="raise", keys: set[str] | None = None):
+        _Skips(on_corrupt)  # validates the value
         entry = split_entry(shard_dir, split)
         self.entries = {str(Path(shard_dir) / s["name"]): s for s in entry["shards"]}
-        self.items = sorted((k, str(Path(shard_dir) / s["name"])) for s in entry["shards"] for k in s["keys"])
+        self.items = sorted((k, str(Path(shard_dir) / s["name"])) for s in entry["shards"] for k in s["keys"]
+                            if keys is None or k in keys)
         self.on_corrupt = on_corrupt
         self.rank, self.world = rank_and_world()
 
+    def items_of(self, worker: int, num_workers: int) -> list[tuple[str, str]]:
+        """(key, shard path) pairs of one worker of this rank: sorted-key index mod world x workers."""
+        slots = self.world * num_workers
+        return self.items[self.rank * num_workers + worker::slots]
+
     def __iter__(self):
         worker, num_workers = _worker()
-        slot, slots = self.rank * num_workers + worker, self.world * num_workers
         skips = _Skips(self.on_corrupt)
         cache = _ReaderCache(skips)
-        for key, path in self.items[slot::slots]:
+        for key, path in self.items_of(worker, num_workers):
             reader = cache.get(path, self.entries[path])
             if reader is None:
                 continue
@@ -298,27 +304,31 @@ class SequenceStream(IterableDataset):
                    "label": None if label is None else torch.from_numpy(label), "meta": meta}
 
 
-def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = "raise"):
+class EvalSequences:
+    """What ``eval_sequences`` returns: iterable of this rank's sequences; ``len()`` is their count."""
+
+    def __init__(self, stream: SequenceStream, num_workers: int):
+        self.stream, self.num_workers = stream, num_workers
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return iter(self.stream)
+        return iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
+
+    def __len__(self) -> int:
+        workers = max(self.num_workers, 1)
+        return sum(len(self.stream.items_of(worker, workers)) for worker in range(workers))
+
+
+def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = "raise",
+                   keys: set[str] | None = None) -> EvalSequences:
     """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "meta"}.
 
-    Each sequence of ``split`` appears exactly once over all ranks and workers; this rank gets
-    the samples of its slots (sorted-key index mod world x workers).
+    Each sequence of ``split`` (only those in ``keys`` when given; others are not decoded) appears
+    exactly once over all ranks and workers; this rank gets the samples of its slots (sorted-key
+    index mod world x workers). ``len()`` is this rank's count (for progress bars).
     """
-    _Skips(on_corrupt)
-    stream = SequenceStream(shard_dir, split, on_corrupt)
-    if num_workers == 0:
-        return stream
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
-
-
-def eval_share_size(shard_dir, split, *, num_workers: int = 1, keys: set[str] | None = None) -> int:
-    """How many sequences ``eval_sequences(shard_dir, split, num_workers=...)`` yields on this rank
-    (only those in ``keys`` when given); for progress bars."""
-    stream = SequenceStream(shard_dir, split)
-    workers = max(num_workers, 1)
-    slots = stream.world * workers
-    return sum(1 for slot in range(stream.rank * workers, (stream.rank + 1) * workers)
-               for key, _ in stream.items[slot::slots] if keys is None or key in keys)
+    return EvalSequences(SequenceStream(shard_dir, split, on_corrupt, keys), num_workers)
 
 
 def _as_is(sample: dict) -> dict:

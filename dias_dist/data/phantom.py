@@ -213,6 +213,7 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     return PhantomSequence(frames, label.reshape(size, size).astype(np.uint8), frame_times, visible)
 
 
-def sequence_rng(seed: int, seq_id: int) -> np.random.Generator:
-    """Independent generator of sequence ``seq_id`` under data-set seed ``seed`` (order-free, parallel-safe)."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(seq_id)]))
+def sequence_rng(seed: int, seq_id: int, *stream: int) -> np.random.Generator:
+    """Independent generator of sequence ``seq_id`` under data-set seed ``seed`` (order-free, parallel-safe);
+    ``stream`` ids give further independent generators of the same sequence (e.g. its scribbles)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(seq_id), *map(int, stream)]))

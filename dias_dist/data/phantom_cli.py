@@ -63,7 +63,7 @@ def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 
         if split != "unlabeled":
             save_png(out / split / "labels" / f"label_s{seq_id}.png", seq.label * 255)
         if split == "training":
-            scribble_rng = np.random.default_rng(np.random.SeedSequence([seed, seq_id, 1]))
+            scribble_rng = sequence_rng(seed, seq_id, 1)
             scribbles = {"RDFA": rdfa_scribble(seq.label, scribble_rng),
                          "SALE": sale_scribble(seq.label, scribble_rng)}
             for folder, scribble in scribbles.items():

@@ -56,13 +56,6 @@ def resample_time(frames_thw: np.ndarray, num_frames: int = NUM_FRAMES) -> np.nd
     return np.clip(out, frames_thw.min(), frames_thw.max(), out=out)  # skimage clip=True
 
 
-def zscore(x: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Per-array z-score: returns ((x - mean) / (std + 1e-8), mean, std) with population std."""
-    mean = float(x.mean())
-    std = float(x.std())
-    return (x - mean) / (std + ZSCORE_EPS), mean, std
-
-
 def preprocess_sequence(frames_thw_uint8: np.ndarray, num_frames: int = NUM_FRAMES) -> tuple[np.ndarray, dict]:
     """uint8 (T, H, W) -> (float16 (num_frames, H, W) z-scored, meta).
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from . import dias
+from .phantom import sequence_rng
 from .phantom_cli import save_png
 from .scribbles import rdfa_scribble
 
@@ -35,8 +34,8 @@ def main(args: argparse.Namespace) -> int:
         target = out_dir / f"label_s{files.seq_id}.png"
         if target.exists() and not args.overwrite:
             raise ValueError(f"{target}: exists (pass --overwrite to replace)")
-        label = (dias.read_png_gray(files.label) >= dias.LABEL_THRESHOLD).astype(np.uint8)
-        rng = np.random.default_rng(np.random.SeedSequence([args.seed, files.seq_id]))
+        label = dias.read_label(files.label)
+        rng = sequence_rng(args.seed, files.seq_id)
         scribble = rdfa_scribble(label, rng, erosion_range=tuple(args.erosion),
                                  erosion_min_area=args.erosion_min_area, min_component_px=args.min_component_px,
                                  max_shift_px=args.max_shift_px, max_rotation_deg=args.max_rotation_deg)

@@ -35,7 +35,6 @@ from .preprocess import PARAMS, preprocess_sequence
 MANIFEST = "manifest.json"
 FORMAT = "dias_dist-shards-v1"
 BINARY_MAPS = ("label", "pseudo")  # stored 0/255, decoded to {0, 1}
-SCRIBBLE_MAPS = ("scribble_rdfa", "scribble_sale")  # stored raw {0, 1, 255}
 
 
 def sample_key(seq_id: int) -> str:
@@ -56,16 +55,17 @@ def png_bytes(array_hw_uint8: np.ndarray) -> bytes:
 
 
 def sequence_sample(seq: dias.Sequence) -> dict:
-    """A read sequence -> a shard sample dict (``__key__`` + member name -> bytes)."""
+    """A read sequence -> a shard sample dict (``__key__`` + member name -> array or dict, encoded by
+    ``write_samples``: npy frames, PNG maps (label 0/255, scribbles raw {0, 1, 255}), JSON meta)."""
     frames, meta = preprocess_sequence(seq.frames)
     meta.update(split=seq.split, id=seq.seq_id, height=int(frames.shape[1]), width=int(frames.shape[2]),
                 source=seq.source)
-    sample = {"__key__": sample_key(seq.seq_id), "frames.npy": npy_bytes(frames)}
+    sample = {"__key__": sample_key(seq.seq_id), "frames.npy": frames}
     if seq.label is not None:
-        sample["label.png"] = png_bytes(seq.label * 255)
+        sample["label.png"] = seq.label * 255
     for name, scribble in sorted(seq.scribbles.items()):
-        sample[f"scribble_{name}.png"] = png_bytes(scribble)
-    sample["meta.json"] = json.dumps(meta, sort_keys=True).encode()
+        sample[f"scribble_{name}.png"] = scribble
+    sample["meta.json"] = meta
     return sample
 
 
@@ -101,13 +101,14 @@ def _member_bytes(sample: dict) -> Iterator[tuple[str, bytes]]:
 
 
 def write_samples(samples: Iterable[dict], out_dir: str | Path, split: str, *, num_samples: int | None = None,
-                  shard_size_mb: float = 256, min_shards: int = 1, provenance: dict | None = None) -> dict:
+                  shard_size_mb: float = 256, min_shards: int = 1, provenance: dict | None = None,
+                  manifest_fields: dict | None = None) -> dict:
     """Write ``samples`` (dicts: ``__key__`` + member name -> bytes / ndarray / dict) as tar shards of ``split``.
 
     A new shard starts when the current one would pass ``shard_size_mb`` or holds its share of
     ``num_samples`` / ``min_shards`` (``num_samples`` is required when ``min_shards`` > 1). The
-    split entry (shards with sha256, sizes and keys; ``provenance``) is merged into
-    ``out_dir/manifest.json``, which is returned.
+    split entry (shards with sha256, sizes and keys; ``provenance``) and the top-level
+    ``manifest_fields`` are merged into ``out_dir/manifest.json``, which is returned.
     """
     out_dir = Path(out_dir)
     if min_shards < 1 or shard_size_mb <= 0:
@@ -155,10 +156,16 @@ def write_samples(samples: Iterable[dict], out_dir: str | Path, split: str, *, n
     manifest = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else {"format": FORMAT, "splits": {}}
     manifest["splits"][split] = {"num_samples": len(seen), "num_shards": len(shards), "shards": shards,
                                  "provenance": provenance or {}}
+    manifest.update(manifest_fields or {})
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """Atomically (temporary file, then rename) write ``out_dir/manifest.json``."""
     tmp = out_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     tmp.replace(out_dir / MANIFEST)
-    return manifest
 
 
 def _drop_stale_splits(out_dir: Path, keep: list[str]) -> None:
@@ -174,9 +181,7 @@ def _drop_stale_splits(out_dir: Path, keep: list[str]) -> None:
             old.unlink()
         del manifest["splits"][split]
     if stale:
-        tmp = out_dir / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        tmp.replace(out_dir / MANIFEST)
+        write_manifest(out_dir, manifest)
 
 
 def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float = 256, min_shards: int = 1,
@@ -197,11 +202,8 @@ def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float
         samples = (sequence_sample(dias.read_sequence(f))
                    for f in bar(files, desc=f"shard {split}", unit="seq", enabled=progress))
         manifest = write_samples(samples, out_dir, split, num_samples=len(files), shard_size_mb=shard_size_mb,
-                                 min_shards=min_shards, provenance={"source": str(src_root.resolve())})
-    manifest["preprocessing"] = PARAMS
-    manifest["source"] = str(src_root.resolve())
-    path = Path(out_dir) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+                                 min_shards=min_shards, provenance={"source": str(src_root.resolve())},
+                                 manifest_fields={"preprocessing": PARAMS, "source": str(src_root.resolve())})
     return manifest
 
 

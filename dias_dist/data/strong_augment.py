@@ -129,7 +129,7 @@ def strong_augment(image_THW: np.ndarray, maps: dict[str, np.ndarray] | list[np.
     """The RPST strong pipeline on one weakly augmented patch; inputs are not modified.
 
     image_THW: float32 (T, P, P); maps: uint8 (P, P) maps moved together with the image, as a dict
-    name -> map or as a list (the loader's ``weak_augment`` convention); the same kind is returned.
+    name -> map or as a list (as the loader passes them); the same kind is returned.
     rng: the caller's numpy Generator (seeded per rank and worker by the loader).
     faithful_cutout: apply Cutout 80 % of the time as the reference code does (default: 20 %, as documented).
     label_interp: "linear" (bilinear + threshold 0.5) or "nearest" for {0, 1} maps under elastic deformation.

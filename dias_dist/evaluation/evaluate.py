@@ -114,9 +114,8 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
         return prob.cpu().numpy()
 
     try:
-        total = None if progress is False else data_loader.eval_share_size(shard_dir, split)
         sequences = bar(data_loader.eval_sequences(shard_dir, split), desc=f"eval {split}", unit="img",
-                        total=total, enabled=progress, leave=False)
+                        enabled=progress, leave=False)  # total: len() of this rank's share
         rows = evaluate_sequences(probability, sequences, eval_cfg, out_dir=out_dir, write_images=write_images)
     finally:
         network.train(was_training)

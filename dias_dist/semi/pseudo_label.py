@@ -24,7 +24,7 @@ from torch import nn
 
 from dias_dist import dist
 from dias_dist.config import EvalConfig
-from dias_dist.data.loader import eval_sequences, eval_share_size
+from dias_dist.data.loader import eval_sequences
 from dias_dist.data.shards import ShardReader, png_bytes, read_manifest, split_entry, write_samples
 from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
 from dias_dist.models import input_layout
@@ -57,10 +57,8 @@ def label_local_sequences(model: nn.Module, shard_dir: str | Path, split: str, e
     wanted = set(keys)
     labels: dict[str, bytes] = {}
     try:
-        total = None if progress is False else eval_share_size(shard_dir, split, num_workers=0, keys=wanted)
-        for sample in bar((s for s in eval_sequences(shard_dir, split, num_workers=0) if s["key"] in wanted),
-                          total=total, desc=f"pseudo-label {split}", unit="img", enabled=progress,
-                          leave=False):
+        for sample in bar(eval_sequences(shard_dir, split, num_workers=0, keys=wanted),
+                          desc=f"pseudo-label {split}", unit="img", enabled=progress, leave=False):
             prob_HW = sliding_window_probability(predict, sample["image"], patch=eval_cfg.patch_size_px,
                                                  stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
             hard_HW = (prob_HW.cpu().numpy() >= eval_cfg.threshold).astype(np.uint8)
@@ -98,14 +96,10 @@ def write_pseudo_shards(source_dir: str | Path, split: str, labels: dict[str, by
     if out_dir.resolve() == source_dir.resolve():
         raise ValueError(f"pseudo labels must go to a new shard set, not into the source {source_dir}")
     source_manifest = read_manifest(source_dir)
-    manifest = write_samples(_pseudo_samples(source_dir, split, labels, provenance), out_dir, split,
-                             num_samples=len(labels), provenance=provenance)
-    manifest["preprocessing"] = source_manifest.get("preprocessing", {})
-    manifest["source"] = str(source_dir.resolve())
-    tmp = out_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.replace(out_dir / "manifest.json")
-    return manifest
+    return write_samples(_pseudo_samples(source_dir, split, labels, provenance), out_dir, split,
+                         num_samples=len(labels), provenance=provenance,
+                         manifest_fields={"preprocessing": source_manifest.get("preprocessing", {}),
+                                          "source": str(source_dir.resolve())})
 
 
 def pseudo_label_split(model: nn.Module, shard_dir: str | Path, split: str, out_dir: str | Path, eval_cfg: EvalConfig,
