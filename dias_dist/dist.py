@@ -108,6 +108,16 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Gather a picklable object from every rank onto rank ``dst`` only: the list there, None elsewhere
+    (a one-element list without a group). Cheaper than ``all_gather_object`` when one rank writes."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == dst else None
+    tdist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Return rank ``src``'s ``obj`` on every rank."""
     if not is_distributed():
