@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, in words, for its JSON (``device`` field).
+"""The machine a benchmark ran on, in words, for its JSON (``device`` field), and the timed
+training step the model benchmarks share (``step_seconds``).
 
     describe(torch.device("cpu"))  -> "CPU AMD EPYC (2 logical cores visible, torch threads 2)"
     describe(torch.device("cuda")) -> "NVIDIA H100 80GB HBM3"
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
+
+from dias_dist.losses import ce_dice_loss
 
 
 def cpu_model() -> str:
@@ -27,3 +31,22 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {cpu_model()} ({os.cpu_count()} logical cores visible, torch threads {torch.get_num_threads()})"
+
+
+def step_seconds(model: torch.nn.Module, image: torch.Tensor, target: torch.Tensor, device: torch.device,
+                 amp: bool) -> float:
+    """Wall seconds of one training step: forward (bf16 autocast on ``device`` when ``amp``), CE+Dice
+    loss in fp32, backward, zero_grad; CUDA synchronised before and after. A tuple output (UNet_CCT's
+    (main, aux) in train mode) is scored on its first element."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(image)
+        out = out[0] if isinstance(out, tuple) else out
+        loss = ce_dice_loss(out.float(), target)["total"]
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - tic

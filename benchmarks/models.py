@@ -16,13 +16,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-from machine import describe
+from machine import describe, step_seconds
 
-from dias_dist.losses import ce_dice_loss
 from dias_dist.models import MODELS, build_model, count_parameters, input_layout, to_layout
 
 
@@ -36,21 +34,12 @@ def measure(name: str, *, batch: int, patch: int, warmup: int, repeats: int, dev
     target = (torch.rand(batch, patch, patch, device=device) > 0.8).long()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    amp = amp and device.type == "cuda"  # bf16 autocast on GPU only
     times = []
     for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            out = model(image)
-            out = out[0] if isinstance(out, tuple) else out  # UNet_CCT returns (main, aux) in train mode
-            loss = ce_dice_loss(out.float(), target)["total"]
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        seconds = step_seconds(model, image, target, device, amp)
         if i >= warmup:
-            times.append(time.perf_counter() - tic)
+            times.append(seconds)
     step = statistics.median(times)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20

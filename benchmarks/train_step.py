@@ -26,9 +26,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from machine import describe
+from machine import describe, step_seconds
 
-from dias_dist.losses import ce_dice_loss
 from dias_dist.models import build_model, count_parameters, to_layout, input_layout
 from dias_dist.models.convgru import BiConvGRU, ConvGRUReference
 
@@ -44,24 +43,11 @@ def with_reference_gru(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _step_seconds(model, image, target, device, amp) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    tic = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        loss = ce_dice_loss(model(image), target)["total"]
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - tic
-
-
 def flops_per_step(model, image, target, device, amp) -> int:
     """Convolution and matmul FLOPs of one forward + loss + backward step (elementwise ops not counted)."""
     counter = FlopCounterMode(display=False)
     with counter:
-        _step_seconds(model, image, target, device, amp)
+        step_seconds(model, image, target, device, amp)
     return counter.get_total_flops()
 
 
@@ -98,7 +84,7 @@ def patches_per_second(models: dict[str, torch.nn.Module], *, batch: int, patch:
         inputs[name] = to_layout(frames, input_layout(model)).to(device)
     for i in range(warmup + repeats):
         for name, model in models.items():
-            seconds = _step_seconds(model, inputs[name], target, device, amp)
+            seconds = step_seconds(model, inputs[name], target, device, amp)
             if i >= warmup:
                 times[name].append(seconds)
     out = {}

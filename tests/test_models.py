@@ -5,16 +5,14 @@ import torch
 
 from dias_dist.models import MODELS, build_model, count_parameters, input_layout
 from model_cases import (
-    PARAM_TOLERANCE, REFERENCE_PARAMS, SMALL_SIZE_PX, build_small, check_logits, check_no_final_activation, full_size_parameter_count,
+    REFERENCE_PARAMS, SMALL_SIZE_PX, build_small, check_logits, check_no_final_activation, full_size_parameter_count,
     make_input, small_size_px, wrong_inputs,
 )
 
 MY_MODELS = ["vss_net", "fr_unet", "unet", "res_unet", "unet_nested", "att_unet", "cs2_net", "maa_net"]
-# Models whose implementation deliberately differs from the reference's parameter count:
-# name -> (expected count, why). See the model's docstring. Res-UNet (and MAA-Net) implement the
-# intended network where the reference has bugs (residual sum discarded; Res-UNet's head on the
-# tensor before the last decoder block): that removes no layer, so their counts equal the reference.
-INTENDED_DIFFERENCES: dict[str, tuple[int, str]] = {}
+# Res-UNet (and MAA-Net) implement the intended network where the reference has bugs (residual
+# sum discarded; Res-UNet's head on the tensor before the last decoder block): that removes no
+# layer, so their counts equal the reference exactly, like every other model's.
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -43,11 +41,7 @@ def test_wrong_layout_or_length_is_value_error(name):
 @pytest.mark.parametrize("name", MY_MODELS)
 def test_full_size_parameter_count(name):
     count = full_size_parameter_count(name)
-    if name in INTENDED_DIFFERENCES:
-        expected, _why = INTENDED_DIFFERENCES[name]
-        assert count == expected
-    reference = REFERENCE_PARAMS[name]
-    assert abs(count - reference) <= PARAM_TOLERANCE * reference, (name, count, reference)
+    assert count == REFERENCE_PARAMS[name], (name, count, REFERENCE_PARAMS[name])
 
 
 def test_final_activation_check_can_fail():

@@ -17,12 +17,10 @@ outputs take the promoted dtype of the inputs, as eager PyTorch would.
 
 Triton runs on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``
 set before triton is imported), which is how CI checks these kernels without a GPU. Importing this
-module registers ``IMPLS["triton"]`` in ``dias_dist.models.convgru`` when that module exists.
+module registers ``IMPLS["triton"]`` in ``dias_dist.models.convgru``.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 
 import torch
@@ -240,13 +238,10 @@ def gru_update(x_n: torch.Tensor, h_n: torch.Tensor, z: torch.Tensor, h: torch.T
     return _UpdateFunction.apply(x_n, h_n, z, h)
 
 
-def register() -> bool:
-    """Add ``IMPLS["triton"]`` to ``dias_dist.models.convgru``; False when that module does not exist yet."""
-    if importlib.util.find_spec("dias_dist.models.convgru") is None:
-        return False
-    convgru = importlib.import_module("dias_dist.models.convgru")
-    convgru.IMPLS["triton"] = (gru_gates, gru_update)
-    return True
+def register() -> None:
+    """Add ``IMPLS["triton"]`` to ``dias_dist.models.convgru`` (run on import)."""
+    from dias_dist.models import convgru
 
+    convgru.IMPLS["triton"] = (gru_gates, gru_update)
 
 register()

@@ -10,17 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import check_frames_input
+from .blocks import check_frames_input, double_conv
 
 LEVELS = 5
-
-
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """(B, in, H, W) -> (B, out, H, W): [Conv3x3 (bias) - BN - ReLU] x 2."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-    )
 
 
 def up_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -54,12 +46,12 @@ class AttUNet(nn.Module):
         super().__init__()
         self.num_frames = num_frames
         c = [width * 2**i for i in range(LEVELS)]
-        self.encoders = nn.ModuleList(conv_block(num_frames if i == 0 else c[i - 1], c[i]) for i in range(LEVELS))
+        self.encoders = nn.ModuleList(double_conv(num_frames if i == 0 else c[i - 1], c[i]) for i in range(LEVELS))
         self.pool = nn.MaxPool2d(2)
         levels = list(reversed(range(LEVELS - 1)))
         self.ups = nn.ModuleList(up_conv(c[i + 1], c[i]) for i in levels)
         self.gates = nn.ModuleList(AttentionGate(c[i], c[i] // 2) for i in levels)
-        self.decoders = nn.ModuleList(conv_block(2 * c[i], c[i]) for i in levels)
+        self.decoders = nn.ModuleList(double_conv(2 * c[i], c[i]) for i in levels)
         self.head = nn.Conv2d(c[0], num_classes, 1)
 
     def forward(self, x_BTHW: torch.Tensor) -> torch.Tensor:

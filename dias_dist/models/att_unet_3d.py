@@ -12,17 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dr_head import DRHead, check_num_frames, check_sequence_input, scaled_channels
+from .blocks import check_sequence_input, double_conv
+from .dr_head import DRHead, check_num_frames, scaled_channels
 
 WIDTHS = (64, 128, 256, 512, 1024)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int, padding: int) -> list:
     return [nn.Conv3d(in_channels, out_channels, kernel, padding=padding), nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)]
-
-
-def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(*conv_bn_relu(in_channels, out_channels, 3, 1), *conv_bn_relu(out_channels, out_channels, 3, 1))
 
 
 class GridAttentionGate3d(nn.Module):
@@ -52,7 +49,7 @@ class UpConcat3d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, scale):
         super().__init__()
         self.up = nn.ConvTranspose3d(in_channels, out_channels, scale, stride=scale)
-        self.conv = double_conv(in_channels, out_channels)
+        self.conv = double_conv(in_channels, out_channels, dims=3)
 
     def forward(self, skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.up(deep)], dim=1))
@@ -69,9 +66,9 @@ class AttUNet3D(nn.Module):
         check_num_frames("att_unet_3d", num_frames, 8)
         self.num_frames = num_frames
         c = scaled_channels("att_unet_3d", WIDTHS, feature_scale)
-        self.encoders = nn.ModuleList(double_conv(1 if i == 0 else c[i - 1], c[i]) for i in range(4))
+        self.encoders = nn.ModuleList(double_conv(1 if i == 0 else c[i - 1], c[i], dims=3) for i in range(4))
         self.pools = nn.ModuleList([nn.MaxPool3d((1, 2, 2))] + [nn.MaxPool3d(2) for _ in range(3)])
-        self.center = double_conv(c[3], c[4])
+        self.center = double_conv(c[3], c[4], dims=3)
         self.gating = nn.Sequential(*conv_bn_relu(c[4], c[3], 1, 0))
         # gates for the skips of levels 2, 3, 4 (index 1..3)
         self.gates = nn.ModuleList(GridAttentionGate3d(c[i], c[3], c[i]) for i in (1, 2, 3))

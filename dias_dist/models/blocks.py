@@ -1,4 +1,5 @@
-"""Building blocks shared by several models: weight init, input checks, FR-UNet's grid block.
+"""Building blocks shared by several models: weight init, input checks, the double conv,
+FR-UNet's grid block.
 
 FR-UNet block (DIAS-CODE.md §3), used by ``fr_unet.FRUNet`` and ``vss_net.VSSNet``'s decoder:
 feature fuse (1x1 + 3x3 + dilated 3x3, no bias, summed, BN) when the channel count changes, a
@@ -29,21 +30,63 @@ def freeze_unused(module: nn.Module) -> nn.Module:
     return module
 
 
-def check_frames_input(model_name: str, x_BTHW: torch.Tensor, num_frames: int, multiple_of: int) -> None:
-    """ValueError naming the model and the shapes unless x is (B, num_frames, H, W) with H, W
-    divisible by ``multiple_of`` (the models' total downsampling)."""
-    if x_BTHW.dim() != 4 or x_BTHW.shape[1] != num_frames:
+def check_frames_input(model_name: str, x: torch.Tensor, num_frames: int, multiple_of: int, min_side: int = 1) -> None:
+    """ValueError naming the model and the shapes unless ``x`` is (B, num_frames, H, W) (frames as
+    channels) with H, W divisible by ``multiple_of`` (the model's total downsampling) and >= ``min_side``."""
+    if x.dim() != 4:
+        raise ValueError(f"{model_name} takes input layout 'frames' (B, T={num_frames}, H, W), got shape {tuple(x.shape)}")
+    _check_frames_and_size(model_name, tuple(x.shape), num_frames, multiple_of, min_side)
+
+
+def check_sequence_input(model_name: str, x: torch.Tensor, num_frames: int, multiple_of: int, min_side: int = 1) -> None:
+    """ValueError naming the model and the shapes unless ``x`` is (B, 1, num_frames, H, W) with H, W
+    divisible by ``multiple_of`` (the model's total downsampling) and >= ``min_side``."""
+    if x.dim() != 5 or x.shape[1] != 1:
         raise ValueError(
-            f"{model_name} takes input layout 'frames' (B, T={num_frames}, H, W), got shape {tuple(x_BTHW.shape)}"
+            f"{model_name} takes input layout 'sequence' (B, 1, T={num_frames}, H, W), got shape {tuple(x.shape)}"
         )
-    check_spatial(model_name, x_BTHW.shape, multiple_of)
+    _check_frames_and_size(model_name, tuple(x.shape), num_frames, multiple_of, min_side)
 
 
-def check_spatial(model_name: str, shape: torch.Size, multiple_of: int) -> None:
-    """ValueError unless the last two sizes of ``shape`` are positive multiples of ``multiple_of``."""
-    H, W = shape[-2:]
-    if H % multiple_of or W % multiple_of or H == 0 or W == 0:
-        raise ValueError(f"{model_name} needs H and W divisible by {multiple_of}, got input shape {tuple(shape)}")
+def _check_frames_and_size(model_name: str, shape: tuple[int, ...], num_frames: int, multiple_of: int,
+                           min_side: int) -> None:
+    """``shape`` is (B, T, H, W) or (B, 1, T, H, W): T must equal ``num_frames``, H and W be positive
+    multiples of ``multiple_of`` and at least ``min_side``."""
+    frames, height, width = shape[-3:]
+    if frames != num_frames:
+        raise ValueError(
+            f"{model_name} is configured for num_frames={num_frames} but got {frames} frames (input shape {shape})"
+        )
+    if height % multiple_of or width % multiple_of or min(height, width) < max(min_side, 1):
+        at_least = f" and at least {min_side}" if min_side > 1 else ""
+        raise ValueError(f"{model_name} needs H and W divisible by {multiple_of}{at_least}, got input shape {shape}")
+
+
+_NORMS = {
+    "batch": {2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
+    "instance": {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d},
+}
+
+
+def double_conv(in_channels: int, out_channels: int, *, bias: bool = True, norm: str | None = "batch",
+                dims: int = 2, dropout: float | None = None) -> nn.Sequential:
+    """(B, in, [T,] H, W) -> (B, out, [T,] H, W): [Conv 3x3(x3) pad 1 - norm - ReLU] x 2.
+
+    ``norm``: 'batch', 'instance' (no affine) or None; ``dims``: 2 (Conv2d) or 3 (Conv3d);
+    ``dropout``: an ``nn.Dropout`` right after the first ReLU (UNet-DP). Sequential indices:
+    conv, [norm], ReLU, [dropout], conv, [norm], ReLU.
+    """
+    conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    norm_layer = None if norm is None else _NORMS[norm][dims]
+    layers: list[nn.Module] = []
+    for i, cin in enumerate((in_channels, out_channels)):
+        layers.append(conv(cin, out_channels, 3, padding=1, bias=bias))
+        if norm_layer is not None:
+            layers.append(norm_layer(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+        if i == 0 and dropout is not None:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
 
 
 class FeatureFuse(nn.Module):

@@ -89,8 +89,6 @@ def _load_triton(required: bool) -> bool:
             if required:
                 raise ValueError(f"ConvGRU implementation 'triton' is not available: {err}") from None
             return False
-    if "triton" not in IMPLS and required:
-        raise ValueError(f"ConvGRU implementation 'triton': {TRITON_MODULE} did not register IMPLS['triton']")
     return "triton" in IMPLS
 
 
@@ -202,8 +200,6 @@ class BiConvGRU(nn.Module):
         if not downsample and in_channels != out_channels:
             raise ValueError(f"BiConvGRU without downsampling needs in_channels == out_channels, "
                              f"got {in_channels} and {out_channels}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
         self.down = None
         if downsample:
             # WSD: the 2x2 stride-2 conv both mixes [raw copies | features] and halves the resolution.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import check_frames_input, freeze_unused
+from .blocks import check_frames_input, double_conv, freeze_unused
 
 LEVELS = 5
 
@@ -23,23 +23,12 @@ class ResEncoder(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
-        )
+        self.body = double_conv(in_channels, out_channels)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
         self.act = nn.ReLU()
 
     def forward(self, x):
         return self.act(self.body(x) + self.shortcut(x))
-
-
-def decoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """(B, in, H, W) -> (B, out, H, W): [Conv3x3 (bias) - BN - ReLU] x 2."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-    )
 
 
 class SpatialAttention(nn.Module):
@@ -94,7 +83,7 @@ class CS2Net(nn.Module):
         self.unused_attention_fuse = freeze_unused(nn.Conv2d(2 * c[-1], c[-1], 1))
         levels = list(reversed(range(LEVELS - 1)))
         self.ups = nn.ModuleList(nn.ConvTranspose2d(c[i + 1], c[i], 2, stride=2) for i in levels)
-        self.decoders = nn.ModuleList(decoder_block(2 * c[i], c[i]) for i in levels)
+        self.decoders = nn.ModuleList(double_conv(2 * c[i], c[i]) for i in levels)
         self.head = nn.Conv2d(c[0], num_classes, 1)
 
     def forward(self, x_BTHW: torch.Tensor) -> torch.Tensor:

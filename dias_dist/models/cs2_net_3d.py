@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import freeze_unused
-from .dr_head import DRHead, check_num_frames, check_sequence_input
+from .blocks import check_sequence_input, double_conv, freeze_unused
+from .dr_head import DRHead, check_num_frames
 
 
 class ResEncoder3d(nn.Module):
@@ -24,29 +24,11 @@ class ResEncoder3d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv3d(in_channels, out_channels, 3, padding=1),
-            nn.BatchNorm3d(out_channels),
-            nn.ReLU(),
-            nn.Conv3d(out_channels, out_channels, 3, padding=1),
-            nn.BatchNorm3d(out_channels),
-            nn.ReLU(),
-        )
+        self.conv = double_conv(in_channels, out_channels, dims=3)
         self.project = nn.Conv3d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.conv(x) + self.project(x))
-
-
-def decoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, 3, padding=1),
-        nn.BatchNorm3d(out_channels),
-        nn.ReLU(),
-        nn.Conv3d(out_channels, out_channels, 3, padding=1),
-        nn.BatchNorm3d(out_channels),
-        nn.ReLU(),
-    )
 
 
 class SpatialAttention3d(nn.Module):
@@ -106,7 +88,7 @@ class CS2Net3D(nn.Module):
         self.attention_fuse = freeze_unused(nn.Conv3d(2 * c[4], c[4], 1))  # unused, see module docstring
         scales = [(1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)]
         self.ups = nn.ModuleList(nn.ConvTranspose3d(c[i + 1], c[i], scales[i], stride=scales[i]) for i in reversed(range(4)))
-        self.decoders = nn.ModuleList(decoder_block(c[i + 1], c[i]) for i in reversed(range(4)))
+        self.decoders = nn.ModuleList(double_conv(c[i + 1], c[i], dims=3) for i in reversed(range(4)))
         self.head = DRHead(c[0], num_frames, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

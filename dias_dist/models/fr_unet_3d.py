@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import freeze_unused, init_kaiming
-from .dr_head import DRHead, check_sequence_input, scaled_channels
+from .blocks import check_sequence_input, freeze_unused, init_kaiming
+from .dr_head import DRHead, scaled_channels
+from .res_unet_3d import conv_bn_lrelu, up_bn_lrelu
 
 WIDTHS = (64, 128, 256, 512)
 SPATIAL = (1, 2, 2)
@@ -59,24 +60,8 @@ class GridBlock3d(nn.Module):
             ]
         self.conv = nn.Sequential(*layers)
         self.act = nn.LeakyReLU(0.1, inplace=True)
-        self.up = (
-            nn.Sequential(
-                nn.ConvTranspose3d(channels, channels // 2, SPATIAL, stride=SPATIAL, bias=False),
-                nn.BatchNorm3d(channels // 2),
-                nn.LeakyReLU(0.1),
-            )
-            if up
-            else None
-        )
-        self.down = (
-            nn.Sequential(
-                nn.Conv3d(channels, channels * 2, SPATIAL, stride=SPATIAL, bias=False),
-                nn.BatchNorm3d(channels * 2),
-                nn.LeakyReLU(0.1),
-            )
-            if down
-            else None
-        )
+        self.up = up_bn_lrelu(channels, channels // 2, SPATIAL) if up else None
+        self.down = nn.Sequential(*conv_bn_lrelu(channels, channels * 2, SPATIAL, stride=SPATIAL)) if down else None
 
     def forward(self, x: torch.Tensor):
         if self.needs_fuse:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import init_kaiming
-from .dr_head import check_sequence_input, scaled_channels
+from .blocks import check_sequence_input, init_kaiming
+from .dr_head import scaled_channels
 
 WIDTHS = (64, 128, 256, 512, 1024)
 PROJECTED_FRAMES = 32  # 2**5: five (2, 1, 1) pools reduce it to one

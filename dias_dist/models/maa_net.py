@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import check_frames_input, freeze_unused, init_kaiming
+from .blocks import check_frames_input, down_block, freeze_unused, init_kaiming, up_block
 
 LEVELS = 4
 
@@ -38,12 +38,6 @@ def conv_bn_act(in_channels: int, out_channels: int, kernel: int, act: nn.Module
     if dropout is not None:
         layers.append(nn.Dropout2d(dropout))
     return nn.Sequential(*layers, act)
-
-
-def up_block(channels: int) -> nn.Sequential:
-    """(B, C, h, w) -> (B, C/2, 2h, 2w): ConvT2x2 s2 (no bias) - BN - LReLU(0.1)."""
-    return nn.Sequential(nn.ConvTranspose2d(channels, channels // 2, 2, stride=2, bias=False),
-                         nn.BatchNorm2d(channels // 2), nn.LeakyReLU(0.1))
 
 
 class ResidualBlock(nn.Module):
@@ -123,7 +117,7 @@ class DecoderLevel(nn.Module):
                                       nn.LeakyReLU(0.1, inplace=True))
         self.conv = ResidualBlock(channels, dropout)
         self.cpam = CPAM(channels)
-        self.up = up_block(channels) if up else None
+        self.up = up_block(channels, 0.0) if up else None
 
     def forward(self, x):
         if self.fuse is not None:
@@ -141,8 +135,8 @@ class MASHead(nn.Module):
         lrelu = nn.LeakyReLU(0.1, inplace=True)
         self.gammas = nn.Parameter(torch.zeros(3))  # reference: gamma3, gamma2, gamma1 (one scalar each)
         self.convs = nn.ModuleList(conv_bn_act(c[i], c[i], 3, lrelu, padding=1, dropout=dropout) for i in (3, 2, 1))
-        self.ups = nn.ModuleList(up_block(c[i]) for i in (3, 2, 1))
-        self.unused_up = freeze_unused(up_block(c[2]))
+        self.ups = nn.ModuleList(up_block(c[i], 0.0) for i in (3, 2, 1))
+        self.unused_up = freeze_unused(up_block(c[2], 0.0))
         self.classify = nn.Sequential(
             conv_bn_act(c[0], c[0], 3, nn.LeakyReLU(0.1, inplace=True), padding=1),
             nn.Dropout2d(dropout),
@@ -169,8 +163,7 @@ class MAANet(nn.Module):
         c = [width * 2**i for i in range(LEVELS)]
         self.stem = conv_bn_act(num_frames, c[0], 1, nn.LeakyReLU(0.1, inplace=True))
         self.encoders = nn.ModuleList(ResidualBlock(c[i], dropout) for i in range(3))
-        self.downs = nn.ModuleList(
-            conv_bn_act(c[i], c[i + 1], 2, nn.LeakyReLU(0.1, inplace=True), stride=2) for i in range(3))
+        self.downs = nn.ModuleList(down_block(c[i], 0.0) for i in range(3))
         self.middle = DecoderLevel(c[3], 1, dropout)
         self.decoders = nn.ModuleList(DecoderLevel(c[i], 2, dropout, up=i > 0) for i in (2, 1, 0))
         self.head = MASHead(width, num_classes, dropout)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import init_kaiming
-from .dr_head import check_sequence_input, scaled_channels
+from .blocks import check_sequence_input, init_kaiming
+from .dr_head import scaled_channels
 from .res_unet_3d import ResConv3d, conv_bn_lrelu, up_bn_lrelu
 
 WIDTHS = (64, 128, 256, 512)

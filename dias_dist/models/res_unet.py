@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import check_frames_input, init_kaiming
+from .blocks import check_frames_input, down_block, init_kaiming, up_block
 
 LEVELS = 4
 
@@ -57,12 +57,9 @@ class ResUNet(nn.Module):
         c = [width * 2**i for i in range(LEVELS)]
         self.encoders = nn.ModuleList([ResBlock(num_frames, c[0], dropout)] +
                                       [ResBlock(c[i], c[i], dropout) for i in (1, 2)])
-        self.downs = nn.ModuleList(nn.Sequential(*conv_bn_lrelu(c[i], c[i + 1], 2, stride=2)) for i in range(3))
+        self.downs = nn.ModuleList(down_block(c[i], 0.0) for i in range(3))
         self.center = ResBlock(c[3], c[3], dropout)
-        self.ups = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(c[i + 1], c[i], 2, stride=2, bias=False), nn.BatchNorm2d(c[i]),
-                          nn.LeakyReLU(0.1))
-            for i in reversed(range(3)))
+        self.ups = nn.ModuleList(up_block(c[i + 1], 0.0) for i in reversed(range(3)))
         self.decoders = nn.ModuleList(ResBlock(2 * c[i], c[i], dropout) for i in reversed(range(3)))
         self.head = nn.Conv2d(c[0], num_classes, 1)
         self.apply(init_kaiming)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import init_kaiming
-from .dr_head import DRHead, check_num_frames, check_sequence_input, scaled_channels
+from .blocks import check_sequence_input, init_kaiming
+from .dr_head import DRHead, check_num_frames, scaled_channels
 
 WIDTHS = (64, 128, 256, 512)
 
 
-def conv_bn_lrelu(in_channels: int, out_channels: int, kernel: int, stride: int = 1, padding: int = 0) -> list:
+def conv_bn_lrelu(in_channels: int, out_channels: int, kernel, stride=1, padding: int = 0) -> list:
+    """[Conv3d (no bias) - BN - LReLU(0.1)]; ``kernel`` and ``stride`` are ints or (T, H, W) tuples."""
     return [
         nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False),
         nn.BatchNorm3d(out_channels),

@@ -17,22 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import check_sequence_input, double_conv
 from .convgru import ConvGRU
-from .dr_head import check_sequence_input
+
 
 STAGES = 5
-
-
-def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    """(N, in, H, W) -> (N, out, H, W): two Conv2d(3, no bias)-InstanceNorm2d-ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.InstanceNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.InstanceNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class RecurrentStage(nn.Module):
@@ -40,7 +29,7 @@ class RecurrentStage(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, gru_impl: str):
         super().__init__()
-        self.conv = double_conv(in_channels, out_channels)
+        self.conv = double_conv(in_channels, out_channels, bias=False, norm="instance")
         self.gru = ConvGRU(out_channels, impl=gru_impl)
 
     def forward(self, x_BTCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +45,7 @@ class UpStage(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.reduce = nn.Conv2d(2 * channels, channels, 1)
-        self.conv = double_conv(2 * channels, channels)
+        self.conv = double_conv(2 * channels, channels, bias=False, norm="instance")
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up = self.reduce(F.interpolate(deep, scale_factor=2, mode="bilinear", align_corners=True))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dr_head import check_sequence_input
+from .blocks import check_sequence_input
 
 STAGES = 7
 SPATIAL = (1, 2, 2)

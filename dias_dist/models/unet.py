@@ -9,21 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import check_frames_input
+from .blocks import check_frames_input, double_conv
 
 LEVELS = 5
-
-
-def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    """(B, in, H, W) -> (B, out, H, W): [Conv3x3 (no bias) - BN - ReLU] x 2."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class UNet(nn.Module):
@@ -35,10 +23,10 @@ class UNet(nn.Module):
         super().__init__()
         self.num_frames = num_frames
         c = [width * 2**i for i in range(LEVELS)]
-        self.encoders = nn.ModuleList(double_conv(num_frames if i == 0 else c[i - 1], c[i]) for i in range(LEVELS))
+        self.encoders = nn.ModuleList(double_conv(num_frames if i == 0 else c[i - 1], c[i], bias=False) for i in range(LEVELS))
         self.pool = nn.MaxPool2d(2)
         self.ups = nn.ModuleList(nn.ConvTranspose2d(c[i + 1], c[i], 2, stride=2) for i in reversed(range(LEVELS - 1)))
-        self.decoders = nn.ModuleList(double_conv(2 * c[i], c[i]) for i in reversed(range(LEVELS - 1)))
+        self.decoders = nn.ModuleList(double_conv(2 * c[i], c[i], bias=False) for i in reversed(range(LEVELS - 1)))
         self.head = nn.Conv2d(c[0], num_classes, 1)
 
     def forward(self, x_BTHW: torch.Tensor) -> torch.Tensor:

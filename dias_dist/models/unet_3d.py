@@ -10,33 +10,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dr_head import DRHead, check_num_frames, check_sequence_input
+from .blocks import check_sequence_input, double_conv
+from .dr_head import DRHead, check_num_frames
 
 FIRST_POOL = (1, 2, 2)
 DEEP_POOL = (2, 2, 2)
 
 
-class DoubleConv3d(nn.Sequential):
-    """(B, in, T, H, W) -> (B, out, T, H, W): two Conv3d(3)-BN-ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(
-            nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm3d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm3d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
 class UpConcat3d(nn.Module):
-    """ConvTranspose3d(in -> in/2, kernel = stride = ``scale``), concatenate the skip, DoubleConv3d."""
+    """ConvTranspose3d(in -> in/2, kernel = stride = ``scale``), concatenate the skip, double conv (Conv3d, no bias)."""
 
     def __init__(self, in_channels: int, out_channels: int, scale: tuple[int, int, int]):
         super().__init__()
         self.up = nn.ConvTranspose3d(in_channels, in_channels // 2, kernel_size=scale, stride=scale)
-        self.conv = DoubleConv3d(in_channels, out_channels)
+        self.conv = double_conv(in_channels, out_channels, bias=False, dims=3)
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.up(deep)], dim=1))
@@ -56,10 +43,10 @@ class UNet3D(nn.Module):
         check_num_frames("unet_3d", num_frames, 8)
         self.num_frames = num_frames
         c = [width * 2**i for i in range(5)]
-        self.inc = DoubleConv3d(1, c[0])
+        self.inc = double_conv(1, c[0], bias=False, dims=3)
         pools = [FIRST_POOL, DEEP_POOL, DEEP_POOL, DEEP_POOL]
         self.pools = nn.ModuleList(nn.MaxPool3d(p) for p in pools)
-        self.downs = nn.ModuleList(DoubleConv3d(c[i], c[i + 1]) for i in range(4))
+        self.downs = nn.ModuleList(double_conv(c[i], c[i + 1], bias=False, dims=3) for i in range(4))
         self.ups = nn.ModuleList(UpConcat3d(c[i + 1], c[i], pools[i]) for i in reversed(range(4)))
         self.head = DRHead(c[0], num_frames, num_classes)
 

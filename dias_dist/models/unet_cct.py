@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dr_head import check_frames_input
+from .blocks import check_frames_input
 
 ENCODER_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
 AUX_FEATURE_DROPOUT = 0.5

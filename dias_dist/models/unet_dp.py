@@ -11,24 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dr_head import check_frames_input
+from .blocks import check_frames_input, double_conv
 
 LEVELS = 5
-
-
-class DropoutDoubleConv(nn.Sequential):
-    """(B, in, H, W) -> (B, out, H, W): Conv-BN-ReLU-Dropout-Conv-BN-ReLU, convs without bias."""
-
-    def __init__(self, in_channels: int, out_channels: int, dropout: float):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
 
 
 class UpConcat(nn.Module):
@@ -37,7 +22,7 @@ class UpConcat(nn.Module):
     def __init__(self, channels: int, dropout: float):
         super().__init__()
         self.up = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2)
-        self.conv = DropoutDoubleConv(2 * channels, channels, dropout)
+        self.conv = double_conv(2 * channels, channels, bias=False, dropout=dropout)
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.up(deep)], dim=1))
@@ -56,7 +41,7 @@ class UNetDP(nn.Module):
         self.num_frames = num_frames
         c = [width * 2**i for i in range(LEVELS)]
         self.encoders = nn.ModuleList(
-            DropoutDoubleConv(num_frames if i == 0 else c[i - 1], c[i], dropout) for i in range(LEVELS)
+            double_conv(num_frames if i == 0 else c[i - 1], c[i], bias=False, dropout=dropout) for i in range(LEVELS)
         )
         self.decoders = nn.ModuleList(UpConcat(c[i], dropout) for i in reversed(range(LEVELS - 1)))
         self.head = nn.Conv2d(c[0], num_classes, 1)

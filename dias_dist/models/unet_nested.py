@@ -11,20 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import check_frames_input, init_kaiming
+from .blocks import check_frames_input, double_conv, init_kaiming
 
 LEVELS = 5
-
-
-def double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    """(B, in, H, W) -> (B, out, H, W): [Conv3x3 (bias) - (BN) - ReLU] x 2."""
-    layers = []
-    for cin in (in_channels, out_channels):
-        layers.append(nn.Conv2d(cin, out_channels, 3, padding=1))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out_channels))
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class NestedNode(nn.Module):
@@ -33,7 +22,7 @@ class NestedNode(nn.Module):
     def __init__(self, channels: int, num_skips: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2)
-        self.conv = double_conv(channels * (num_skips + 1), channels, batch_norm=False)
+        self.conv = double_conv(channels * (num_skips + 1), channels, norm=None)
 
     def forward(self, deep, skips):
         return self.conv(torch.cat([self.up(deep), *skips], dim=1))
@@ -49,7 +38,7 @@ class UNetNested(nn.Module):
         self.num_frames = num_frames
         c = [width * 2**i for i in range(LEVELS)]
         self.encoders = nn.ModuleList(
-            double_conv(num_frames if i == 0 else c[i - 1], c[i], batch_norm=True) for i in range(LEVELS))
+            double_conv(num_frames if i == 0 else c[i - 1], c[i]) for i in range(LEVELS))
         self.pool = nn.MaxPool2d(2)
         self.nodes = nn.ModuleDict(
             {f"{i}{j}": NestedNode(c[i], j) for j in range(1, LEVELS) for i in range(LEVELS - j)})

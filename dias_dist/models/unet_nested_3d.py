@@ -11,21 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import init_kaiming
-from .dr_head import DRHead, check_num_frames, check_sequence_input, scaled_channels
+from .blocks import check_sequence_input, double_conv, init_kaiming
+from .dr_head import DRHead, check_num_frames, scaled_channels
 
 WIDTHS = (64, 128, 256, 512, 1024)
-
-
-def double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    """(B, in, T, H, W) -> (B, out, T, H, W): two Conv3d(3, bias) [-BN] -ReLU."""
-    layers = []
-    for cin in (in_channels, out_channels):
-        layers.append(nn.Conv3d(cin, out_channels, 3, padding=1))
-        if batch_norm:
-            layers.append(nn.BatchNorm3d(out_channels))
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class NestedUp3d(nn.Module):
@@ -34,7 +23,7 @@ class NestedUp3d(nn.Module):
     def __init__(self, deep_channels: int, out_channels: int, num_skips: int, scale):
         super().__init__()
         self.up = nn.ConvTranspose3d(deep_channels, out_channels, scale, stride=scale)
-        self.conv = double_conv(out_channels * (num_skips + 1), out_channels, batch_norm=False)
+        self.conv = double_conv(out_channels * (num_skips + 1), out_channels, norm=None, dims=3)
 
     def forward(self, deep: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         return self.conv(torch.cat([self.up(deep), *skips], dim=1))
@@ -51,7 +40,7 @@ class UNetNested3D(nn.Module):
         check_num_frames("unet_nested_3d", num_frames, 8)
         self.num_frames = num_frames
         c = scaled_channels("unet_nested_3d", WIDTHS, feature_scale)
-        self.encoders = nn.ModuleList(double_conv(1 if i == 0 else c[i - 1], c[i], batch_norm=True) for i in range(5))
+        self.encoders = nn.ModuleList(double_conv(1 if i == 0 else c[i - 1], c[i], dims=3) for i in range(5))
         self.pools = nn.ModuleList([nn.MaxPool3d((1, 2, 2))] + [nn.MaxPool3d(2) for _ in range(3)])
         # decoders[(i, j)] builds X_ij from X_(i+1)(j-1) and X_i0..X_i(j-1)
         self.decoders = nn.ModuleDict()

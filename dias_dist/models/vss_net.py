@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ResidualConv, check_spatial, init_kaiming
+from .blocks import ResidualConv, check_sequence_input, init_kaiming
 from .convgru import IMPL_CHOICES, BiConvGRU
 from .fr_unet import FRUNetGrid
 
@@ -92,12 +92,7 @@ class VSSNet(nn.Module):
         self.apply(init_kaiming)
 
     def forward(self, x_B1THW: torch.Tensor) -> torch.Tensor:
-        if x_B1THW.dim() != 5 or x_B1THW.shape[1] != 1 or x_B1THW.shape[2] != self.num_frames:
-            raise ValueError(
-                f"VSSNet takes input layout 'sequence' (B, 1, T={self.num_frames}, H, W), "
-                f"got shape {tuple(x_B1THW.shape)}"
-            )
-        check_spatial("VSSNet", x_B1THW.shape, 8)
+        check_sequence_input("VSSNet", x_B1THW, self.num_frames, 8)
         raw_BT1HW = select_frames(x_B1THW, self.frames).transpose(1, 2)
         x, skip1 = self.en1(self.inc(raw_BT1HW))
         x, skip2 = self.en2(x, raw_BT1HW)
