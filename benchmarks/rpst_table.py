@@ -17,7 +17,6 @@ completed by running the same command again.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -25,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("dsc", "acc", "sen", "spe", "iou", "auc", "cldice", "vc")
 
 
 def make_data(out: Path, args) -> Path:
@@ -42,43 +40,35 @@ def make_data(out: Path, args) -> Path:
 
 def ablation_job(cfg, base_job: str, job: str) -> None:
     """Start job ``job`` from ``base_job``'s teacher and pseudo labels (a new parent run, no student yet)."""
-    from dias_dist.semi.rpst import STATE_FILE, job_dir
+    from dias_dist.semi.rpst import STATE_FILE, job_dir, save_state
 
-    path = job_dir(cfg, job) / STATE_FILE
-    if path.is_file():
+    if (job_dir(cfg, job) / STATE_FILE).is_file():
         return
     state = json.loads((job_dir(cfg, base_job) / STATE_FILE).read_text())
-    state = {"job": job, "parent_run_id": "", "num_labeled": state["num_labeled"],
-             "stages": {k: v for k, v in state["stages"].items() if k in ("teacher", "pseudo1")}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(state, indent=1))
+    save_state(cfg, {"job": job, "parent_run_id": "", "num_labeled": state["num_labeled"],
+                     "stages": {k: v for k, v in state["stages"].items() if k in ("teacher", "pseudo1")}})
 
 
 def control_run(cfg, job: str) -> None:
     """The teacher trained on (init from its final checkpoint) with the student's budget, labelled patches only."""
-    from dias_dist.semi.rpst import STATE_FILE, derive, job_dir
+    from dias_dist.semi.rpst import STATE_FILE, derive, job_dir, labelled_source, save_state
+    from dias_dist.trainer import run
 
-    path = job_dir(cfg, job) / STATE_FILE
-    state = json.loads(path.read_text())
+    state = json.loads((job_dir(cfg, job) / STATE_FILE).read_text())
     if "control" in state["stages"]:
         return
-    from dias_dist.data.loader import TrainSource
-
-    source = TrainSource(cfg.data.shards, "training", augment=cfg.data.augment, target=cfg.data.target,
-                         num_sequences=cfg.data.num_labeled)
     tags = {**cfg.track.tags, "rpst.control": "labelled_only", "rpst.num_labeled": str(cfg.data.num_labeled)}
     control_cfg = derive(cfg, {"train.run_name": f"{job}-control", "track.parent_run_id": state["parent_run_id"],
                                "track.tags": tags, "train.epochs": cfg.rpst.student_epochs or cfg.train.epochs})
-    from dias_dist.trainer import run
-
-    result = run(control_cfg, sources=[source], init_from=state["stages"]["teacher"]["checkpoint"])
+    result = run(control_cfg, sources=[labelled_source(cfg)], init_from=state["stages"]["teacher"]["checkpoint"])
     state["stages"]["control"] = {"run_id": result.get("run_id", ""), "run_dir": result["run_dir"],
                                   "metrics": {k: v for k, v in result.items() if isinstance(v, (int, float))}}
-    path.write_text(json.dumps(state, indent=1))
+    save_state(cfg, state)
 
 
 def table_rows(cfg, jobs: list[tuple[str, str, int, int]]) -> list[dict]:
     """One row per (label, job, stage): Teacher (U = 0) and students (U = unlabelled sequences)."""
+    from dias_dist.metrics import METRIC_NAMES
     from dias_dist.semi.rpst import STATE_FILE, job_dir
 
     rows = []
@@ -88,19 +78,20 @@ def table_rows(cfg, jobs: list[tuple[str, str, int, int]]) -> list[dict]:
         metrics = state["stages"][stage]["metrics"]
         row = {"method": label, "L": num_labeled, "U": num_unlabeled if stage == "round1" else 0,
                "run_id": state["stages"][stage]["run_id"], "parent_run_id": state["parent_run_id"]}
-        row.update({m: metrics[f"test_{m}"] for m in METRICS})
+        row.update({m: metrics[f"test_{m}"] for m in METRIC_NAMES})
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], header_note: str) -> str:
-    titles = ["Methods", "L", "U", "DSC↑", "Acc↑", "Sen↑", "Spe↑", "IOU↑", "AUC↑", "clDice↑", "VC↓"]
-    lines = [header_note, "", "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-    for row in rows:
-        cells = [row["method"], str(row["L"]), str(row["U"])]
-        cells += [f"{row[m]:.2f}" if m == "vc" else f"{row[m]:.4f}" for m in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    from dias_dist.evaluation.tables import format_mean_std, markdown_table
+    from dias_dist.metrics import METRIC_NAMES, METRIC_TITLES
+    from dias_dist.report import LOWER_IS_BETTER
+
+    titles = ["Methods", "L", "U"] + [METRIC_TITLES[m] + ("↓" if m in LOWER_IS_BETTER else "↑") for m in METRIC_NAMES]
+    body = [[row["method"], str(row["L"]), str(row["U"])]
+            + [format_mean_std(row[m], None, 2 if m == "vc" else 4) for m in METRIC_NAMES] for row in rows]
+    return header_note + "\n\n" + markdown_table(titles, body)
 
 
 def main() -> int:
@@ -121,6 +112,7 @@ def main() -> int:
 
     from dias_dist import dist
     from dias_dist.config import load_config
+    from dias_dist.evaluation.tables import write_csv
     from dias_dist.semi.rpst import run_rpst, run_stage, load_state
 
     out = (ROOT / args.out).resolve()
@@ -165,10 +157,7 @@ def main() -> int:
             f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     text = markdown(rows, note)
     (out / "rpst_table.md").write_text(text)
-    with open(out / "rpst_table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out / "rpst_table.csv")
     print(text)
     shutil.copy(out / "rpst_table.md", ROOT / args.results)
     return 0

@@ -151,8 +151,7 @@ def dual_threshold(prob: np.ndarray, high: float = DTI_HIGH, low: float = DTI_LO
     if num == 0:
         return candidates
     seeded = np.zeros(num + 1, dtype=bool)
-    seeded[labels[prob >= high]] = True
-    seeded[0] = False
+    seeded[labels[prob >= high]] = True  # {prob >= high} lies inside the candidates: label 0 is never seeded
     return seeded[labels]
 
 
@@ -163,15 +162,20 @@ def binarize(prob: np.ndarray, threshold: float = 0.5, dti: bool = False) -> np.
     return np.asarray(prob) >= threshold
 
 
-def image_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5, dti: bool = False) -> dict[str, float]:
+def image_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5, dti: bool = False, *,
+                  pred_bin: np.ndarray | None = None) -> dict[str, float]:
     """The 8 metrics of one image: prob float (H, W) in [0, 1], gt (H, W) in {0, 1} -> {name: float}.
 
-    AUC uses the soft ``prob``; all other metrics the binary map (threshold or DTI).
+    AUC uses the soft ``prob``; all other metrics the binary map (threshold or DTI). ``pred_bin``:
+    that map when the caller already has it (it must be ``binarize(prob, threshold, dti)``).
     """
     prob = np.asarray(prob)
     gt_bool = binary_gt(gt)
     _check_pair(prob, gt_bool, "probability map", "ground truth")
-    pred_bin = binarize(prob, threshold, dti)
+    if pred_bin is None:
+        pred_bin = binarize(prob, threshold, dti)
+    else:
+        _check_pair(np.asarray(pred_bin), gt_bool, "binary map", "ground truth")
     tp, fp, fn, tn = confusion_counts(pred_bin, gt_bool)
     overlap_denominator = 2 * tp + fp + fn
     return {

@@ -63,7 +63,7 @@ def collect_rows(client, experiment_id: str) -> tuple[list[dict], list[dict]]:
             row[name] = metrics.get(f"test_{name}", math.nan)
             row[f"{name}_std"] = metrics.get(f"test_{name}_std", math.nan)
         rows.append(row)
-        if "rpst.stage" in tags and "rpst.num_labeled" in tags and "test_dsc" in metrics:
+        if "rpst.stage" in tags and "rpst.num_labeled" in tags:
             rpst_points.append({"stage": tags["rpst.stage"], "num_labeled": tags["rpst.num_labeled"],
                                 "variant": rpst_variant(tags), "test_dsc": metrics["test_dsc"],
                                 "run_id": run.info.run_id})
@@ -108,11 +108,13 @@ def report_markdown(rows: list[dict], experiment: str, metric: str) -> str:
 
 
 def stage_order(stage: str) -> tuple[int, str]:
-    """teacher -> 0, roundN -> N, anything else after (alphabetically)."""
-    if stage == "teacher":
-        return 0, stage
-    match = re.fullmatch(r"round(\d+)", stage)
-    return (int(match.group(1)), stage) if match else (10**6, stage)
+    """teacher -> 0, roundN (and pseudoN) -> N as ``rpst.stage_round``, anything else after (alphabetically)."""
+    from dias_dist.semi.rpst import stage_round  # late: the report needs no torch unless it has RPST runs
+
+    try:
+        return stage_round(stage), stage
+    except ValueError:
+        return 10**6, stage
 
 
 def plot_bars(rows: list[dict], metric: str, path: Path) -> None:

@@ -141,22 +141,32 @@ def test_dmpls_mixes_with_one_beta_per_iteration(monkeypatch):
     assert len(draws) == 2 and draws[0] != draws[1]
 
 
-def test_dmpls_pseudo_label_carries_no_gradient():
-    p1 = torch.softmax(torch.randn(B, 2, S, S), 1).requires_grad_()
-    p2 = torch.softmax(torch.randn(B, 2, S, S), 1).requires_grad_()
-    label = mixed_pseudo_label(p1, p2, 0.3)
-    assert not label.requires_grad and label.dtype == torch.int64
-    # the gradient of the PLS term equals that of Dice against a constant label
+def test_dmpls_mixed_pseudo_label_follows_beta_and_ignores_the_extra_channel():
+    # pixel 0: main says vessel (0.9), aux says background (0.2); pixel 1 the other way round (0.4 / 0.7)
+    p_main = torch.tensor([[0.1, 0.6], [0.9, 0.4], [0.0, 0.0]]).view(1, 3, 1, 2)
+    p_aux = torch.tensor([[0.8, 0.3], [0.2, 0.7], [0.0, 0.0]]).view(1, 3, 1, 2)
+    assert mixed_pseudo_label(p_main, p_aux, 1.0).tolist() == [[[1, 0]]]  # main's label
+    assert mixed_pseudo_label(p_main, p_aux, 0.0).tolist() == [[[0, 1]]]  # aux's label
+    # beta = 0.5: pixel 0 vessel 0.55 > 0.45, pixel 1 vessel 0.55 > 0.45: neither decoder's label alone
+    assert mixed_pseudo_label(p_main, p_aux, 0.5).tolist() == [[[1, 1]]]
+    big_extra = torch.cat([p_main[:, :2], torch.full((1, 1, 1, 2), 5.0)], 1)  # channel 2 never wins
+    assert mixed_pseudo_label(big_extra, big_extra, 0.5).tolist() == [[[1, 0]]]
+
+
+def test_dmpls_pseudo_label_is_a_constant_target_for_the_pls_gradient():
     model, batch = DualDecoderToy(), toy_batch(annotated_fraction=0.0)
     torch.manual_seed(5)
     out = DMPLS().losses(model, batch)
-    grad_main, = torch.autograd.grad(out["pls"], model.main)
+    grad_main, grad_aux = torch.autograd.grad(out["pls"], [model.main, model.aux])
     beta = out["beta"].item()
     pm, pa = torch.softmax(model.main, 1), torch.softmax(model.aux, 1)
-    constant = (beta * pm + (1 - beta) * pa).argmax(1).detach()
-    reference = 0.5 * (wl.pseudo_label_dice(pm, constant) + wl.pseudo_label_dice(pa.detach(), constant))
-    expected, = torch.autograd.grad(reference, model.main)
-    assert torch.allclose(grad_main, expected, atol=1e-7)
+    constant = mixed_pseudo_label(pm, pa, beta)
+    # each decoder is pulled only towards the fixed label, through its own Dice term
+    expected_main, = torch.autograd.grad(0.5 * wl.pseudo_label_dice(pm, constant), model.main)
+    expected_aux, = torch.autograd.grad(0.5 * wl.pseudo_label_dice(pa, constant), model.aux)
+    assert grad_main.abs().sum() > 0 and grad_aux.abs().sum() > 0
+    assert torch.allclose(grad_main, expected_main, atol=1e-7)
+    assert torch.allclose(grad_aux, expected_aux, atol=1e-7)
 
 
 def test_dmpls_rejects_a_single_decoder_model():
@@ -250,10 +260,6 @@ def test_dual_net_evaluates_with_network_a():
 
 
 def test_methods_build_heads_of_their_class_count_with_registered_models():
-    from dias_dist.models import MODELS
-
-    if "fr_unet" not in MODELS:
-        pytest.skip("fr_unet not registered yet")
     params = {"width": 4}
     model = PCE().build_model("fr_unet", params)
     assert model(torch.randn(1, T, 16, 16)).shape == (1, 3, 16, 16)

@@ -11,8 +11,9 @@ splits them), the per-image rows are gathered on every rank, and rank 0 alone wr
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from dias_dist.config import EvalConfig
 from dias_dist.evaluation.overlay import error_overlay, write_png, write_probability
 from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv, write_summary
 from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
-from dias_dist.metrics import METRIC_NAMES, binarize, image_metrics
+from dias_dist.metrics import METRIC_NAMES, binarize, binary_gt, image_metrics
 from dias_dist.models import input_layout
 from dias_dist.progress import bar
 
@@ -39,41 +40,49 @@ def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict],
     was evaluated twice over all ranks. With ``out_dir`` rank 0 writes the files listed in the
     module docstring (images only when ``write_images``; overlays only when ``eval_cfg.overlays``).
     """
+    overlays = out_dir is not None and write_images and eval_cfg.overlays
     local_rows, local_images = [], []
     for sample in sequences:
         prob = np.asarray(probability_fn(sample["image"]), dtype=np.float32)
         label = sample.get("label")
+        label = None if label is None else np.asarray(label)
         row = {"key": str(sample["key"]), "id": sample.get("id")}
+        pred_bin = None
         if label is not None:
-            row.update(image_metrics(prob, np.asarray(label), eval_cfg.threshold, eval_cfg.dti))
+            pred_bin = binarize(prob, eval_cfg.threshold, eval_cfg.dti)  # once: metrics and overlay share it
+            row.update(image_metrics(prob, label, eval_cfg.threshold, eval_cfg.dti, pred_bin=pred_bin))
         local_rows.append(row)
         if out_dir is not None and write_images:
-            local_images.append((row["key"], prob, None if label is None else np.asarray(label)))
+            overlay = None if not overlays or label is None else error_overlay(pred_bin, binary_gt(label))
+            local_images.append((row["key"], prob, overlay))
 
     rows = sorted((row for part in dist.all_gather_object(local_rows) for row in part), key=lambda r: r["key"])
     duplicates = sorted(key for key, count in Counter(row["key"] for row in rows).items() if count > 1)
     if duplicates:  # the loader must hand each sequence to exactly one rank
         raise RuntimeError(f"sequences evaluated more than once across ranks: {duplicates[:10]}")
     if out_dir is not None:
-        _write_images_on_main(local_images, Path(out_dir), eval_cfg)
+        _write_images_on_main(local_images, Path(out_dir))
         if dist.is_main():
             _write_tables(rows, Path(out_dir))
     return rows
 
 
-def _write_images_on_main(local_images: list, out_dir: Path, eval_cfg: EvalConfig) -> None:
-    """Rank 0 writes every rank's maps; one image per rank per round bounds the memory in flight."""
+def _write_images_on_main(local_images: list, out_dir: Path) -> None:
+    """Rank 0 writes every rank's maps; one image per rank per round bounds the memory in flight.
+
+    local_images: (key, prob float32 (H, W), overlay uint8 (H, W, 3) or None) of this rank. Only
+    rank 0 receives them (``gather_object``); the round count is agreed on by every rank.
+    """
     num_rounds = max(dist.all_gather_object(len(local_images)))
     for index in range(num_rounds):
         item = local_images[index] if index < len(local_images) else None
-        for gathered in dist.all_gather_object(item):
-            if gathered is None or not dist.is_main():
+        for gathered in dist.gather_object(item, dst=0) or []:
+            if gathered is None:
                 continue
-            key, prob, label = gathered
+            key, prob, overlay = gathered
             write_probability(prob, out_dir / "prob" / f"{key}.npy")
-            if eval_cfg.overlays and label is not None:
-                pred_bin = binarize(prob, eval_cfg.threshold, eval_cfg.dti)
-                write_png(error_overlay(pred_bin, label.astype(bool)), out_dir / "overlay" / f"{key}.png")
+            if overlay is not None:
+                write_png(overlay, out_dir / "overlay" / f"{key}.png")
 
 
 def _write_tables(rows: list[dict], out_dir: Path) -> None:
@@ -82,6 +91,36 @@ def _write_tables(rows: list[dict], out_dir: Path) -> None:
     write_csv(rows, out_dir / "metrics.csv", columns)
     if labelled and rows:
         write_summary(summarize(rows), out_dir)
+
+
+@contextmanager
+def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.device | str,
+                         amp: bool = False) -> Iterator[ProbabilityFn]:
+    """``with model_probability_fn(...) as probability``: the paper's sliding-window prediction of ``model``.
+
+    probability_fn: image float32 (T, H, W) (numpy or tensor) -> vessel probability np.float32 (H, W):
+    the image goes to ``device`` once (tiles are cut there), ``eval_cfg.patch_size_px`` /
+    ``stride_px`` tiles with zero padding, ``batch_size`` tiles per forward, overlap-averaged
+    softmax; ``amp``: bf16 autocast. A DDP/DeepSpeed wrapper is bypassed (``.module``) so that
+    ranks with different image counts never meet in a collective inside forward. The network is in
+    eval mode inside the ``with`` block and gets its training mode back on leaving it.
+    """
+    network = getattr(model, "module", model)
+    was_training = network.training
+    network.eval()
+    predict = model_predict_fn(network, device, input_layout(network), amp)
+
+    def probability(image_THW) -> np.ndarray:
+        # tile on the model's device: one host->device copy per image instead of one per batch
+        image_THW = torch.as_tensor(image_THW).to(device, non_blocking=True)
+        prob = sliding_window_probability(predict, image_THW, patch=eval_cfg.patch_size_px,
+                                          stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
+        return prob.cpu().numpy()
+
+    try:
+        yield probability
+    finally:
+        network.train(was_training)
 
 
 def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig, *,
@@ -93,32 +132,16 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
     forward), overlap-averaged softmax vessel probability, threshold ``eval_cfg.threshold`` (or DTI),
     the 8 metrics per image. ``amp``: bf16 autocast on ``device`` (callers pass
     ``cfg.train.bf16_autocast(device)``: on CUDA as the reference tester).
-    A DDP/DeepSpeed wrapper is bypassed (``.module``) so that ranks with different image counts
-    never meet in a collective inside forward. Returns the per-image rows of ALL ranks (see
-    ``evaluate_sequences``); rank 0 writes the outputs when ``out_dir`` is given. ``progress``: a
+    Prediction: ``model_probability_fn`` (a DDP/DeepSpeed wrapper is bypassed). Returns the
+    per-image rows of ALL ranks (see ``evaluate_sequences``); rank 0 writes the outputs when ``out_dir`` is given. ``progress``: a
     bar over this rank's images (pass False on other ranks; None = only on a terminal).
     """
     from dias_dist.data import loader as data_loader  # imported late: evaluation without data code stays importable
 
-    network = getattr(model, "module", model)
-    layout = input_layout(network)
-    was_training = network.training
-    network.eval()
-    predict = model_predict_fn(network, device, layout, amp)
-
-    def probability(image_THW) -> np.ndarray:
-        # tile on the model's device: one host->device copy per image instead of one per batch
-        image_THW = torch.as_tensor(image_THW).to(device, non_blocking=True)
-        prob = sliding_window_probability(predict, image_THW, patch=eval_cfg.patch_size_px,
-                                          stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
-        return prob.cpu().numpy()
-
-    try:
+    with model_probability_fn(model, eval_cfg, device, amp) as probability:
         sequences = bar(data_loader.eval_sequences(shard_dir, split), desc=f"eval {split}", unit="img",
                         enabled=progress, leave=False)  # total: len() of this rank's share
         rows = evaluate_sequences(probability, sequences, eval_cfg, out_dir=out_dir, write_images=write_images)
-    finally:
-        network.train(was_training)
     if not rows:
         raise ValueError(f"split {split!r} of shard set {shard_dir} holds no sequences")
     return rows

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from dias_dist.models import as_frames
-
+from .ivm import intensity_image
 from .pce import PCE, check_number
 from .weak_losses import SPATIAL_ONLY_KERNELS, check_kernels, gated_crf_loss
 
@@ -32,6 +31,6 @@ class RLoss(PCE):
         self.uses_intensity = any("intensity" in k for k in self.kernels)
 
     def regulariser(self, logits_BCHW: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        minip_BHW = as_frames(batch["image"]).amin(dim=1) if self.uses_intensity else None
-        crf = gated_crf_loss(logits_BCHW, self.kernels, self.radius, minip_BHW)
+        minip_BHW = intensity_image(batch["image"], "minip") if self.uses_intensity else None
+        crf = gated_crf_loss(logits_BCHW, self.kernels, self.radius, minip_BHW, checked=True)
         return {"gated_crf": crf, "reg": self.weight * crf}

@@ -12,9 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dias_dist.losses import DICE_SMOOTH, soft_dice_term
+
 from .base import IGNORE_INDEX
 
-DICE_SMOOTH = 1e-5  # nnU-Net SoftDiceLoss smoothing, as in the reference
 ENTROPY_EPS = 1e-6
 
 
@@ -38,16 +39,9 @@ def partial_soft_dice(logits_BCHW: torch.Tensor, target_BHW: torch.Tensor,
     Softmax over all C channels; tp/fp/fn summed over batch and space on annotated pixels only;
     dc_c = (2tp + 1e-5) / (2tp + fp + fn + 1e-5 + 1e-8); returns −mean(dc_c for c >= 1), in [−1, 0].
     """
-    probs_BCHW = torch.softmax(logits_BCHW.float(), dim=1)
-    mask_B1HW = (target_BHW != ignore_index).unsqueeze(1).float()
-    clean_target = torch.where(target_BHW == ignore_index, torch.zeros_like(target_BHW), target_BHW)
-    onehot_BCHW = F.one_hot(clean_target, probs_BCHW.shape[1]).permute(0, 3, 1, 2).float()
-    dims = (0, 2, 3)
-    tp_C = (mask_B1HW * probs_BCHW * onehot_BCHW).sum(dims)
-    fp_C = (mask_B1HW * probs_BCHW * (1 - onehot_BCHW)).sum(dims)
-    fn_C = (mask_B1HW * (1 - probs_BCHW) * onehot_BCHW).sum(dims)
-    dice_C = (2 * tp_C + DICE_SMOOTH) / (2 * tp_C + fp_C + fn_C + DICE_SMOOTH + 1e-8)
-    return -dice_C[1:].mean()
+    annotated_BHW = target_BHW != ignore_index
+    clean_target_BHW = torch.where(annotated_BHW, target_BHW, torch.zeros_like(target_BHW))
+    return soft_dice_term(logits_BCHW, clean_target_BHW, mask_BHW=annotated_BHW)
 
 
 def entropy(logits_BCHW: torch.Tensor, normaliser_classes: int = 2) -> torch.Tensor:
@@ -65,7 +59,6 @@ def entropy(logits_BCHW: torch.Tensor, normaliser_classes: int = 2) -> torch.Ten
 
 KERNEL_KEYS = ("weight", "xy", "intensity")
 SPATIAL_ONLY_KERNELS = ({"weight": 0.1, "xy": 6.0},)  # DIAS reference
-WSL4MIS_KERNELS = ({"weight": 1.0, "xy": 6.0, "intensity": 0.1},)  # WSL4MIS ("rgb": 0.1)
 
 
 def check_kernels(kernels, where: str = "method.params.kernels") -> list[dict]:
@@ -93,17 +86,24 @@ def check_kernels(kernels, where: str = "method.params.kernels") -> list[dict]:
 
 
 def gated_crf_loss(logits_BCHW: torch.Tensor, kernels, radius: int = 5,
-                   intensity_BHW: torch.Tensor | None = None) -> torch.Tensor:
+                   intensity_BHW: torch.Tensor | None = None, *, checked: bool = False) -> torch.Tensor:
     """Gated CRF loss with Potts compatibility over a (2r+1)² window, normalised by B·H·W.
 
     L = 1/(B·H·W) Σ_i Σ_{j ∈ W(i), j ≠ i, j in image} K_ij (1 − Σ_c p_ic p_jc), p = softmax(logits)
     over all C channels, K_ij = Σ_k w_k exp(−½ (|x_i − x_j|² / σ_xy,k² + (I_i − I_j)² / σ_I,k²)).
     Neighbours outside the image are left out (the reference's zero padding adds only a constant
     for them, so the gradient is the same). ``intensity_BHW`` (float) is required when a kernel has
-    an ``intensity`` bandwidth.
+    an ``intensity`` bandwidth. ``checked=True``: ``kernels`` already came from ``check_kernels``
+    (``RLoss`` validates once at construction, not every step).
+
+    A kernel without an intensity bandwidth is the same for every pixel pair of one offset: its
+    affinity is a Python float, so the spatial-only default allocates no (B, H, W) affinity maps.
     """
-    kernels = check_kernels(kernels)
-    if any("intensity" in k for k in kernels) and intensity_BHW is None:
+    if not checked:
+        kernels = check_kernels(kernels)
+    spatial_kernels = [k for k in kernels if "intensity" not in k]
+    intensity_kernels = [k for k in kernels if "intensity" in k]
+    if intensity_kernels and intensity_BHW is None:
         raise ValueError("gated_crf_loss: a kernel has an 'intensity' bandwidth but no intensity image was given")
     probs_BCHW = torch.softmax(logits_BCHW.float(), dim=1)
     batch, _, height, width = probs_BCHW.shape
@@ -117,16 +117,12 @@ def gated_crf_loss(logits_BCHW: torch.Tensor, kernels, radius: int = 5,
             xs, xe = max(0, -dx), min(width, width - dx)
             p_i = probs_BCHW[:, :, ys:ye, xs:xe]
             p_j = probs_BCHW[:, :, ys + dy:ye + dy, xs + dx:xe + dx]
-            affinity = torch.zeros_like(p_i[:, 0])
-            for k in kernels:
-                exponent = 0.0
-                if "xy" in k:
-                    exponent = (dy * dy + dx * dx) / (k["xy"] ** 2)
-                term = torch.full_like(affinity, -0.5 * exponent)
-                if "intensity" in k:
-                    diff = intensity_BHW[:, ys:ye, xs:xe] - intensity_BHW[:, ys + dy:ye + dy, xs + dx:xe + dx]
-                    term = term - 0.5 * (diff.float() / k["intensity"]) ** 2
-                affinity = affinity + k["weight"] * term.exp()
+            squared_distance = dy * dy + dx * dx
+            affinity = sum(k["weight"] * math.exp(-0.5 * squared_distance / k["xy"] ** 2) for k in spatial_kernels)
+            for k in intensity_kernels:
+                exponent = squared_distance / k["xy"] ** 2 if "xy" in k else 0.0
+                diff = intensity_BHW[:, ys:ye, xs:xe] - intensity_BHW[:, ys + dy:ye + dy, xs + dx:xe + dx]
+                affinity = affinity + k["weight"] * (-0.5 * exponent - 0.5 * (diff.float() / k["intensity"]) ** 2).exp()
             total = total + (affinity * (1 - (p_i * p_j).sum(1))).sum()
     return total / (batch * height * width)
 

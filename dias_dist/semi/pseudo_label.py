@@ -26,8 +26,7 @@ from dias_dist import dist
 from dias_dist.config import EvalConfig
 from dias_dist.data.loader import eval_sequences
 from dias_dist.data.shards import ShardReader, png_bytes, read_manifest, split_entry, write_samples
-from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
-from dias_dist.models import input_layout
+from dias_dist.evaluation.evaluate import model_probability_fn
 from dias_dist.progress import bar
 
 PSEUDO_MAP = "pseudo"
@@ -47,24 +46,16 @@ def label_local_sequences(model: nn.Module, shard_dir: str | Path, split: str, e
                           progress: bool | None = False) -> dict[str, bytes]:
     """Hard pseudo labels of this rank's share of ``keys``: {key: PNG bytes of uint8 (H, W) in {0, 255}}.
 
-    The vessel probability float32 (H, W) comes from ``sliding_window_probability`` on the z-scored
-    frames float32 (T, H, W); label = probability >= ``eval_cfg.threshold``.
+    The vessel probability float32 (H, W) comes from ``evaluation.evaluate.model_probability_fn``
+    (the evaluation protocol) on the z-scored frames float32 (T, H, W); label = probability >=
+    ``eval_cfg.threshold``.
     """
-    network = getattr(model, "module", model)
-    was_training = network.training
-    network.eval()
-    predict = model_predict_fn(network, device, input_layout(network), amp)
-    wanted = set(keys)
     labels: dict[str, bytes] = {}
-    try:
-        for sample in bar(eval_sequences(shard_dir, split, num_workers=0, keys=wanted),
+    with model_probability_fn(model, eval_cfg, device, amp) as probability:
+        for sample in bar(eval_sequences(shard_dir, split, num_workers=0, keys=set(keys)),
                           desc=f"pseudo-label {split}", unit="img", enabled=progress, leave=False):
-            prob_HW = sliding_window_probability(predict, sample["image"], patch=eval_cfg.patch_size_px,
-                                                 stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
-            hard_HW = (prob_HW.cpu().numpy() >= eval_cfg.threshold).astype(np.uint8)
+            hard_HW = (probability(sample["image"]) >= eval_cfg.threshold).astype(np.uint8)
             labels[sample["key"]] = png_bytes(hard_HW * 255)
-    finally:
-        network.train(was_training)
     return labels
 
 
@@ -114,28 +105,42 @@ def pseudo_label_split(model: nn.Module, shard_dir: str | Path, split: str, out_
     keys = selected_keys(shard_dir, split, num_sequences)
     local = label_local_sequences(model, shard_dir, split, eval_cfg, device=device, keys=keys, amp=amp,
                                   progress=progress)
+    parts = dist.gather_object(local, dst=0)  # the PNGs go to rank 0 only, the one writer
+    stats = None
+    if dist.is_main():
+        try:
+            labels = _merge_labels(parts, keys, f"{shard_dir}/{split}")
+            provenance = {**provenance, "source_shards": str(Path(shard_dir).resolve()), "source_split": split,
+                          "threshold": eval_cfg.threshold, "patch_size_px": eval_cfg.patch_size_px,
+                          "stride_px": eval_cfg.stride_px, "num_sequences": len(keys),
+                          "world_size": dist.world_size(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_pseudo_shards(shard_dir, split, labels, out_dir, provenance)
+            vessel_fraction = float(np.mean([_vessel_fraction(png) for png in labels.values()]))
+            stats = {"out_dir": str(out_dir), "num_sequences": len(keys), "vessel_fraction": vessel_fraction}
+        except Exception as error:  # every rank raises, none waits in a collective for rank 0
+            stats = {"error": f"{type(error).__name__}: {error}"}
+            dist.broadcast_object(stats)
+            raise
+    stats = dist.broadcast_object(stats)
+    if "error" in stats:
+        raise RuntimeError(f"pseudo-labelling failed on rank 0: {stats['error']}")
+    dist.barrier()
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+def _merge_labels(parts: list[dict[str, bytes]], keys: list[str], where: str) -> dict[str, bytes]:
+    """One {key: PNG} from the ranks' parts; RuntimeError for a key labelled twice or not at all."""
     labels: dict[str, bytes] = {}
-    for part in dist.all_gather_object(local):
+    for part in parts:
         duplicated = set(part) & set(labels)
         if duplicated:  # the loader must give each sequence to exactly one rank
             raise RuntimeError(f"pseudo-labelled on more than one rank: {sorted(duplicated)[:5]}")
         labels.update(part)
     missing = sorted(set(keys) - set(labels))
     if missing:
-        raise RuntimeError(f"no rank pseudo-labelled {missing[:5]} of {shard_dir}/{split}")
-    stats = None
-    if dist.is_main():
-        provenance = {**provenance, "source_shards": str(Path(shard_dir).resolve()), "source_split": split,
-                      "threshold": eval_cfg.threshold, "patch_size_px": eval_cfg.patch_size_px,
-                      "stride_px": eval_cfg.stride_px, "num_sequences": len(keys), "world_size": dist.world_size(),
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_pseudo_shards(shard_dir, split, labels, out_dir, provenance)
-        vessel_fraction = float(np.mean([_vessel_fraction(png) for png in labels.values()]))
-        stats = {"out_dir": str(out_dir), "num_sequences": len(keys), "vessel_fraction": vessel_fraction}
-    stats = dist.broadcast_object(stats)
-    dist.barrier()
-    stats["seconds"] = time.perf_counter() - start
-    return stats
+        raise RuntimeError(f"no rank pseudo-labelled {missing[:5]} of {where}")
+    return labels
 
 
 def _vessel_fraction(png: bytes) -> float:

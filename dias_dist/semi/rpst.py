@@ -37,7 +37,6 @@ from dias_dist.config import Config, flatten, from_dict, to_dict
 
 STATE_FILE = "rpst_state.json"
 STUDENT_INITS = ("teacher", "fresh")
-TEST_METRICS = ("dsc", "acc", "sen", "spe", "iou", "auc", "cldice", "vc")
 
 
 def stage_names(rounds: int) -> list[str]:
@@ -179,13 +178,17 @@ def _train_stage(cfg: Config, state: dict, stage: str, *, sources, init_from, re
     return entry
 
 
-def teacher_stage(cfg: Config, state: dict, *, report=None) -> dict:
-    """Train the teacher on the first ``data.num_labeled`` labelled sequences."""
+def labelled_source(cfg: Config, weight: float = 1.0):
+    """The first ``data.num_labeled`` labelled training sequences as a ``TrainSource`` of mixing ``weight``."""
     from dias_dist.data.loader import TrainSource
 
-    source = TrainSource(cfg.data.shards, "training", augment=cfg.data.augment, target=cfg.data.target,
-                         num_sequences=cfg.data.num_labeled)
-    return _train_stage(cfg, state, "teacher", sources=[source], init_from=None, report=report)
+    return TrainSource(cfg.data.shards, "training", weight=weight, augment=cfg.data.augment, target=cfg.data.target,
+                       num_sequences=cfg.data.num_labeled)
+
+
+def teacher_stage(cfg: Config, state: dict, *, report=None) -> dict:
+    """Train the teacher on the first ``data.num_labeled`` labelled sequences."""
+    return _train_stage(cfg, state, "teacher", sources=[labelled_source(cfg)], init_from=None, report=report)
 
 
 def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
@@ -197,6 +200,7 @@ def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
 
     source_stage = "teacher" if k == 1 else f"round{k - 1}"
     source = _finished(state, source_stage, f"pseudo{k}")
+    # idempotent (an existing group is reused): gives this rank's device, also when run_stage runs standalone
     device = dist.init(cfg.dist.backend, cfg.train.device)
     method = build_method(cfg.method.name, **cfg.method.params)
     model = method.build_model(cfg.model.name, dict(cfg.model.params))
@@ -227,12 +231,10 @@ def student_sources(cfg: Config, pseudo_dir: str | Path) -> list:
     from dias_dist.data.loader import TrainSource
 
     p = cfg.rpst.labeled_prob
-    labelled = TrainSource(cfg.data.shards, "training", weight=p, augment=cfg.data.augment, target=cfg.data.target,
-                           num_sequences=cfg.data.num_labeled)
     pseudo = TrainSource(str(pseudo_dir), cfg.rpst.unlabeled_split, weight=1.0 - p,
                          augment="strong" if cfg.rpst.strong_augment else cfg.data.augment, target="pseudo",
                          is_pseudo=True)
-    return [labelled, pseudo]
+    return [labelled_source(cfg, weight=p), pseudo]
 
 
 def student_stage(cfg: Config, state: dict, k: int, *, report=None) -> dict:
@@ -282,12 +284,14 @@ def run_stage(cfg: Config, stage: str, *, state: dict | None = None, report: Cal
 
 def _log_stage_on_parent(parent, stage: str, entry: dict) -> None:
     """Parent metrics with step = round: rpst_test_<m>, rpst_val_dsc (training stages), pseudo stats."""
+    from dias_dist.metrics import METRIC_NAMES
+
     k = stage_round(stage)
     values = {}
     if stage.startswith("pseudo"):
         values = {"rpst_pseudo_vessel_fraction": entry["vessel_fraction"], "rpst_pseudo_seconds": entry["seconds"]}
     else:
-        for name in TEST_METRICS:
+        for name in METRIC_NAMES:
             if f"test_{name}" in entry["metrics"]:
                 values[f"rpst_test_{name}"] = entry["metrics"][f"test_{name}"]
         if "val_dsc" in entry["last_validation"]:

@@ -32,10 +32,9 @@ def main(args: argparse.Namespace) -> int:
         if args.stage == "all":
             state = rpst.run_rpst(cfg)
         else:
-            rpst.validate(cfg)
             dist.init(cfg.dist.backend, cfg.train.device)
             state = rpst.load_state(cfg, rpst.job_name(cfg))
-            rpst.run_stage(cfg, args.stage, state=state)
+            rpst.run_stage(cfg, args.stage, state=state)  # validates cfg before any work
     finally:
         dist.teardown()
     if dist.is_main():
