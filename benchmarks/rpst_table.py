@@ -51,7 +51,8 @@ def ablation_job(cfg, base_job: str, job: str) -> None:
 
 def control_run(cfg, job: str) -> None:
     """The teacher trained on (init from its final checkpoint) with the student's budget, labelled patches only."""
-    from dias_dist.semi.rpst import STATE_FILE, derive, job_dir, labelled_source, save_state
+    from dias_dist.config import derive
+    from dias_dist.semi.rpst import STATE_FILE, job_dir, labelled_source, save_state
     from dias_dist.trainer import run
 
     state = json.loads((job_dir(cfg, job) / STATE_FILE).read_text())

@@ -16,10 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "step", "epoch", "rng", "data", "config",
-                   "mlflow_run_id", "best", "run_name")
-
-
 def rng_state() -> dict:
     """This process's RNG states as tensors / plain containers (safe for weights_only loading)."""
     np_state = np.random.get_state()

@@ -10,7 +10,6 @@ arguments to the registered constructor, whose signature is their schema (checke
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,20 +170,9 @@ def _valid_keys(cls) -> list[str]:
 
 
 def _check_type(value: Any, annotation: Any, where: str, source: str) -> Any:
-    """Return ``value`` converted to ``annotation`` where lossless, else raise ValueError."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing), {})  # annotations are strings under __future__
+    """Return ``value`` converted to ``annotation`` (resolved by ``typing.get_type_hints``) where
+    lossless, else raise ValueError."""
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(annotation):
-            if arg is type(None) and value is None:
-                return None
-            try:
-                return _check_type(value, arg, where, source)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(f"{source}: {where} = {value!r} matches none of {annotation}")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -292,6 +280,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 def to_dict(cfg: Config) -> dict:
     """Plain nested dict of a Config (what is saved next to every run)."""
     return dataclasses.asdict(cfg)
+
+
+def derive(cfg: Config, updates: dict[str, Any], source: str = "derived config") -> Config:
+    """A copy of ``cfg`` with dotted-key ``updates`` (``{"train.epochs": 3}``), validated like a YAML file."""
+    data = to_dict(cfg)
+    for key, value in updates.items():
+        section, name = key.split(".", 1)
+        data[section][name] = value
+    return from_dict(Config, data, source)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -62,16 +62,8 @@ def world_size() -> int:
     return tdist.get_world_size() if is_distributed() else 1
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0))
-
-
 def is_main() -> bool:
     return rank() == 0
-
-
-def backend() -> str:
-    return tdist.get_backend() if is_distributed() else "none"
 
 
 def barrier() -> None:
@@ -93,10 +85,10 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True on every rank if ``flag`` is True on any rank (for NaN stops and skip decisions)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(all_reduce_max(t).item() > 0)
+def any_rank(flag: torch.Tensor) -> bool:
+    """True on every rank if the one-element (bool) tensor ``flag`` is true on any rank (NaN stops):
+    reduced on ``flag``'s device, so the only host sync is the final ``.item()``."""
+    return bool(all_reduce_max(flag.detach().float().reshape(1)).item() > 0)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

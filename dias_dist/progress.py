@@ -6,15 +6,20 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+if TYPE_CHECKING:
+    import torch
+
 
 class Progress:
-    """``update(steps_done, loss, data_wait_s, step_s)`` after each optimizer step; ``close()`` at the end.
+    """``update(loss, data_wait_s, step_s)`` after each optimizer step; ``close()`` at the end.
 
     ``patches_per_step`` is the global batch; data-wait share is the fraction of wall time spent
-    waiting for the loader over the last ``update`` window.
+    waiting for the loader over the last ``update`` window. ``loss`` may be a device tensor: it is
+    read (one host sync) only when the postfix is refreshed, every 5 steps and at the end.
     """
 
     def __init__(self, total_steps: int, start_step: int, patches_per_step: int, enabled: bool):
@@ -24,21 +29,18 @@ class Progress:
         self.wait_s = 0.0
         self.busy_s = 0.0
 
-    def update(self, loss: float, data_wait_s: float, step_s: float) -> None:
+    def update(self, loss: float | torch.Tensor, data_wait_s: float, step_s: float) -> None:
+        if self.bar.disable:
+            return
         self.wait_s += data_wait_s
         self.busy_s += step_s
         self.bar.update(1)
         if self.bar.n % 5 == 0 or self.bar.n == self.bar.total:
             rate = self.bar.format_dict.get("rate") or 0.0
             share = self.wait_s / max(self.busy_s, 1e-9)
-            self.bar.set_postfix_str(f"patches/s={rate * self.patches_per_step:.0f} wait={share:.0%} loss={loss:.4f}",
-                                     refresh=False)
+            self.bar.set_postfix_str(f"patches/s={rate * self.patches_per_step:.0f} wait={share:.0%} "
+                                     f"loss={float(loss):.4f}", refresh=False)
             self.wait_s = self.busy_s = 0.0
-
-    def write(self, text: str) -> None:
-        """Print a line above the bar (nothing when the bar is disabled)."""
-        if not self.bar.disable:
-            self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

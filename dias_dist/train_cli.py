@@ -1,6 +1,7 @@
 """``dias train CONFIG [key=value ...] [--dry-run]``: train in this one process.
 
-For several processes use ``torchrun --nproc_per_node=N launch/train.py CONFIG ...``: same loop.
+For several processes use ``torchrun --nproc_per_node=N launch/train.py CONFIG ...``: the same
+command (that file calls this one); the result is printed by the main rank only.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML file under configs/")
     parser.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=3e-4")
     parser.add_argument("--dry-run", action="store_true", help="build everything and run one step")
-    parser.parse_args = parser.parse_intermixed_args  # options may sit between the overrides
 
 
 def main(args: argparse.Namespace) -> int:
@@ -25,6 +25,7 @@ def main(args: argparse.Namespace) -> int:
         result = run(cfg, dry_run=args.dry_run)
     finally:
         dist.teardown()
-    for key, value in result.items():
-        print(f"{key}: {value}")
+    if dist.is_main():
+        for key, value in result.items():
+            print(f"{key}: {value}")
     return 0

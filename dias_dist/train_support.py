@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 
 from dias_dist import checkpoint, dist
-from dias_dist.config import Config, from_dict, save_config
-
-SEED_STRIDE = 1_000_003  # keeps (seed, rank, step) -> seed injective for realistic values
+from dias_dist.config import Config, derive, save_config
 
 
 def derived_seed(seed: int, *parts: int) -> int:
@@ -47,15 +45,7 @@ def resolve_run(cfg: Config) -> tuple[Config, Path, Path | None]:
             resume_from = root / name / "checkpoints" / "last.pt"
     if not name:
         name = dist.broadcast_object(f"{cfg.model.name}-{cfg.method.name}-{time.strftime('%y%m%d_%H%M%S')}")
-    data = _asdict(cfg)
-    data["train"]["run_name"] = name
-    return from_dict(Config, data, "resolved config"), root / name, resume_from
-
-
-def _asdict(cfg: Config) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
+    return derive(cfg, {"train.run_name": name}, "resolved config"), root / name, resume_from
 
 
 def prepare_run_folder(cfg: Config, run_dir: Path) -> None:

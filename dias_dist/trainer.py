@@ -28,21 +28,12 @@ import torch
 
 from dias_dist import checkpoint, dist
 from dias_dist.config import Config, flatten, to_dict
-from dias_dist.engine import build_engine
+from dias_dist.engine import build_engine, micro_batch_size
 from dias_dist.methods import build_method
 from dias_dist.models import count_parameters, input_layout, to_layout
 from dias_dist.progress import Progress
-from dias_dist.track import MetricsLog, NullTracker, make_tracker
+from dias_dist.track import MetricsLog, make_tracker
 from dias_dist import train_support as support
-
-
-def _batch_split(cfg: Config) -> int:
-    """Micro-batch size per rank; ValueError when the global batch does not divide."""
-    t, world = cfg.train, dist.world_size()
-    if t.grad_accum < 1 or t.batch_size % (world * t.grad_accum):
-        raise ValueError(f"train.batch_size={t.batch_size} must be divisible by world size {world} "
-                         f"x train.grad_accum {t.grad_accum}")
-    return t.batch_size // (world * t.grad_accum)
 
 
 def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: list | None = None,
@@ -57,7 +48,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     """
     device = dist.init(cfg.dist.backend, cfg.train.device)
     rank, is_main = dist.rank(), dist.is_main()
-    micro_batch = _batch_split(cfg)
+    micro_batch = micro_batch_size(cfg)
     cfg, run_dir, resume_from = support.resolve_run(cfg)
     t = cfg.train
     total_steps = t.epochs * t.steps_per_epoch
@@ -72,6 +63,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(t.seed)  # identical initialisation on every rank
     method = build_method(cfg.method.name, **cfg.method.params)
+    sources = sources if sources is not None else support.default_sources(cfg)
+    support.check_targets(method, sources)  # before the run folder and the MLflow run exist
     model = method.build_model(cfg.model.name, dict(cfg.model.params))
     if init_from is not None:
         model.load_state_dict(checkpoint.model_state(init_from))
@@ -97,8 +90,6 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         tracker.set_tags(support.run_tags(cfg, device=device, num_params=num_params))
         tracker.log_artifact(run_dir / "config.yaml")
 
-    sources = sources if sources is not None else support.default_sources(cfg)
-    support.check_targets(method, sources)
     progress = Progress(total_steps, step, t.batch_size, enabled=is_main and t.progress)
     status = "FAILED"
 
@@ -116,7 +107,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         return path
 
     try:
-        stream, window, last_losses = None, [], {}
+        stream, window, sums = None, [], {}
         model.train()
         while step < total_steps:
             if stream is None or step % boundary == 0:
@@ -128,14 +119,14 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
                 wait_start = time.perf_counter()
                 batch = next(stream)
                 data_wait += time.perf_counter() - wait_start
+                batch = {**batch, "image": to_layout(batch["image"], layout)}  # first: prepare_input sees 5-D as 5-D
                 batch = {k: engine.prepare_input(v) if torch.is_tensor(v) else v for k, v in batch.items()}
-                batch["image"] = to_layout(batch["image"], layout)
                 with engine.autocast():
                     losses = method.losses(engine.model, batch)
                 engine.backward(losses["total"] / t.grad_accum, sync=micro == t.grad_accum - 1)
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + value.detach().float() / t.grad_accum
-            if dist.any_rank(not bool(torch.isfinite(sums["total"])), device):
+            if dist.any_rank(~torch.isfinite(sums["total"])):  # reduced on the device: one host sync per step
                 bad_losses = dist.all_gather_object({k: float(v) for k, v in sums.items()})
                 path = run_dir / "checkpoints" / f"nan_step{step}.pt"
                 if writes:
@@ -145,12 +136,11 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
                 raise FloatingPointError(f"non-finite loss at step {step} (losses per rank: {bad_losses}); "
                                          f"model, batch and losses saved to {path} for inspection")
             lr = engine.lr
-            grad_norm = engine.step()
+            grad_norm = engine.step()  # a device tensor: read only when logged
             method.after_step(engine.unwrap(), step)
             step += 1
             step_s = time.perf_counter() - tic
-            last_losses = {k: float(v) for k, v in sums.items()}
-            progress.update(last_losses["total"], data_wait, step_s)
+            progress.update(sums["total"], data_wait, step_s)
             window.append((data_wait, step_s))
             if step % t.log_every_steps == 0 or step == total_steps:
                 _log_train(sums, lr, grad_norm, window, t.batch_size, step, log, tracker)
@@ -161,10 +151,9 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
                     best = _validate(cfg, engine, epoch, step, best, save, log, tracker, report, device)
             if not dry_run and (step % boundary == 0 or step == total_steps):
                 save("last.pt")
-        progress.close()
         if dry_run:
             status = "FINISHED"
-            return {"step": step, **{f"loss_{k}": v for k, v in last_losses.items()}}
+            return {"step": step, **{f"loss_{k}": float(v) for k, v in sums.items()}}
         save("final.pt")
         result = {"run_dir": str(run_dir), "run_id": tracker.run_id, "step": step,
                   f"best_val_{cfg.eval.select_metric}": best}
@@ -186,8 +175,8 @@ def _log_train(sums, lr, grad_norm, window, global_batch, step, log, tracker) ->
     stacked = dist.all_reduce_sum(torch.stack([sums[k] for k in names]).float()) / dist.world_size()
     wait = sum(w for w, _ in window)
     busy = sum(s for _, s in window)
-    values = {f"loss_{k}": float(v) for k, v in zip(names, stacked)}
-    values.update(lr=lr, grad_norm=grad_norm, patches_per_s=global_batch * len(window) / max(busy, 1e-9),
+    values = {f"loss_{k}": v for k, v in zip(names, stacked.tolist())}
+    values.update(lr=lr, grad_norm=float(grad_norm), patches_per_s=global_batch * len(window) / max(busy, 1e-9),
                   data_wait_share=wait / max(busy, 1e-9))
     log.write("train", step, values)
     tracker.log_metrics(values, step)
@@ -225,7 +214,7 @@ def _test(cfg, engine, run_dir, device, step, log, tracker) -> dict:
     rows, summary = support.evaluate_summary(model, cfg, cfg.eval.test_split, device=device,
                                              out_dir=out_dir, write_images=cfg.eval.overlays)
     flat = flat_metrics(summary, "test")  # test_dsc, test_dsc_std, ... (evaluate_split wrote the tables)
-    if dist.is_main() and log.enabled:
+    if log.enabled:  # rank 0 of a run that writes
         log.write("test", step, flat)
         tracker.log_metrics(flat, step)
         tracker.log_artifact(out_dir, f"eval/{cfg.eval.test_split}")

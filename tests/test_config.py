@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from dias_dist.config import Config, load_config, flatten, to_dict
+from dias_dist.config import Config, derive, load_config, flatten, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,11 +55,19 @@ def test_every_shipped_yaml_validates():
 
     files = sorted((ROOT / "configs").rglob("*.yaml"))
     files = [f for f in files if "ray" not in f.parts]
+    assert files and MODELS and METHODS  # the registries are populated on import
     for f in files:
         cfg = load_config(f)
         assert isinstance(cfg, Config)
-        if MODELS:
-            assert cfg.model.name in MODELS, f"{f}: model {cfg.model.name} not registered"
-        if METHODS:
-            assert cfg.method.name in METHODS, f"{f}: method {cfg.method.name} not registered"
-            build_method(cfg.method.name, **cfg.method.params)
+        assert cfg.model.name in MODELS, f"{f}: model {cfg.model.name} not registered"
+        assert cfg.method.name in METHODS, f"{f}: method {cfg.method.name} not registered"
+        build_method(cfg.method.name, **cfg.method.params)
+
+
+def test_derive_copies_and_validates():
+    cfg = load_config(None)
+    child = derive(cfg, {"train.run_name": "x", "model.params": {"width": 4}})
+    assert (child.train.run_name, child.model.params) == ("x", {"width": 4})
+    assert cfg.train.run_name == "" and cfg.model.params == {}  # the original is untouched
+    with pytest.raises(ValueError, match="stage config: train.epochs must be int"):
+        derive(cfg, {"train.epochs": "many"}, "stage config")

@@ -65,7 +65,9 @@ def _train(engine, steps: int, first_step: int = 0) -> list[dict]:
             loss = nn.functional.cross_entropy(logits.float(), target[mine])
         engine.backward(loss, sync=True)
         lr = engine.lr
-        log.append({"loss": float(loss), "lr": lr, "grad_norm": engine.step()})
+        norm = engine.step()
+        assert isinstance(norm, torch.Tensor) and norm.dim() == 0  # no host sync inside step()
+        log.append({"loss": float(loss), "lr": lr, "grad_norm": float(norm)})
     return log
 
 
@@ -113,7 +115,9 @@ def worker(out_dir: Path) -> None:
 
     # checkpoint round trips: continue the saved engine and a restored copy for MORE_STEPS each
     for name in ("zero0", "zero2", "zero2_bf16"):
-        state = engines[name].state_dict()  # collective under ZeRO 1/2
+        own = engines[name].state_dict()  # collective under ZeRO 1/2: the complete state on rank 0 only
+        result[name]["state_keys"] = sorted(own)
+        state = dist.broadcast_object(own)  # every rank resumes from what rank 0 writes
         restored = _engine("deepspeed", f"{name}.json")
         restored.load_state_dict(copy.deepcopy(state))  # as if read back from a file
         _train(restored, MORE_STEPS, first_step=STEPS)
@@ -233,6 +237,13 @@ def test_cross_engine_resume(ranks):
         assert "plain torch optimizer" in result["zero2_from_ddp_error"]
 
 
+def test_state_dict_is_complete_on_rank0_only(ranks):
+    """Only rank 0 writes, so only rank 0 gathers the optimizer shards and builds the fp32 model copy."""
+    for name in ("zero0", "zero2", "zero2_bf16"):
+        assert ranks[0][name]["state_keys"] == ["model", "optimizer", "scheduler"], name
+        assert ranks[1][name]["state_keys"] == [], name
+
+
 def test_config_errors_name_the_file_and_key(tmp_path):
     pytest.importorskip("deepspeed")
     from dias_dist.engine.deepspeed import read_deepspeed_config
@@ -254,12 +265,16 @@ def test_config_errors_name_the_file_and_key(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    for path in sorted((ROOT / "configs/deepspeed").glob("*.json")):
-        pytest.importorskip("deepspeed")
-        from dias_dist.engine.deepspeed import read_deepspeed_config
+    pytest.importorskip("deepspeed")
+    from dias_dist.engine.deepspeed import read_deepspeed_config
 
+    paths = sorted((ROOT / "configs/deepspeed").glob("*.json"))
+    assert paths
+    for path in paths:
         ds = read_deepspeed_config(path, _config("deepspeed"))
-        assert ds["zero_optimization"]["stage"] in (0, 1, 2)
+        # the geometry the engine fills in from cfg.train (one process: the whole batch per micro-batch)
+        assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) \
+            == (GLOBAL_BATCH, GLOBAL_BATCH, 1), path.name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,15 +36,18 @@ trainer.build_engine, train_support.train_stream = capture_engine, capture_strea
 cfg = load_config(sys.argv[1], sys.argv[3:])
 try:
     result = trainer.run(cfg)
+    to_rank0 = dist.gather_object({"rank": dist.rank()}, dst=0)  # the group run() joined
     final = captured["engine"].unwrap().state_dict()
     gathered = dist.all_gather_object({"initial": captured["initial"], "final": final,
-                                       "target_sum": captured["first_target_sum"], "world": dist.world_size()})
+                                       "target_sum": captured["first_target_sum"], "world": dist.world_size(),
+                                       "to_rank0": to_rank0})
     if dist.is_main():
         same = lambda key: all(torch.equal(gathered[0][key][n], g[key][n]) for g in gathered[1:] for n in final)
         moved = any(not torch.equal(gathered[0]["initial"][n], final[n]) for n in final)
         json.dump({"world": gathered[0]["world"], "initial_equal": same("initial"), "final_equal": same("final"),
                    "moved": moved, "target_sums": [g["target_sum"] for g in gathered],
-                   "test_dsc": result["test_dsc"]}, open(sys.argv[2], "w"))
+                   "test_dsc": result["test_dsc"], "gather_object": [g["to_rank0"] for g in gathered]},
+                  open(sys.argv[2], "w"))
 finally:
     dist.teardown()
 '''
@@ -65,6 +68,7 @@ def test_two_gloo_ranks_keep_identical_parameters(tiny_shards, tmp_path):
     assert result["initial_equal"] and result["final_equal"] and result["moved"]
     assert result["target_sums"][0] != result["target_sums"][1]  # seed + rank: different patches per rank
     assert 0.0 <= result["test_dsc"] <= 1.0
+    assert result["gather_object"] == [[{"rank": 0}, {"rank": 1}], None]  # the list on rank 0 only
     metrics = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3]  # rank 0 writes, once per step
     rows = (tmp_path / "ddp" / "eval" / "test" / "metrics.csv").read_text().splitlines()

@@ -59,6 +59,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_shards, tmp_path):
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     exp_avg = lambda ckpt: [s["exp_avg"] for s in ckpt["optimizer"]["state"].values()]  # noqa: E731
+    assert len(exp_avg(a)) == len(exp_avg(b)) > 0
     assert all(torch.equal(x, y) for x, y in zip(exp_avg(a), exp_avg(b)))
     assert a["best"] == b["best"]
 

@@ -214,6 +214,17 @@ def test_method_and_target_map_must_agree():
         support.check_targets(build_method("supervised"), [TrainSource("x", target="scribble_rdfa")])
 
 
+def test_target_mismatch_fails_before_the_run_exists(tmp_path, fake_data, monkeypatch):
+    """trainer.run checks the target maps first: no run folder, config.yaml or MLflow run is left behind."""
+    from dias_dist.data.loader import TrainSource
+
+    monkeypatch.setattr(train_support, "default_sources", lambda cfg: [TrainSource("x", target="label")])
+    with pytest.raises(ValueError, match="learns from scribble targets"):
+        trainer.run(tiny_cfg(tmp_path, "method.name=pce", "track.enabled=true",
+                             f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ddp_engine_refuses_a_zero_sharded_optimizer_state_clearly():
     from dias_dist.config import load_config
     from dias_dist.engine.ddp import DDPEngine

@@ -1,8 +1,10 @@
 """Engines own the wrapped model, backward, optimizer step, lr schedule and mixed precision.
 
 Protocol (ARCHITECTURE.md): ``model`` (wrapped, for forward), ``autocast()`` (context for the
-forward + loss), ``prepare_input(x)`` (to device / memory format), ``backward(loss, sync)``, ``step() -> grad_norm`` (clip, optimizer, zero_grad,
-lr schedule), ``unwrap()``, ``lr``, ``state_dict()`` / ``load_state_dict()``.
+forward + loss), ``prepare_input(x)`` (to device / memory format), ``backward(loss, sync)``,
+``step() -> grad_norm`` (clip, optimizer, zero_grad, lr schedule; the norm is a 0-d tensor on the
+device, so a step costs no host sync), ``unwrap()``, ``lr``, ``state_dict()`` (collective: every
+rank calls it, rank 0 gets the complete state it writes) / ``load_state_dict()``.
 ``build_engine`` picks the engine named by ``cfg.dist.engine``; the trainer never imports DDP or
 DeepSpeed itself.
 """
@@ -13,6 +15,8 @@ from typing import Protocol
 
 import torch
 from torch import nn
+
+from dias_dist import dist
 
 
 class Engine(Protocol):
@@ -25,7 +29,7 @@ class Engine(Protocol):
 
     def backward(self, loss: torch.Tensor, *, sync: bool) -> None: ...
 
-    def step(self) -> float: ...
+    def step(self) -> torch.Tensor: ...
 
     def unwrap(self) -> nn.Module: ...
 
@@ -38,6 +42,24 @@ class Engine(Protocol):
 
 
 ENGINES = ("ddp", "deepspeed")
+# ``optimizer["format"]`` of a checkpoint whose optimizer state DeepSpeed ZeRO-1/2 (or bf16) sharded.
+SHARDED_FORMAT = "deepspeed-zero-sharded"
+
+
+def micro_batch_size(cfg) -> int:
+    """Micro-batch size per rank: ``train.batch_size / (world size x train.grad_accum)``;
+    ValueError when the global batch does not divide."""
+    t, world = cfg.train, dist.world_size()
+    if t.grad_accum < 1 or t.batch_size % (world * t.grad_accum):
+        raise ValueError(f"train.batch_size={t.batch_size} must be divisible by world size {world} "
+                         f"x train.grad_accum {t.grad_accum}")
+    return t.batch_size // (world * t.grad_accum)
+
+
+def grad_norm(parameters) -> torch.Tensor:
+    """Global L2 norm of the gradients of ``parameters`` (those with a ``.grad``), a 0-d tensor on
+    their device (no host sync); 0 when none has a gradient."""
+    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -17,12 +17,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dias_dist import dist
-from dias_dist.engine import bf16_autocast
+from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm
 from dias_dist.schedule import build_optimizer
 
 
 class DDPEngine:
-    """See module docstring. ``step()`` returns the global L2 gradient norm (float) before clipping."""
+    """See module docstring. ``step()`` returns the global L2 gradient norm (0-d tensor) before clipping."""
 
     def __init__(self, model: nn.Module, cfg, *, device: torch.device):
         self.device = device
@@ -60,15 +60,17 @@ class DDPEngine:
         else:
             loss.backward()
 
-    def step(self) -> float:
-        """Clip (if optim.grad_clip > 0), optimizer step, zero_grad, advance the lr schedule."""
-        params = [p for p in self._module.parameters() if p.grad is not None]
-        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+    def step(self) -> torch.Tensor:
+        """Clip (if optim.grad_clip > 0), optimizer step, zero_grad, advance the lr schedule;
+        returns the gradient norm before clipping (0-d tensor on the device, no host sync)."""
+        params = list(self._module.parameters())
+        norm = grad_norm(params)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
-        return float(grad_norm)
+        return norm
 
     def unwrap(self) -> nn.Module:
         return self._module
@@ -83,7 +85,7 @@ class DDPEngine:
 
     def load_state_dict(self, state: dict) -> None:
         optim = state.get("optimizer")
-        if isinstance(optim, dict) and optim.get("format") == "deepspeed-zero-sharded":
+        if isinstance(optim, dict) and optim.get("format") == SHARDED_FORMAT:
             raise ValueError("this checkpoint's optimizer state was saved sharded by DeepSpeed ZeRO-1/2; resume it "
                              "with dist.engine=deepspeed and the same ZeRO stage and world size (dias evaluate "
                              "reads its weights under any engine)")

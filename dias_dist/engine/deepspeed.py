@@ -12,7 +12,8 @@ Same protocol as ``DDPEngine`` (ARCHITECTURE.md), so the training loop does not 
   ``prepare_input`` casts float inputs to bf16 then. Without it, bf16 autocast follows ``cfg.train.amp`` (CUDA)
   and ``cfg.train.cpu_bf16`` (CPU) exactly as the DDP engine does.
 
-Checkpoints (``state_dict`` is COLLECTIVE under ZeRO 1/2: every rank must call it; only rank 0 writes):
+Checkpoints (``state_dict`` is COLLECTIVE under ZeRO 1/2: every rank must call it; rank 0 gets the
+complete state and writes it, the other ranks get ``{}``):
 - ``model``: the full weights in float32, so ``dias evaluate`` reads them like a DDP checkpoint.
 - ``optimizer``: ZeRO-0 without bf16 steps the client AdamW itself, so its state is the plain
   torch format and resumes under either engine. ZeRO 1/2 (and bf16) shard the optimizer: the
@@ -31,20 +32,20 @@ import torch
 from torch import nn
 
 from dias_dist import dist
-from dias_dist.engine import bf16_autocast
+from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm, micro_batch_size
 from dias_dist.schedule import build_optimizer
 
 # Keys the engine fills from cfg.train / cfg.optim; a JSON that sets them would be a second source of truth.
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
               "optimizer", "scheduler")
-SHARDED_FORMAT = "deepspeed-zero-sharded"
 
 
 def read_deepspeed_config(path: str | Path, cfg) -> dict:
     """The DeepSpeed JSON at ``path`` completed from ``cfg`` (batch geometry, clipping).
 
     Raises ``ValueError`` naming the file and key for a missing file, bad JSON, an owned key,
-    a ZeRO stage outside 0..2, or a clipping value that contradicts ``optim.grad_clip``.
+    a ZeRO stage outside 0..2, or a clipping value that contradicts ``optim.grad_clip``, and
+    when ``train.batch_size`` does not divide over the ranks and ``train.grad_accum``.
     """
     path = Path(path)
     if not path.is_file():
@@ -65,13 +66,8 @@ def read_deepspeed_config(path: str | Path, cfg) -> dict:
     if clip_json > 0 and clip_cfg > 0 and clip_json != clip_cfg:
         raise ValueError(f"{path}: gradient_clipping = {clip_json} contradicts optim.grad_clip = {clip_cfg}; "
                          f"set one of them")
-    world = dist.world_size()
-    accum = cfg.train.grad_accum
-    if cfg.train.batch_size % (world * accum):
-        raise ValueError(f"train.batch_size = {cfg.train.batch_size} is not divisible by "
-                         f"{world} ranks x train.grad_accum = {accum}")
-    ds_config.update(train_batch_size=cfg.train.batch_size, gradient_accumulation_steps=accum,
-                     train_micro_batch_size_per_gpu=cfg.train.batch_size // (world * accum),
+    ds_config.update(train_batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.grad_accum,
+                     train_micro_batch_size_per_gpu=micro_batch_size(cfg),
                      gradient_clipping=max(clip_json, clip_cfg))
     ds_config.setdefault("zero_allow_untested_optimizer", True)  # the client torch AdamW
     return ds_config
@@ -93,7 +89,7 @@ def _ensure_rendezvous_env() -> None:
 
 
 class DeepSpeedEngine:
-    """See module docstring. ``step()`` returns the global L2 gradient norm (float) before clipping."""
+    """See module docstring. ``step()`` returns the global L2 gradient norm (0-d tensor) before clipping."""
 
     def __init__(self, model: nn.Module, cfg, *, device: torch.device):
         import deepspeed
@@ -140,18 +136,19 @@ class DeepSpeedEngine:
         self.model.set_gradient_accumulation_boundary(sync)
         self.model.backward(loss, scale_wrt_gas=False)  # the trainer already scales, as under DDP
 
-    def step(self) -> float:
-        """Clip (gradient_clipping), optimizer step, zero_grad, lr schedule: one ``engine.step()``."""
-        manual_norm = None
-        if not self.sharded:  # DeepSpeed computes no norm for an unwrapped optimizer without clipping
-            grads = [p.grad for p in self.model.module.parameters() if p.grad is not None]
-            if grads:
-                manual_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    def step(self) -> torch.Tensor:
+        """Clip (gradient_clipping), optimizer step, zero_grad, lr schedule: one ``engine.step()``.
+
+        Returns the global gradient norm before clipping as a 0-d tensor. ZeRO-1/2 (and bf16) shard the
+        gradients, so their norm is DeepSpeed's (reduced over the partitions); an unwrapped ZeRO-0 fp32
+        optimizer holds full gradients on every rank and DeepSpeed computes no norm without clipping,
+        so it is taken here before the step, as the DDP engine does."""
+        own_norm = None if self.sharded else grad_norm(self.model.module.parameters())
         self.model.step()
         norm = self.model.get_global_grad_norm()
         if norm is None:
-            norm = manual_norm
-        return float(norm) if norm is not None else 0.0
+            norm = own_norm if own_norm is not None else 0.0
+        return torch.as_tensor(norm)
 
     def unwrap(self) -> nn.Module:
         return self.model.module
@@ -169,16 +166,23 @@ class DeepSpeedEngine:
         raise AssertionError(f"unknown DeepSpeed optimizer {type(self.optimizer).__name__}")
 
     def state_dict(self) -> dict:
-        """{"model": fp32 weights, "optimizer": ..., "scheduler": ...}; collective when sharded."""
+        """{"model": fp32 weights, "optimizer": ..., "scheduler": ...} on rank 0, ``{}`` on the other ranks.
+
+        Collective when sharded (every rank sends its optimizer partition to rank 0, the only writer).
+        """
+        if self.sharded:
+            own = {"fp32_partitions": [_to_cpu(p) for p in self._fp32_partitions()],
+                   "base": _to_cpu(self.optimizer.optimizer.state_dict())}
+            ranks = dist.gather_object(own, dst=0)
+        if not dist.is_main():
+            return {}
         model_state = {k: _to_cpu(v.float() if v.is_floating_point() else v)
                        for k, v in self.unwrap().state_dict().items()}
         if not self.sharded:
             optimizer_state = _to_cpu(self._client_optimizer.state_dict())
         else:
-            own = {"fp32_partitions": [_to_cpu(p) for p in self._fp32_partitions()],
-                   "base": _to_cpu(self.optimizer.optimizer.state_dict())}
             optimizer_state = {"format": SHARDED_FORMAT, "zero_stage": self.zero_stage, "bf16": self.bf16,
-                               "world_size": dist.world_size(), "ranks": dist.all_gather_object(own)}
+                               "world_size": dist.world_size(), "ranks": ranks}
         return {"model": model_state, "optimizer": optimizer_state, "scheduler": self.schedule.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:

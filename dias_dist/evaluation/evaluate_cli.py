@@ -21,14 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="", help="output folder (default: <run folder>/eval/<split>)")
     parser.add_argument("--no-images", action="store_true", help="skip overlays and probability maps")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides such as data.shards=...")
-    # overrides may follow options (CHECKPOINT --split test key=value): plain parse_args would
-    # hand every positional to the first group and reject the rest
-    parser.parse_args = parser.parse_intermixed_args
 
 
 def main(args: argparse.Namespace) -> int:
-    from dias_dist.evaluation.evaluate import evaluate_split
-    from dias_dist.evaluation.tables import summarize, summary_markdown
+    from dias_dist.evaluation.evaluate import evaluate_split, print_summary
     from dias_dist.methods import build_method
 
     payload = checkpoint.load(args.checkpoint)
@@ -46,10 +42,9 @@ def main(args: argparse.Namespace) -> int:
         rows = evaluate_split(model, cfg.data.shards, args.split, cfg.eval, device=device, out_dir=out_dir,
                               write_images=not args.no_images, amp=cfg.train.bf16_autocast(device),
                               progress=None if dist.is_main() else False)
+        print_summary(rows, f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}, "
+                            f"{args.split} split of {cfg.data.shards}")
         if dist.is_main():
-            print(f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}, "
-                  f"{args.split} split of {cfg.data.shards}: {len(rows)} images")
-            print(summary_markdown(summarize(rows)), end="")
             print(f"tables, overlays and probability maps: {out_dir}")
     finally:
         dist.teardown()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from dias_dist import dist
-from dias_dist.config import Config, flatten, from_dict, to_dict
+from dias_dist.config import Config, derive, flatten, to_dict
 
 STATE_FILE = "rpst_state.json"
 STUDENT_INITS = ("teacher", "fresh")
@@ -83,15 +83,6 @@ def job_name(cfg: Config) -> str:
 
 def job_dir(cfg: Config, job: str) -> Path:
     return Path(cfg.train.run_dir) / job
-
-
-def derive(cfg: Config, updates: dict[str, object]) -> Config:
-    """A copy of ``cfg`` with dotted-key ``updates`` ({"train.epochs": 3}), validated like a YAML file."""
-    data = to_dict(cfg)
-    for key, value in updates.items():
-        section, name = key.split(".", 1)
-        data[section][name] = value
-    return from_dict(Config, data, "rpst stage config")
 
 
 # --------------------------------------------------------------------------------------------
