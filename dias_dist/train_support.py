@@ -101,12 +101,9 @@ def evaluate_summary(model: torch.nn.Module, cfg: Config, split: str, *, device:
     from dias_dist.evaluation.evaluate import evaluate_split
     from dias_dist.evaluation.tables import summarize
 
-    was_training = model.training
-    model.eval()
     rows = evaluate_split(model, cfg.data.shards, split, cfg.eval, device=device, out_dir=out_dir,
                           write_images=write_images, amp=cfg.train.bf16_autocast(device),
-                          progress=cfg.train.progress and dist.is_main())
-    model.train(was_training)
+                          progress=cfg.train.progress and dist.is_main())  # switches eval mode itself
     return rows, summarize(rows)
 
 

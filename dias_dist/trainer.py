@@ -137,7 +137,6 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
                                          f"model, batch and losses saved to {path} for inspection")
             lr = engine.lr
             grad_norm = engine.step()  # a device tensor: read only when logged
-            method.after_step(engine.unwrap(), step)
             step += 1
             step_s = time.perf_counter() - tic
             progress.update(sums["total"], data_wait, step_s)

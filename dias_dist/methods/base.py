@@ -37,6 +37,3 @@ class Method:
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        """Called after every optimizer step (EMA teachers and the like). Default: nothing."""
