@@ -28,17 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=1, help="repeats of the whole grid")
     parser.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
-    parser.add_argument("--gpus-per-trial", type=float, default=None, help="default: 1 if GPUs exist, else 0")
-    parser.add_argument("--workers-per-trial", type=int, default=1, help=">1: Ray Train TorchTrainer per trial")
+    parser.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs one trial holds, shared equally by its workers (default: one per worker "
+                             "if the Ray cluster has GPUs, else 0; decided after joining the cluster)")
+    parser.add_argument("--workers-per-trial", type=int, default=1,
+                        help=">1: Ray Train TorchTrainer per trial (DDP over that many workers)")
     parser.add_argument("--name", default=None, help="experiment name (same name = resume)")
     parser.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto)")
     parser.add_argument("--storage", default=None, help="Tune experiment storage (default runs/tune)")
     args = parser.parse_args(argv)
 
-    if args.gpus_per_trial is None:
-        import torch
-
-        args.gpus_per_trial = 1.0 if torch.cuda.is_available() else 0.0
+    if args.workers_per_trial < 1:
+        parser.error("--workers-per-trial must be >= 1")
     try:
         if args.kind == "sscr-sweep":
             space = parse_grid(args.grid or DEFAULT_SSCR_GRID)

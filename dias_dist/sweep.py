@@ -11,9 +11,11 @@ trials in their own working directories.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -173,7 +175,10 @@ class NoImprovementStopper:
 
 @dataclass
 class SweepSpec:
-    """What a sweep runs; everything the trials need travels in ``as_dict()`` (plain, picklable)."""
+    """What a sweep runs (the trials get a plain, picklable dict built from it in ``run_sweep``).
+
+    Re-running a sweep with the same ``name`` (and storage) always resumes from Tune's experiment state.
+    """
 
     kind: str  # "train" | "rpst"
     config: str
@@ -183,19 +188,59 @@ class SweepSpec:
     num_samples: int = 1
     scheduler: str = "fifo"  # fifo | asha
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: one per worker where the cluster has GPUs, else 0
     workers_per_trial: int = 1  # >1: TorchTrainer with this many workers per trial
     max_rounds: int = 0  # rpst: rounds per trial
     stop_on_plateau: bool = True  # rpst: end a trial at the first round that does not improve val DSC
-    resume: bool = True
 
 
-def _absolute_overrides(cfg_path: Path, overrides: list[str]) -> list[str]:
+def resolve_gpus_per_trial(requested: float | None, workers_per_trial: int, cluster_gpus: float) -> float:
+    """GPUs one trial holds (its workers share them equally).
+
+    ``requested`` (``--gpus-per-trial``) wins when given; otherwise every worker of a trial gets one
+    whole GPU when the Ray cluster has any GPUs (``ray.cluster_resources()["GPU"]``, so a CPU-only
+    head of a GPU cluster still counts its workers' GPUs), and none on a CPU-only cluster.
+    """
+    if requested is not None:
+        if requested < 0:
+            raise ValueError(f"--gpus-per-trial must be >= 0, got {requested}")
+        return float(requested)
+    return float(workers_per_trial) if cluster_gpus > 0 else 0.0
+
+
+def check_grid(config: str | Path, overrides: list[str], param_space: dict) -> None:
+    """Raise ValueError, before Ray starts, when a grid value (list-valued key) does not make a valid
+    config (an unknown key or a wrong type would otherwise fail every trial). ``method.params.*``
+    values, free-form in the config schema, are checked by building the method (names and values)."""
+    for key, values in param_space.items():
+        if not isinstance(values, (list, tuple)):
+            continue  # a ray.tune sample domain: checked when its trials start
+        for value in values:
+            try:
+                cfg = load_config(config, [*overrides, f"{key}={json.dumps(value)}"])
+                if key.startswith("method.params."):
+                    from dias_dist.methods import build_method
+
+                    build_method(cfg.method.name, **cfg.method.params)
+            except ValueError as err:
+                raise ValueError(f"--grid {key}={value!r}: {err}") from None
+
+
+def cluster_store_warning(address: str | None, tracking_uri: str) -> str | None:
+    """Why a sweep on a cluster (``address`` given) may lose its MLflow runs, or None."""
+    if address and tracking_uri.startswith("sqlite:"):
+        return (f"tracking store {tracking_uri} is a SQLite file on this machine; trials on other nodes of "
+                "the cluster cannot log to it. On a multi-node cluster set track.tracking_uri=http://... "
+                "(an MLflow server) and --storage to a folder every node shares.")
+    return None
+
+
+def _absolute_overrides(overrides: list[str]) -> list[str]:
     """Make path-valued overrides absolute (Ray trials do not run in the caller's directory)."""
     out = []
     for text in overrides:
         key, _, value = text.partition("=")
-        if key in ("data.shards", "train.run_dir", "dist.deepspeed_config") and value and not os.path.isabs(value):
+        if key in ("data.shards", "dist.deepspeed_config") and value and not os.path.isabs(value):
             value = str(Path(value).resolve())
         out.append(f"{key}={value}")
     return out
@@ -210,8 +255,7 @@ def _param_space(spec: SweepSpec) -> dict:
     return space
 
 
-def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str | None = None,
-              trial_fn: Callable | None = None) -> dict:
+def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str | None = None) -> dict:
     """Run a sweep with Ray Tune and return ``{"rows": [...], "errors": [...], "parent_run_id": ...}``.
 
     Starts Ray locally with this machine's CPUs/GPUs, or joins ``address``. The MLflow parent run is
@@ -222,45 +266,52 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
     from ray import tune
 
     from dias_dist.sweep_report import log_summary, open_parent_run
+    from dias_dist.track import tracking_uri as store_uri
 
     cfg_path = Path(spec.config).resolve()
     base = load_config(cfg_path, spec.overrides)  # validate before starting anything
+    check_grid(cfg_path, spec.overrides, spec.param_space)
     run_dir = Path(base.train.run_dir).resolve()
     storage = Path(storage_path or run_dir / "tune").resolve()
-    tracking_uri = base.track.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
+    exp_path = storage / spec.name
+    tracking_uri = store_uri(base)
     experiment = base.track.experiment or f"dias-sweep-{spec.kind}"
+    warning = cluster_store_warning(address, tracking_uri)
+    if warning:
+        print(f"[tune] warning: {warning}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    parent_run_id = open_parent_run(tracking_uri, experiment, spec.name, storage / spec.name, spec)
-    trial_spec = {
-        "config": str(cfg_path),
-        "overrides": _absolute_overrides(cfg_path, spec.overrides)
-        + [f"train.run_dir={run_dir}"] + ([f"rpst.rounds={spec.max_rounds}"] if spec.max_rounds else []),
-        "parent_run_id": parent_run_id,
-        "tracking_uri": tracking_uri,
-        "experiment": experiment,
-        "run_dir": str(run_dir),
-        "storage_path": str(storage),
-        "workers_per_trial": spec.workers_per_trial,
-        "gpus_per_trial": spec.gpus_per_trial,
-        "cpus_per_trial": spec.cpus_per_trial,
-    }
-    if trial_fn is None:
-        trial_fn = {"train": train_trial, "rpst": rpst_trial}[spec.kind]
-        if spec.workers_per_trial > 1:
-            trial_fn = torch_trainer_trial
-    # A TorchTrainer trial only coordinates: its workers hold the trial's CPUs/GPUs.
-    resources = ({"cpu": COORDINATOR_CPU, "gpu": 0} if trial_fn is torch_trainer_trial
-                 else {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-    trainable = tune.with_resources(tune.with_parameters(trial_fn, spec=trial_spec), resources)
 
     started_here = not ray.is_initialized()
     if started_here:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
     try:
-        exp_path = storage / spec.name
-        if spec.resume and tune.Tuner.can_restore(str(exp_path)):
+        gpus = resolve_gpus_per_trial(spec.gpus_per_trial, spec.workers_per_trial,
+                                      ray.cluster_resources().get("GPU", 0))
+        spec = dataclasses.replace(spec, gpus_per_trial=gpus)
+        print(f"[tune] {gpus:g} GPU(s) per trial, {spec.workers_per_trial} worker(s) per trial")
+        parent_run_id = open_parent_run(tracking_uri, experiment, spec.name, exp_path, spec)
+        trial_spec = {
+            "config": str(cfg_path),
+            "overrides": _absolute_overrides(spec.overrides)
+            + ([f"rpst.rounds={spec.max_rounds}"] if spec.max_rounds else []),
+            "parent_run_id": parent_run_id,
+            "tracking_uri": tracking_uri,
+            "experiment": experiment,
+            "run_dir": str(run_dir),
+            "storage_path": str(storage),
+            "workers_per_trial": spec.workers_per_trial,
+            "gpus_per_trial": gpus,
+            "cpus_per_trial": spec.cpus_per_trial,
+        }
+        if spec.workers_per_trial > 1:
+            # A TorchTrainer trial only coordinates: its workers hold the trial's CPUs/GPUs.
+            trial_fn, resources = torch_trainer_trial, {"cpu": COORDINATOR_CPU, "gpu": 0}
+        else:
+            trial_fn = {"train": train_trial, "rpst": rpst_trial}[spec.kind]
+            resources = {"cpu": spec.cpus_per_trial, "gpu": gpus}
+        trainable = tune.with_resources(tune.with_parameters(trial_fn, spec=trial_spec), resources)
+        if tune.Tuner.can_restore(str(exp_path)):
             print(f"[tune] resuming {exp_path}")
             tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=True)
         else:
@@ -279,7 +330,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
     finally:
         if started_here:
             ray.shutdown()
-    return log_summary(grid, spec, tracking_uri, parent_run_id, storage / spec.name)
+    return log_summary(grid, spec, tracking_uri, parent_run_id, exp_path)
 
 
 def _scheduler(spec: SweepSpec):

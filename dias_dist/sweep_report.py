@@ -15,6 +15,8 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, exp_dir: Path
     """
     from mlflow.tracking import MlflowClient
 
+    from dias_dist.track import experiment_id
+
     exp_dir.mkdir(parents=True, exist_ok=True)
     id_file = exp_dir / "parent_run_id"
     client = MlflowClient(tracking_uri)
@@ -25,8 +27,7 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, exp_dir: Path
             return run_id
         except Exception:  # store was wiped: start a new parent
             pass
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = experiment_id(client, experiment, tracking_uri)  # artifacts next to a SQLite store's db
     run = client.create_run(exp_id, run_name=name, tags={"dias.sweep": spec.kind})
     for key, value in dataclasses.asdict(spec).items():
         client.log_param(run.info.run_id, f"sweep.{key}", str(value)[:500])
@@ -61,16 +62,16 @@ def collect_rows(grid) -> tuple[list[dict], list[dict]]:
 
 
 def _markdown(rows: list[dict]) -> str:
+    from dias_dist.evaluation.tables import markdown_table
+
     if not rows:
         return "(no trials)\n"
     keys = [k for k in rows[0] if k != "val_dsc_history"]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(keys, ([fmt(r.get(k)) for k in keys] for r in rows))
 
 
-def _plot(rows: list[dict], spec, path: Path) -> bool:
+def _plot(rows: list[dict], spec, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +113,6 @@ def _plot(rows: list[dict], spec, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def log_summary(grid, spec, tracking_uri: str, parent_run_id: str, exp_dir: Path) -> dict:

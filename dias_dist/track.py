@@ -6,10 +6,11 @@ store that cannot be reached does not stop training: the first failure prints on
 MLflow logging is switched off for the rest of the run, ``metrics.jsonl`` keeps everything.
 
 Store: ``cfg.track.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
-``sqlite:///<cfg.train.run_dir>/mlflow.db`` (artifacts of that default store go to
-``<cfg.train.run_dir>/mlartifacts``). Experiment: ``cfg.track.experiment`` or ``dias-<method>``,
-so every run of one method lines up in one MLflow table. With ``cfg.track.parent_run_id`` the run
-is nested under that run (RPST rounds, Tune sweeps).
+``sqlite:///<cfg.train.run_dir>/mlflow.db``. Experiments are created by ``experiment_id`` only: in a
+SQLite store their artifacts go to ``mlartifacts/`` next to the database file (never to ``./mlruns``
+in whatever directory the process runs in); a server keeps its own artifact root. Experiment:
+``cfg.track.experiment`` or ``dias-<method>``, so every run of one method lines up in one MLflow
+table. With ``cfg.track.parent_run_id`` the run is nested under that run (RPST rounds, Tune sweeps).
 """
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from typing import Any, Protocol
 # A server that is down must fail fast, not after minutes of retries (respect explicit settings).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-TEST_METRICS = ("dsc", "acc", "sen", "spe", "iou", "auc", "cldice", "vc")
 
 
 class Tracker(Protocol):
@@ -75,6 +74,27 @@ def experiment_name(cfg) -> str:
     return cfg.track.experiment or f"dias-{cfg.method.name}"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifact root for a new experiment in store ``uri``: ``<folder of the db>/mlartifacts`` for a
+    SQLite file (MLflow's own default would be ``./mlruns`` in the current directory), else None
+    (the tracking server's default)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not db or db == ":memory:":
+        return None
+    return (Path(db).resolve().parent / "mlartifacts").as_uri()
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """The id of experiment ``name`` in store ``uri`` (``client`` is bound to it), created when missing
+    with its artifacts at ``artifact_location(uri)``. Used by training runs and sweep parent runs."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(uri))
+
+
 class MLflowTracker:
     """MLflow client bound to one run; every call is guarded (warning + disable on failure)."""
 
@@ -92,19 +112,11 @@ class MLflowTracker:
             client.update_run(resume_run_id, status="RUNNING")
             self.run_id, self._client = resume_run_id, client
             return
-        name = experiment_name(cfg)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            location = None
-            if uri.startswith("sqlite:///") and not cfg.track.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-                location = (Path(cfg.train.run_dir).resolve() / "mlartifacts").as_uri()
-            experiment_id = client.create_experiment(name, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
+        exp_id = experiment_id(client, experiment_name(cfg), uri)
         tags = {str(k): str(v) for k, v in cfg.track.tags.items()}
         if cfg.track.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.track.parent_run_id
-        run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id, self._client = run.info.run_id, client
 
     def _guard(self, what: str, fn, *args) -> None:
@@ -122,8 +134,8 @@ class MLflowTracker:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        self._guard("log_params", lambda: [self._client.log_batch(self.run_id, params=items[i:i + 100])
-                                           for i in range(0, len(items), 100)])
+        # MlflowClient.log_batch splits long lists into the store's per-request limits itself
+        self._guard("log_params", lambda: self._client.log_batch(self.run_id, params=items))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

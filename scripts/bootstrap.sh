@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install the pinned dependencies, once.
 # A second run only checks a stamp (the sha256 of the requirement files) and returns at once.
-# GPU machines (nvidia-smi present) get the CUDA build of torch 2.13.0 from PyPI; CPU machines get
-# the CPU build (pip finds it through PIP_FIND_LINKS here; elsewhere set
-# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu to avoid the CUDA wheels).
+# GPU machines (nvidia-smi present) get the CUDA build of torch 2.13.0 from PyPI. Machines without
+# nvidia-smi get the CPU build: pip also searches https://download.pytorch.org/whl/cpu, whose
+# 2.13.0+cpu satisfies torch==2.13.0 and ranks above PyPI's 2.13.0, unless PIP_EXTRA_INDEX_URL,
+# PIP_INDEX_URL or PIP_FIND_LINKS is set (then those say where wheels come from, as on the
+# development VM, where PIP_FIND_LINKS holds the CPU wheel).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,10 +16,22 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
 echo "[bootstrap] creating/updating $venv (first run takes a few minutes)" >&2
-python3 -m venv "$venv"
+command -v python3 >/dev/null || { echo "[bootstrap] python3 (>= 3.10) is not installed" >&2; exit 1; }
+python3 -m venv "$venv" || {
+  echo "[bootstrap] 'python3 -m venv' failed (usually: no ensurepip). On Debian/Ubuntu install the venv" \
+       "module, e.g. 'sudo apt-get install python3-venv' (or python3.X-venv for your Python), then re-run." >&2
+  exit 1
+}
+# An --extra-index-url on the command line adds to the indexes of pip.conf; an exported
+# PIP_EXTRA_INDEX_URL would replace them.
+cpu_index=()
+if ! command -v nvidia-smi >/dev/null 2>&1 && [[ -z "${PIP_EXTRA_INDEX_URL:-}${PIP_INDEX_URL:-}${PIP_FIND_LINKS:-}" ]]; then
+  cpu_index=(--extra-index-url https://download.pytorch.org/whl/cpu)
+fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch is pinned in the same command (-c) so that no dependency can pull a different (CUDA) torch.
-"$venv/bin/python" -m pip install -q -c requirements/torch.txt -r requirements/torch.txt -r requirements/base.txt 2>&1 \
+"$venv/bin/python" -m pip install -q ${cpu_index[@]+"${cpu_index[@]}"} \
+  -c requirements/torch.txt -r requirements/torch.txt -r requirements/base.txt 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
 "$venv/bin/python" -m pip install -q -c requirements/torch.txt --no-deps -e . 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
