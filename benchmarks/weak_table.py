@@ -73,7 +73,7 @@ def main() -> int:
                f"train.batch_size={args.batch_size}", f"train.device={args.device}", "train.progress=false",
                f"train.run_dir={run_dir}", f"train.run_name={name}", "train.log_every_steps=10",
                f"optim.lr={args.lr}", "optim.warmup_epochs=0.2",
-               "eval.select_from_epoch=0", "eval.overlays=false", f"eval.batch_size=128",
+               "eval.select_from_epoch=0", "eval.overlays=false", "eval.batch_size=128",
                f"track.tracking_uri={uri}", f"track.experiment={args.experiment}",
                f"track.tags={{scribble: {scribble}}}", env=env)
             timings[name] = round(time.perf_counter() - tic, 1)

@@ -13,9 +13,12 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 MISSING_REQUIRED = "???"  # a YAML value that must be supplied by an override
 
@@ -87,7 +90,7 @@ class TrainConfig:
     resume: str = "never"  # never | auto | PATH to a checkpoint
     progress: bool = True
 
-    def bf16_autocast(self, device: "torch.device | str") -> bool:
+    def bf16_autocast(self, device: torch.device | str) -> bool:
         """Whether training and evaluation on ``device`` run under bf16 autocast:
         ``amp`` on CUDA, ``cpu_bf16`` on CPU, never elsewhere."""
         kind = device if isinstance(device, str) else device.type

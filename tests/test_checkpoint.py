@@ -1,6 +1,5 @@
 """Atomic checkpoints, RNG round trips, metrics.jsonl truncation and the MLflow tracker's failure
 mode (a store that cannot be reached warns and switches off, it never stops training)."""
-import json
 import random
 
 import numpy as np

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dias_dist.config import load_config
-from dias_dist.data.loader import TrainSource, train_batches
+from dias_dist.data.loader import train_batches
 from dias_dist.data.phantom_cli import write_phantom_dataset
 from dias_dist.data.shards import ShardReader, read_manifest, verify_shards, write_shards
 from dias_dist.semi import rpst
