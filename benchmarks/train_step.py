@@ -1,7 +1,7 @@
 """Forward+backward throughput (patches/s) of VSS-Net and FR-UNet, and VSS-Net with its batched
 ConvGRU against the reference code's per-timestep cell (``ConvGRUReference``) on the same machine.
 
-    python benchmarks/train_step.py --batch 4 --out benchmarks/results/train_step_cpu.json
+    python benchmarks/train_step.py --batch 4 --out benchmarks/results/train_step_cpu_roofline.json
 
 Prints one line of JSON last. Each measurement: ``--warmup`` untimed steps, then the median of
 ``--repeats`` timed (forward + CE/Dice loss + backward) steps on random 64x64 input, the models

@@ -80,7 +80,7 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on GPU
-    cpu_bf16: bool = False  # bf16 autocast on CPU too: ~1.8x faster on CPUs with AVX512-BF16/AMX, slower without
+    cpu_bf16: bool = False  # bf16 autocast on CPU too: ~1.7x faster on CPUs with AVX512-BF16/AMX, may be slower without
     channels_last: bool = False
     deterministic: bool = False
     log_every_steps: int = 10
