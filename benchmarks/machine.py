@@ -27,6 +27,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The processor's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_bf16_matmul(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX-BF16."""
+    if device.type == "cuda":
+        return True
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def load_average() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -116,3 +116,66 @@ def test_biconvgru_shapes_fusion_and_max_pool():
     assert sum(p.numel() for p in stage.parameters()) == 8 * 8 * 4 + 2 * 3 * (16 * 8 * 9 + 8) + 16 * 8 * 9 + 8
     with pytest.raises(ValueError, match="raw frames"):
         stage(x)
+
+
+@pytest.mark.parametrize("grad_enabled", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_every_arrangement_matches_the_reference_cell_in_both_modes(grad_enabled, reverse):
+    """"auto", "batched" and "stepped" compute the same cell (training and no-grad inference)."""
+    reference, cell = _pair(channels=4, seed=1)
+    x = torch.randn(2, 5, 4, 8, 8, dtype=torch.float64, requires_grad=grad_enabled)
+    h0 = x[:, -1 if reverse else 0]
+    with torch.set_grad_enabled(grad_enabled):
+        expected = reference(x, h0, reverse=reverse)
+        outputs = {}
+        for name in convgru.ARRANGEMENT_CHOICES:
+            cell.arrangement = name
+            outputs[name] = cell(x, h0, reverse=reverse)
+    for name, out in outputs.items():
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    if grad_enabled:  # the parameter gradients agree as well (stepped builds its weights by concatenation)
+        grads = {}
+        for name, out in outputs.items():
+            grads[name] = torch.autograd.grad(out.square().sum(), [x, *cell.parameters()])
+        for name in grads:
+            for got, want in zip(grads[name], grads["batched"]):
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_arrangements_agree_in_float32_within_float_tolerance():
+    torch.manual_seed(3)
+    cell = ConvGRU(16, impl="torch")
+    x = torch.randn(3, 6, 16, 12, 12)
+    with torch.no_grad():
+        cell.arrangement = "batched"
+        batched = cell(x, x[:, 0])
+        cell.arrangement = "stepped"
+        stepped = cell(x, x[:, 0])
+    torch.testing.assert_close(stepped, batched, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_arrangement_follows_the_table_per_device_and_mode(monkeypatch):
+    _, cell = _pair()
+    calls = []
+    cell.input_conv.register_forward_hook(lambda *a: calls.append("input_conv"))
+    x = torch.randn(1, 3, 3, 4, 4, dtype=torch.float64)
+    monkeypatch.setattr(convgru, "PREFERRED_ARRANGEMENT", {("cpu", True): "batched", ("cpu", False): "stepped"})
+    cell(x, x[:, 0])
+    assert calls == ["input_conv"]  # batched: one input convolution over all frames
+    with torch.no_grad():
+        cell(x, x[:, 0])
+    assert calls == ["input_conv"]  # stepped: the weights are used directly, per step
+    monkeypatch.setattr(convgru, "PREFERRED_ARRANGEMENT", {("cpu", False): "batched"})
+    with torch.no_grad():
+        cell(x, x[:, 0])
+    assert calls == ["input_conv"] * 2
+    assert convgru.resolve_arrangement("auto", torch.device("cuda"), False) == "batched"  # not listed
+    assert convgru.resolve_arrangement("stepped", torch.device("cpu"), True) == "stepped"  # fixed wins
+
+
+def test_bad_arrangement_is_a_value_error():
+    _, cell = _pair()
+    cell.arrangement = "diagonal"
+    x = torch.randn(1, 2, 3, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown ConvGRU arrangement 'diagonal'"):
+        cell(x, x[:, 0])

@@ -23,6 +23,15 @@ with ``impl="torch"`` or ``"triton"`` overrides it, ``impl="auto"`` follows it. 
 Triton for CUDA tensors when the kernels import, else to PyTorch. Arguments handed to the functions
 may be batch slices of bigger tensors (only the batch stride differs from contiguous).
 
+Arrangement: the same parameters can be stepped two ways, with the same pointwise functions.
+``"batched"`` is the layout above (one C -> 3C convolution over all B*T frames, then per step
+C -> 2C and C -> C hidden convolutions); ``"stepped"`` concatenates the weights at call time and
+runs, per step, one 2C -> 2C convolution on [x_t, h] (z and r) and one 2C -> C on [x_t, r*h] (n), as
+the reference code arranges it (with its two gate convolutions merged into one). Equal FLOPs, other
+GEMM shapes: which is faster depends on the device and on whether autograd records the graph, so
+``arrangement="auto"`` (the default, a class attribute an instance may override) looks up
+``PREFERRED_ARRANGEMENT[(device type, grad enabled)]``, measured with ``benchmarks/roofline.py``.
+
 ``ConvGRUReference`` computes the cell the way the reference code does (concatenate [x_t, h] and run
 three convs at every step); ``ConvGRU.load_reference_weights`` copies its weights so the two can be
 compared (tests, benchmark).
@@ -59,6 +68,23 @@ IMPL_CHOICES = ("auto", "torch", "triton")
 TRITON_MODULE = "dias_dist.kernels.convgru_triton"  # registers IMPLS["triton"] on import
 
 _default_impl = "auto"
+
+
+ARRANGEMENT_CHOICES = ("auto", "batched", "stepped")
+# (device type, torch.is_grad_enabled()) -> arrangement; anything not listed runs "batched" (the
+# layout the Triton kernels are written for). CPU, full-size VSS-Net (benchmarks/README.md, roofline):
+# in training both are on par; in no-grad inference the stepped GEMMs (2C wide) run closer to the
+# matmul peak than the batched input convolution and the narrow hidden ones.
+PREFERRED_ARRANGEMENT: dict[tuple[str, bool], str] = {("cpu", True): "batched", ("cpu", False): "stepped"}
+
+
+def resolve_arrangement(name: str, device: torch.device, grad_enabled: bool) -> str:
+    """Concrete arrangement ("batched" | "stepped") for a module setting ``name`` on ``device``."""
+    if name not in ARRANGEMENT_CHOICES:
+        raise ValueError(f"unknown ConvGRU arrangement {name!r}; valid: {', '.join(ARRANGEMENT_CHOICES)}")
+    if name == "auto":
+        return PREFERRED_ARRANGEMENT.get((device.type, bool(grad_enabled)), "batched")
+    return name
 
 
 def _check_impl_name(name: str) -> None:
@@ -109,8 +135,11 @@ class ConvGRU(nn.Module):
 
     forward(x_BTCHW, h0_BCHW, reverse=False) -> h_BTCHW: float (B, T, C, H, W), the hidden state
     after each frame, in time order. ``reverse=True`` runs t = T-1..0 (VSS-Net's backward GRU).
-    The input-to-hidden convolutions of all frames are one call; only the hidden path is stepped.
+    The input-to-hidden convolutions of all frames are one call; only the hidden path is stepped
+    (``arrangement="batched"``; see the module docstring for "stepped" and "auto").
     """
+
+    arrangement: str = "auto"  # auto | batched | stepped; an instance attribute overrides it
 
     def __init__(self, channels: int, impl: str = "auto"):
         super().__init__()
@@ -129,7 +158,11 @@ class ConvGRU(nn.Module):
                 f"ConvGRU({self.channels}): expected x (B, T, {self.channels}, H, W) and h0 (B, {self.channels}, H, W), "
                 f"got x {tuple(x_BTCHW.shape)} and h0 {tuple(h0_BCHW.shape)}"
             )
-        gates, update = IMPLS[resolve_impl(self.impl, x_BTCHW.device)]
+        impl = resolve_impl(self.impl, x_BTCHW.device)
+        if impl == "torch" and resolve_arrangement(self.arrangement, x_BTCHW.device,
+                                                   torch.is_grad_enabled()) == "stepped":
+            return self._forward_stepped(x_BTCHW, h0_BCHW, reverse)
+        gates, update = IMPLS[impl]
         x_all = self.input_conv(x_BTCHW.reshape(B * T, C, H, W)).view(B, T, 3 * C, H, W)
         # Split once with unbind: per-step indexing of x_all would make autograd allocate a
         # zero-filled gradient of x_all's full size for every slice (T^2 memory traffic).
@@ -140,6 +173,26 @@ class ConvGRU(nn.Module):
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
             z, rh = gates(x_zr_steps[t], self.hidden_zr(h), h)
             h = update(x_n_steps[t], self.hidden_n(rh), z, h)
+            hidden[t] = h
+        return torch.stack(hidden, dim=1)
+
+    def _forward_stepped(self, x_BTCHW: torch.Tensor, h0_BCHW: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """The "stepped" arrangement: per step, conv(2C -> 2C) on [x_t, h] and conv(2C -> C) on [x_t, r*h].
+
+        Same parameters and pointwise functions (PyTorch's) as the batched path; the biases enter
+        through the functions' first addition instead of the convolution.
+        """
+        B, T, C, H, W = x_BTCHW.shape
+        w_in, bias = self.input_conv.weight, self.input_conv.bias
+        w_zr = torch.cat([w_in[: 2 * C], self.hidden_zr.weight], dim=1)  # (2C, 2C, 3, 3) on [x_t, h]
+        w_n = torch.cat([w_in[2 * C :], self.hidden_n.weight], dim=1)  # (C, 2C, 3, 3) on [x_t, r*h]
+        b_zr, b_n = bias[: 2 * C].view(1, 2 * C, 1, 1), bias[2 * C :].view(1, C, 1, 1)
+        h = h0_BCHW
+        hidden = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            x_t = x_BTCHW[:, t]
+            z, rh = gru_gates(F.conv2d(torch.cat([x_t, h], dim=1), w_zr, padding=1), b_zr, h)
+            h = gru_update(F.conv2d(torch.cat([x_t, rh], dim=1), w_n, padding=1), b_n, z, h)
             hidden[t] = h
         return torch.stack(hidden, dim=1)
 
