@@ -112,6 +112,7 @@ class EvalConfig:
     test_checkpoint: str = "best"  # best | final
     test_split: str = "test"
     overlays: bool = True
+    cpu_bf16: bool = False  # bf16 autocast for evaluation/prediction on CPU even after fp32 training (AVX512-BF16/AMX)
 
 
 @dataclass(kw_only=True)
