@@ -179,7 +179,7 @@ def row(case: Case, peaks: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=32, help="VSS-Net width (32 = full size)")
+    parser.add_argument("--width", type=int, default=32, help="VSS-Net and FR-UNet width (32 = full size)")
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--eval-batch", type=int, default=16, help="tiles per evaluation forward")
     parser.add_argument("--patch", type=int, default=64)
@@ -225,7 +225,7 @@ def main() -> None:
         groups.append(group)
     if not args.skip_fr_unet:
         torch.manual_seed(0)
-        fr = build_model("fr_unet").to(device)
+        fr = build_model("fr_unet", width=args.width).to(device)
         group = make_cases("fr_unet", fr, "default", "fp32", paths, **kw)
         if bf16:
             group += make_cases("fr_unet", fr, "default", "bf16", paths, **kw)
