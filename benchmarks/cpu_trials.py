@@ -13,8 +13,10 @@ constants, oneDNN weight prepacking and conv+pointwise fusion; inference only), 
 (``torch.jit.trace`` + ``freeze`` + ``optimize_for_inference``: TorchScript's oneDNN fusion
 pass; inference only). A variant is *adoptable* when it is >= ``--adopt`` (1.10) times faster than
 eager and its output differs by at most ``--tolerance`` relative to the output's largest magnitude.
-A variant whose warm-up would start after ``--budget-s`` seconds is skipped (recorded as such);
-a failure is recorded with its error.
+Each variant is timed in alternation with eager right after its warm-up, and the JSON is rewritten
+after each variant: a run cut short by a time limit keeps what it measured (the rest "pending").
+A variant whose warm-up would start after ``--budget-s`` seconds is skipped (recorded as such); a
+failure is recorded with its error.
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ def eval_runner(variant: str, base: torch.nn.Module, x: torch.Tensor):
 
         inductor_config.freezing = True
         model = torch.compile(model)
+    if variant not in EVAL_VARIANTS:
+        raise ValueError(f"unknown evaluation variant {variant!r}; valid: {', '.join(EVAL_VARIANTS)}")
     if variant == "onednn_jit":
         with torch.no_grad():
             model = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
@@ -69,6 +73,8 @@ def eval_runner(variant: str, base: torch.nn.Module, x: torch.Tensor):
 
 def train_runner(variant: str, base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
     """() -> (loss, flat gradient) of one training step of ``variant`` (no optimizer step: comparable)."""
+    if variant not in TRAIN_VARIANTS:
+        raise ValueError(f"unknown training variant {variant!r}; valid: {', '.join(TRAIN_VARIANTS)}")
     model = copy.deepcopy(base).train()
     if variant == "channels_last":
         model = model.to(memory_format=torch.channels_last)
@@ -84,36 +90,52 @@ def train_runner(variant: str, base: torch.nn.Module, x: torch.Tensor, y: torch.
     return run
 
 
-def trial(runners: dict, warmup: int, repeats: int, budget_s: float, start: float) -> dict:
-    """Warm each variant (compiling), then time them in alternation; outputs compared with eager's."""
-    out, ready = {}, {}
+def trial(runners: dict, warmup: int, repeats: int, budget_s: float, start: float, save) -> dict:
+    """Warm eager, then each variant in turn (compiling) and time it in alternation with eager.
+
+    Outputs are compared with eager's. ``save(partial)`` is called after each variant, so a run cut
+    short (a time limit around the script) keeps what it measured; variants not reached stay "pending".
+    """
+    out = {name: {"status": "pending"} for name in runners}
+    tic = time.perf_counter()
+    eager = runners["eager"]()
+    for _ in range(max(warmup, 1)):
+        reference = eager().float()
+    out["eager"] = {"status": "ok", "warmup_s_incl_compile": time.perf_counter() - tic}
+    scale = reference.abs().max().item()
+    eager_times = []
     for name, make in runners.items():
+        if name == "eager":
+            continue
         if time.perf_counter() - start > budget_s:
             out[name] = {"status": f"skipped: time budget of {budget_s:.0f} s spent"}
+            save(out)
             continue
         try:
             tic = time.perf_counter()
             run = make()
             for _ in range(max(warmup, 1)):
                 result = run()
-            ready[name] = (run, result)
-            out[name] = {"status": "ok", "warmup_s_incl_compile": time.perf_counter() - tic}
+            warm = time.perf_counter() - tic
+            times, pair_eager = [], []
+            for _ in range(repeats):
+                for fn, sink in ((eager, pair_eager), (run, times)):
+                    tic = time.perf_counter()
+                    fn()
+                    sink.append(time.perf_counter() - tic)
         except Exception as err:  # a variant that cannot run is a result, not a crash
             out[name] = {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
                          "traceback_tail": traceback.format_exc().splitlines()[-3:]}
-    times = {name: [] for name in ready}
-    for _ in range(repeats):
-        for name, (run, _) in ready.items():
-            tic = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - tic)
-    reference = ready["eager"][1].float()
-    scale = reference.abs().max().item()
-    for name, (_, result) in ready.items():
+            save(out)
+            continue
+        eager_times += pair_eager
         diff = (result.float() - reference).abs().max().item()
-        out[name].update({"seconds_min": min(times[name]), "seconds": times[name], "max_abs_diff_vs_eager": diff,
-                          "max_rel_diff_vs_eager": diff / scale if scale else diff,
-                          "speedup_vs_eager": min(times["eager"]) / min(times[name])})
+        out[name] = {"status": "ok", "warmup_s_incl_compile": warm, "seconds_min": min(times), "seconds": times,
+                     "eager_seconds_min": min(pair_eager), "speedup_vs_eager": min(pair_eager) / min(times),
+                     "max_abs_diff_vs_eager": diff, "max_rel_diff_vs_eager": diff / scale if scale else diff}
+        out["eager"].update({"seconds_min": min(eager_times), "speedup_vs_eager": 1.0,
+                             "max_abs_diff_vs_eager": 0.0, "max_rel_diff_vs_eager": 0.0})
+        save(out)
     return out
 
 
@@ -139,6 +161,28 @@ def main() -> None:
     base = no_dropout(build_model("vss_net", width=args.width, gru_impl="torch"))
     gen = torch.Generator().manual_seed(0)
     workloads = {}
+
+    def save(partial=None, name=None):
+        if name is not None:
+            workloads[name] = partial
+        if args.out:
+            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+            with open(args.out, "w") as handle:
+                handle.write(json.dumps(summary()) + "\n")
+
+    def summary() -> dict:
+        adopted = sorted(f"{w}/{v}" for w, results in workloads.items() for v, r in results.items()
+                         if v != "eager" and r.get("status") == "ok" and r["speedup_vs_eager"] >= args.adopt
+                         and r["max_rel_diff_vs_eager"] <= args.tolerance)
+        return {"benchmark": "cpu_trials", "device": describe(torch.device("cpu")), "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": load_average(),
+                "settings": {k: getattr(args, k) for k in ("width", "eval_batch", "train_batch", "patch", "warmup",
+                                                           "repeats", "adopt", "tolerance", "budget_s")},
+                "workloads": workloads, "adoptable": adopted, "wall_s": time.perf_counter() - start,
+                "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                          text=True).stdout.strip()}
+
     for workload in [w for w in args.workloads.split(",") if w]:
         if workload == "eval_forward":
             x = torch.randn(args.eval_batch, 1, 8, args.patch, args.patch, generator=gen)
@@ -149,23 +193,10 @@ def main() -> None:
             runners = {v: (lambda v=v: train_runner(v, base, x, y)) for v in ["eager", *args.train_variants.split(",")]}
         else:
             raise SystemExit(f"--workloads: unknown {workload!r}; valid: eval_forward, train_step")
-        workloads[workload] = trial(runners, args.warmup, args.repeats, args.budget_s, start)
-    adopted = sorted(f"{w}/{v}" for w, results in workloads.items() for v, r in results.items()
-                     if v != "eager" and r.get("status") == "ok" and r["speedup_vs_eager"] >= args.adopt
-                     and r["max_rel_diff_vs_eager"] <= args.tolerance)
-    result = {"benchmark": "cpu_trials", "device": describe(torch.device("cpu")), "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads(),
-              "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": load_average(),
-              "settings": {k: getattr(args, k) for k in ("width", "eval_batch", "train_batch", "patch", "warmup",
-                                                         "repeats", "adopt", "tolerance", "budget_s")},
-              "workloads": workloads, "adoptable": adopted, "wall_s": time.perf_counter() - start,
-              "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                        text=True).stdout.strip()}
-    line = json.dumps(result)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as handle:
-            handle.write(line + "\n")
+        workloads[workload] = trial(runners, args.warmup, args.repeats, args.budget_s, start,
+                                    lambda partial, name=workload: save(partial, name))
+    save()
+    line = json.dumps(summary())
     print(line)
 
 
