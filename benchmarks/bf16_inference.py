@@ -49,7 +49,7 @@ def train(shard_dir: Path, *, width: int, steps: int, batch: int, patch: int, se
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return model.eval(), {"train_s": time.perf_counter() - start, "final_loss": float(loss)}
+    return model.eval(), {"train_s": time.perf_counter() - start, "final_loss": loss.item()}
 
 
 def score(model, sequences, eval_cfg: EvalConfig) -> tuple[list[dict], list[np.ndarray], float]:
