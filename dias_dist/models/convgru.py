@@ -23,7 +23,7 @@ with ``impl="torch"`` or ``"triton"`` overrides it, ``impl="auto"`` follows it. 
 Triton for CUDA tensors when the kernels import, else to PyTorch. Arguments handed to the functions
 may be batch slices of bigger tensors (only the batch stride differs from contiguous).
 
-Arrangement: the same parameters can be stepped two ways, with the same pointwise functions.
+Arrangement: the same parameters can be stepped two ways.
 ``"batched"`` is the layout above (one C -> 3C convolution over all B*T frames, then per step
 C -> 2C and C -> C hidden convolutions); ``"stepped"`` concatenates the weights at call time and
 runs, per step, one 2C -> 2C convolution on [x_t, h] (z and r) and one 2C -> C on [x_t, r*h] (n), as
@@ -179,20 +179,21 @@ class ConvGRU(nn.Module):
     def _forward_stepped(self, x_BTCHW: torch.Tensor, h0_BCHW: torch.Tensor, reverse: bool) -> torch.Tensor:
         """The "stepped" arrangement: per step, conv(2C -> 2C) on [x_t, h] and conv(2C -> C) on [x_t, r*h].
 
-        Same parameters and pointwise functions (PyTorch's) as the batched path; the biases enter
-        through the functions' first addition instead of the convolution.
+        Same parameters as the batched path. The biases stay inside the convolutions and the gate
+        math is written out as the reference cell does it (one sigmoid over [z | r]): no extra
+        elementwise pass per step, which matters where this arrangement is chosen (no-grad CPU).
         """
         B, T, C, H, W = x_BTCHW.shape
         w_in, bias = self.input_conv.weight, self.input_conv.bias
         w_zr = torch.cat([w_in[: 2 * C], self.hidden_zr.weight], dim=1)  # (2C, 2C, 3, 3) on [x_t, h]
         w_n = torch.cat([w_in[2 * C :], self.hidden_n.weight], dim=1)  # (C, 2C, 3, 3) on [x_t, r*h]
-        b_zr, b_n = bias[: 2 * C].view(1, 2 * C, 1, 1), bias[2 * C :].view(1, C, 1, 1)
         h = h0_BCHW
         hidden = [None] * T
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
             x_t = x_BTCHW[:, t]
-            z, rh = gru_gates(F.conv2d(torch.cat([x_t, h], dim=1), w_zr, padding=1), b_zr, h)
-            h = gru_update(F.conv2d(torch.cat([x_t, rh], dim=1), w_n, padding=1), b_n, z, h)
+            z, r = torch.sigmoid(F.conv2d(torch.cat([x_t, h], dim=1), w_zr, bias[: 2 * C], padding=1)).chunk(2, dim=1)
+            n = torch.tanh(F.conv2d(torch.cat([x_t, r * h], dim=1), w_n, bias[2 * C :], padding=1))
+            h = (1 - z) * n + z * h
             hidden[t] = h
         return torch.stack(hidden, dim=1)
 
