@@ -147,7 +147,9 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
             if step % t.steps_per_epoch == 0 and not dry_run:
                 epoch = step // t.steps_per_epoch
                 if epoch % cfg.eval.val_every_epochs == 0:
-                    best = _validate(cfg, engine, epoch, step, best, save, log, tracker, report, device)
+                    best, improved = _validate(cfg, engine, epoch, step, best, log, tracker, report, device)
+                    if improved:  # after ``best`` is updated: best.pt must record its own score
+                        save("best.pt")
             if not dry_run and (step % boundary == 0 or step == total_steps):
                 save("last.pt")
         if dry_run:
@@ -181,21 +183,21 @@ def _log_train(sums, lr, grad_norm, window, global_batch, step, log, tracker) ->
     tracker.log_metrics(values, step)
 
 
-def _validate(cfg, engine, epoch, step, best, save, log, tracker, report, device) -> float:
-    """Validate, update best.pt by ``eval.select_metric``; return the new best score."""
+def _validate(cfg, engine, epoch, step, best, log, tracker, report, device) -> tuple[float, bool]:
+    """Validate; return (the best score by ``eval.select_metric``, whether this validation set it)."""
     _, summary = support.evaluate_summary(engine.unwrap(), cfg, "validation", device=device,
                                           out_dir=None, write_images=False)
     values = {f"val_{k}": mean for k, (mean, _) in summary.items()}
     score = summary[cfg.eval.select_metric][0]
-    if epoch < cfg.eval.select_from_epoch or score > best:
+    improved = epoch < cfg.eval.select_from_epoch or score > best
+    if improved:
         best = score
-        save("best.pt")
     values[f"best_val_{cfg.eval.select_metric}"] = best
     log.write("val", step, {"epoch": epoch, **values})
     tracker.log_metrics(values, step)
     if report is not None:
         report({"epoch": epoch, "step": step, **values})
-    return best
+    return best, improved
 
 
 def _test(cfg, engine, run_dir, device, step, log, tracker) -> dict:

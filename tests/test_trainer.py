@@ -234,3 +234,25 @@ def test_ddp_engine_refuses_a_zero_sharded_optimizer_state_clearly():
     state["optimizer"] = {"format": "deepspeed-zero-sharded", "shards": []}
     with pytest.raises(ValueError, match="dist.engine=deepspeed"):
         engine.load_state_dict(state)
+
+
+def test_best_checkpoint_holds_its_own_score_and_resumes_selecting(tmp_path, fake_data, monkeypatch):
+    """best.pt stores the score that made it best (the best validation value in metrics.jsonl), and a
+    run resumed from it keeps that score as the bar: a later, lower score does not replace it."""
+    scores = iter([0.3, 0.7, 0.5, 0.6])  # one validation per epoch, scripted
+
+    def scripted(model, cfg, split, **kwargs):
+        return [], {"auc": (next(scores), 0.0)}
+
+    monkeypatch.setattr(train_support, "evaluate_summary", scripted)
+    result = trainer.run(tiny_cfg(tmp_path, "train.epochs=2", "eval.val_every_epochs=1", "eval.select_from_epoch=0"))
+    best = torch.load(tmp_path / "t" / "checkpoints" / "best.pt", weights_only=True)
+    vals = [r for r in MetricsLog(tmp_path / "t" / "metrics.jsonl", True).read() if r["kind"] == "val"]
+    assert [r["val_auc"] for r in vals] == [0.3, 0.7]
+    assert best["best"] == max(r["val_auc"] for r in vals) == result["best_val_auc"] == 0.7
+    assert best["step"] == 8  # written at the second validation
+
+    resumed = trainer.run(tiny_cfg(tmp_path, "train.epochs=4", "eval.val_every_epochs=1", "eval.select_from_epoch=0",
+                                   f"train.resume={tmp_path / 't' / 'checkpoints' / 'best.pt'}"))
+    assert resumed["best_val_auc"] == 0.7  # 0.5 and 0.6 after the resume never beat 0.7
+    assert torch.load(tmp_path / "t" / "checkpoints" / "best.pt", weights_only=True)["step"] == 8
