@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dias_dist import dist
+from dias_dist.config import Config, TrainConfig, save_config
+
 
 def rng_state() -> dict:
     """This process's RNG states as tensors / plain containers (safe for weights_only loading)."""
@@ -71,3 +76,45 @@ def model_state(path: str | Path) -> dict:
     if "model" not in payload:
         raise ValueError(f"checkpoint {path} has no 'model' entry; keys: {', '.join(payload)}")
     return payload["model"]
+
+
+def broadcast_model_state(path: str | Path) -> dict:
+    """Rank 0 reads the model weights of checkpoint ``path``; every rank gets them (no shared FS needed)."""
+    return dist.broadcast_object(model_state(path) if dist.is_main() else None)
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder: runs/<run_name>/{config.yaml, metrics.jsonl, checkpoints/}
+
+
+def resolve_run(cfg: TrainConfig, prefix: str) -> tuple[str, Path, Path | None]:
+    """(run name, run folder, checkpoint to resume from or None) for the ``train`` section.
+
+    run_name "" -> ``<prefix>-<yymmdd_HHMMSS>`` chosen on rank 0 and broadcast (the trainer passes
+    ``<model>-<method>``). resume: "never" | "auto" (``<run>/checkpoints/last.pt`` of ``run_name``, or
+    of the newest ``<prefix>-*`` run when no name is given; a fresh run when none exists) | a path.
+    """
+    root = Path(cfg.run_dir)
+    name, resume_from = cfg.run_name, None
+    if cfg.resume not in ("never", "auto"):
+        resume_from = Path(cfg.resume)
+        if not resume_from.is_file():
+            raise ValueError(f"train.resume = {cfg.resume!r}: no such checkpoint file (or use never | auto)")
+        name = name or resume_from.parent.parent.name
+    elif cfg.resume == "auto":
+        if not name:
+            candidates = sorted(p for p in root.glob(f"{prefix}-*") if (p / "checkpoints" / "last.pt").is_file())
+            name = candidates[-1].name if candidates else ""
+        if name and (root / name / "checkpoints" / "last.pt").is_file():
+            resume_from = root / name / "checkpoints" / "last.pt"
+    if not name:
+        name = dist.broadcast_object(f"{prefix}-{time.strftime('%y%m%d_%H%M%S')}")
+    return name, root / name, resume_from
+
+
+def prepare_run_folder(cfg: Config, run_dir: Path) -> None:
+    """Rank 0: create ``run_dir/checkpoints`` and write the resolved ``config.yaml``."""
+    if dist.is_main():
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    dist.barrier()

@@ -102,8 +102,8 @@ def test_sweep_parent_run_artifacts_land_next_to_the_db_not_in_cwd(tmp_path, mon
     from dias_dist.config import load_config
     from dias_dist.track import MLflowTracker
 
-    tracker = MLflowTracker(load_config(None, [f"track.tracking_uri={uri}", "track.experiment=trainer",
-                                               f"train.run_dir={tmp_path / 'runs'}"]), "r")
+    tracker = MLflowTracker(load_config(None, [f"track.tracking_uri={uri}", "track.experiment=trainer"]).track, "r",
+                            run_root=tmp_path / "runs", method="supervised")
     tracker.log_artifact(summary)
     tracker.close()
     assert tracker.run_id and client.get_run(tracker.run_id).info.status == "FINISHED"

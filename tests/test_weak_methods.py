@@ -314,13 +314,14 @@ class ToyDualDecoderNet(nn.Module):
 STREAM_STARTS: list[int] = []  # the steps at which the trainer (re)built its data stream
 
 
-def scribble_stream(cfg, sources, *, micro_batch, step):
+def scribble_stream(cfg, sources, *, micro_batch, seed, step):
     """Deterministic per (seed, rank, step): vessels bright in frame 3, ~10 % of pixels scribbled."""
-    from dias_dist import dist, train_support
+    from dias_dist import dist
+    from dias_dist.data.loader import derived_seed
 
     STREAM_STARTS.append(step)
-    gen = torch.Generator().manual_seed(train_support.derived_seed(cfg.train.seed, dist.rank(), step) % 2**31)
-    size = cfg.data.patch_size_px
+    gen = torch.Generator().manual_seed(derived_seed(seed, dist.rank(), step) % 2**31)
+    size = cfg.patch_size_px
     while True:
         label = (torch.rand(micro_batch, size, size, generator=gen) > 0.7).long()
         image = torch.randn(micro_batch, 8, size, size, generator=gen) * 0.3
@@ -333,15 +334,16 @@ def ddp_worker(out_dir: str) -> None:
     import json
     from pathlib import Path
 
-    from dias_dist import dist, train_support, trainer
+    from dias_dist import dist, trainer
+    from dias_dist.data import loader
     from dias_dist.config import load_config
     from dias_dist.methods import build_method
     from dias_dist.models import MODELS
 
     MODELS["weak_toy"] = ToyFramesNet
     MODELS["weak_toy_dual"] = ToyDualDecoderNet
-    train_support.train_stream = scribble_stream
-    train_support.default_sources = lambda cfg: []
+    loader.train_stream = scribble_stream
+    loader.default_sources = lambda cfg: []
     root = Path(__file__).resolve().parents[1]
     found = {}
     for name in WEAK_METHODS:

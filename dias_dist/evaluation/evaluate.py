@@ -147,6 +147,13 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
     return rows
 
 
+def evaluate_summary(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig,
+                     **kwargs) -> tuple[list[dict], dict]:
+    """``evaluate_split`` (same arguments) and its summary: (rows, {metric: (mean, population std)})."""
+    rows = evaluate_split(model, shard_dir, split, eval_cfg, **kwargs)
+    return rows, summarize(rows)
+
+
 def print_summary(rows: list[dict], title: str) -> None:
     """Print the mean ± std table of labelled rows (rank 0 only)."""
     if dist.is_main():
