@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 MISSING_REQUIRED = "???"  # a YAML value that must be supplied by an override
+# The repository's configs/ (dias_dist/configs links to it, so an installed package ships them too).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass(kw_only=True)
@@ -264,7 +266,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     data: dict = {}
     source = "<defaults>"
     if path is not None:
-        path = Path(path)
+        path = config_file(path)
         source = str(path)
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist")
@@ -312,3 +314,14 @@ def save_config(cfg: Config, path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     tmp.replace(path)
+
+
+def config_file(path: str | Path) -> Path:
+    """``path`` when it exists (or is absolute), else the packaged config of that name: ``debug.yaml``
+    and ``configs/debug.yaml`` both find ``configs/debug.yaml`` from any directory."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*parts)
+    return packaged if packaged.is_file() else path

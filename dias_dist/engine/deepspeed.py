@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dias_dist import dist
-from dias_dist.config import DistConfig
+from dias_dist.config import DistConfig, config_file
 
 from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm, micro_batch_size
 
@@ -49,7 +49,7 @@ def read_deepspeed_config(path: str | Path, settings: StepSettings) -> dict:
     a ZeRO stage outside 0..2, or a clipping value that contradicts ``optim.grad_clip``, and
     when ``train.batch_size`` does not divide over the ranks and ``train.grad_accum``.
     """
-    path = Path(path)
+    path = config_file(path)  # the default configs/deepspeed/zero1.json also from an installed package
     if not path.is_file():
         raise ValueError(f"dist.deepspeed_config: {path} does not exist")
     try:
