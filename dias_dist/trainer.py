@@ -119,9 +119,9 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     progress = Progress(total_steps, state.step, t.batch_size, enabled=dist.is_main() and t.progress)
     status = "FAILED"
     try:
-        losses = _train(parts, state, sources, total_steps, progress, report, dry_run)
+        metrics = _train(parts, state, sources, total_steps, progress, report, dry_run)
         if dry_run:
-            result = {"step": state.step, **{f"loss_{k}": float(v) for k, v in losses.items()}}
+            result = {"step": state.step, **{k: float(v) for k, v in metrics.items()}}
         else:
             result = _finish(parts, state)
         status = "FINISHED"
@@ -148,8 +148,8 @@ def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device) -> En
 def train_step(parts: Parts, stream, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
     """Optimizer step number ``step`` over ``train.grad_accum`` micro-batches drawn from ``stream``.
 
-    Returns (losses averaged over the micro-batches as 0-d device tensors, the gradient norm before
-    clipping (0-d device tensor), seconds spent waiting for data). A non-finite loss on any rank
+    Returns ({"loss_<name>", "pseudo_share"}: means over the micro-batches as 0-d device tensors,
+    the gradient norm before clipping (0-d device tensor), seconds spent waiting for data). A non-finite loss on any rank
     stops the run with a ``FloatingPointError`` after saving model, batch and losses for inspection.
     """
     engine, accum = parts.engine, parts.cfg.train.grad_accum
@@ -165,8 +165,10 @@ def train_step(parts: Parts, stream, step: int) -> tuple[dict[str, torch.Tensor]
             losses = parts.method.losses(engine.model, batch)
         engine.backward(losses["total"] / accum, sync=micro == accum - 1)
         for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float() / accum
-    if dist.any_rank(~torch.isfinite(sums["total"])):  # reduced on the device: one host sync per step
+            sums[f"loss_{key}"] = sums.get(f"loss_{key}", 0.0) + value.detach().float() / accum
+        if "is_pseudo" in batch:  # RPST: how many patches carry pseudo labels (rpst.labeled_prob at work)
+            sums["pseudo_share"] = sums.get("pseudo_share", 0.0) + batch["is_pseudo"].float().mean() / accum
+    if dist.any_rank(~torch.isfinite(sums["loss_total"])):  # reduced on the device: one host sync per step
         _stop_on_nan(parts, step, sums, batch)
     return sums, engine.step(), data_wait
 
@@ -174,8 +176,8 @@ def train_step(parts: Parts, stream, step: int) -> tuple[dict[str, torch.Tensor]
 def _train(parts: Parts, state: TrainState, sources: list, total_steps: int, progress: Progress,
            report: Callable[[dict], None] | None, dry_run: bool) -> dict[str, torch.Tensor]:
     """The epoch/validation driver: steps until ``total_steps``, validating at epoch ends, saving
-    ``best.pt`` / ``last.pt``; a dry run stops after its one step. Returns the last step's losses."""
-    t, stream, window, losses = parts.cfg.train, None, [], {}
+    ``best.pt`` / ``last.pt``; a dry run stops after its one step. Returns the last step's metrics."""
+    t, stream, window, metrics = parts.cfg.train, None, [], {}
     parts.engine.unwrap().train()
     while state.step < total_steps:
         if stream is None or state.step % parts.boundary == 0:
@@ -183,13 +185,13 @@ def _train(parts: Parts, state: TrainState, sources: list, total_steps: int, pro
             stream = loader.train_stream(parts.cfg.data, sources, micro_batch=parts.micro_batch, seed=t.seed,
                                          step=state.step)
         tic, lr = time.perf_counter(), parts.engine.lr
-        losses, grad_norm, data_wait = train_step(parts, stream, state.step)
+        metrics, grad_norm, data_wait = train_step(parts, stream, state.step)
         state.step += 1
         step_s = time.perf_counter() - tic
-        progress.update(losses["total"], data_wait, step_s)
+        progress.update(metrics["loss_total"], data_wait, step_s)
         window.append((data_wait, step_s))
         if state.step % t.log_every_steps == 0 or state.step == total_steps:
-            _log_train(parts, state.step, losses, lr, grad_norm, window)
+            _log_train(parts, state.step, metrics, lr, grad_norm, window)
             window = []
         if dry_run:
             break
@@ -198,7 +200,7 @@ def _train(parts: Parts, state: TrainState, sources: list, total_steps: int, pro
             _save(parts, state, "best.pt")
         if state.step % parts.boundary == 0 or state.step == total_steps:
             _save(parts, state, "last.pt")
-    return losses
+    return metrics
 
 
 def _save(parts: Parts, state: TrainState, name: str) -> Path:
@@ -229,12 +231,13 @@ def _stop_on_nan(parts: Parts, step: int, sums: dict, batch: dict) -> None:
 
 
 def _log_train(parts: Parts, step: int, sums: dict, lr: float, grad_norm: torch.Tensor, window: list) -> None:
-    """Mean losses over ranks (one all-reduce), lr, grad norm, throughput, data-wait share."""
+    """Step metrics (losses, pseudo share) averaged over ranks (one all-reduce), lr, grad norm, throughput,
+    data-wait share."""
     names = sorted(sums)
     stacked = dist.all_reduce_sum(torch.stack([sums[k] for k in names]).float()) / dist.world_size()
     wait = sum(w for w, _ in window)
     busy = sum(s for _, s in window)
-    values = {f"loss_{k}": v for k, v in zip(names, stacked.tolist())}
+    values = dict(zip(names, stacked.tolist()))
     values.update(lr=lr, grad_norm=float(grad_norm), data_wait_share=wait / max(busy, 1e-9),
                   patches_per_s=parts.cfg.train.batch_size * len(window) / max(busy, 1e-9))
     parts.log.write("train", step, values)

@@ -256,3 +256,15 @@ def test_best_checkpoint_holds_its_own_score_and_resumes_selecting(tmp_path, fak
                                    f"train.resume={tmp_path / 't' / 'checkpoints' / 'best.pt'}"))
     assert resumed["best_val_auc"] == 0.7  # 0.5 and 0.6 after the resume never beat 0.7
     assert torch.load(tmp_path / "t" / "checkpoints" / "best.pt", weights_only=True)["step"] == 8
+
+
+def test_share_of_pseudo_labelled_patches_is_logged(tmp_path, fake_data, monkeypatch):
+    """The is_pseudo flags of a batch become the logged pseudo_share (RPST's patch mixture, visible per step)."""
+    def one_in_four_pseudo(*args, **kwargs):
+        for batch in fake_stream(*args, **kwargs):
+            yield {**batch, "is_pseudo": torch.arange(len(batch["target"])) % 4 == 0}
+
+    monkeypatch.setattr(loader, "train_stream", one_in_four_pseudo)
+    trainer.run(tiny_cfg(tmp_path, "train.max_steps=2"))
+    shares = [r["pseudo_share"] for r in MetricsLog(tmp_path / "t" / "metrics.jsonl", True).read() if r["kind"] == "train"]
+    assert shares == [0.25, 0.25]

@@ -7,7 +7,7 @@ never branches on the method's name.
 Batch dict handed to ``losses`` (already on the device, image already in the model's layout):
   image   float32  (B, T, H, W) or (B, 1, T, H, W)   z-scored frames
   target  int64    (B, H, W)   dense {0,1} (label / pseudo label) or scribble {0,1,255}
-  is_pseudo bool   (B,)        True for patches whose target is a pseudo label (RPST)
+  is_pseudo bool   (B,)        True for patches whose target is a pseudo label (RPST; logged as pseudo_share)
 """
 from __future__ import annotations
 
