@@ -165,7 +165,8 @@ def train_step(parts: Parts, stream, step: int) -> tuple[dict[str, torch.Tensor]
             losses = parts.method.losses(engine.model, batch)
         engine.backward(losses["total"] / accum, sync=micro == accum - 1)
         for key, value in losses.items():
-            sums[f"loss_{key}"] = sums.get(f"loss_{key}", 0.0) + value.detach().float() / accum
+            key = key if key in parts.method.statistics else f"loss_{key}"
+            sums[key] = sums.get(key, 0.0) + value.detach().float() / accum
         if "is_pseudo" in batch:  # RPST: how many patches carry pseudo labels (rpst.labeled_prob at work)
             sums["pseudo_share"] = sums.get("pseudo_share", 0.0) + batch["is_pseudo"].float().mean() / accum
     if dist.any_rank(~torch.isfinite(sums["loss_total"])):  # reduced on the device: one host sync per step

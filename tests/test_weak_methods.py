@@ -378,6 +378,8 @@ def ddp_worker(out_dir: str) -> None:
                 "max_diff_resumed_vs_straight": max((w_resumed[k] - w_straight[k]).abs().max().item() for k in w_straight),
                 "keys": sorted(w_straight),
                 "moved": {k: (w_straight[k] - init[k]).abs().max().item() for k in init},
+                "logged": sorted(json.loads((Path(out_dir) / f"{name}-straight" / "metrics.jsonl")
+                                            .read_text().splitlines()[0])),
             }
     if dist.is_main():
         (Path(out_dir) / "weak_ddp.json").write_text(json.dumps(found))
@@ -410,6 +412,8 @@ def test_every_method_trains_under_two_process_ddp_and_resumes_exactly(ddp_resul
     assert found["resumed_from"] == 2  # the second run really continued from the step-2 checkpoint
     assert found["max_diff_resumed_vs_straight"] == 0.0  # resumed run == uninterrupted run
     assert all(v > 0 for v in found["moved"].values()), found["moved"]  # every weight trained
+    assert "loss_total" in found["logged"] and "loss_beta" not in found["logged"]
+    assert ("beta" in found["logged"]) == (name == "dmpls")  # a statistic, logged under its own name
     if name == "sscr":  # both networks live in one module, one process group, one checkpoint
         assert any(k.startswith("net_a.") for k in found["keys"]) and any(k.startswith("net_b.") for k in found["keys"])
 

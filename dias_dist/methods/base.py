@@ -24,6 +24,8 @@ class Method:
 
     #: "dense" (every pixel labelled: label / pseudo) or "scribble" ({0,1,255} maps)
     target_kind: ClassVar[str] = "dense"
+    #: entries of ``losses`` that are statistics, not losses: logged under their own name, not ``loss_<name>``
+    statistics: ClassVar[tuple[str, ...]] = ()
 
     def build_model(self, name: str, params: dict) -> nn.Module:
         """Build the network(s) this method trains. Default: one registered model, 2 classes.

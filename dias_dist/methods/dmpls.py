@@ -32,6 +32,7 @@ class DMPLS(Method):
 
     target_kind = "scribble"
     name = "dmpls"
+    statistics = ("beta",)  # the mixing weight drawn this step, logged as ``beta``
 
     def __init__(self, weight: float = 0.5, num_classes: int = 2):
         self.weight = check_number(self.name, "weight", weight)
