@@ -7,7 +7,7 @@ from torch import nn
 from dias_dist.methods import weak_losses as wl
 from dias_dist.methods.dmpls import DMPLS, mixed_pseudo_label
 from dias_dist.methods.em import EM
-from dias_dist.methods.ivm import IVM, intensity_image
+from dias_dist.methods.ivm import IVM
 from dias_dist.methods.pce import PCE
 from dias_dist.methods.rloss import RLoss
 from dias_dist.methods.sscr import SSCR, DualNet, sscr_terms
@@ -93,9 +93,9 @@ def test_total_is_sup_plus_weighted_regulariser():
 
 def test_ivm_intensity_minip_or_reference_argmin():
     x = torch.tensor([3.0, -1.0, 2.0, -0.5]).view(1, 4, 1, 1).expand(1, 4, 2, 2)
-    assert intensity_image(x, "minip").flatten().tolist() == [-1.0] * 4
-    assert intensity_image(x, "argmin").flatten().tolist() == [1.0] * 4
-    assert intensity_image(x.unsqueeze(1), "minip").shape == (1, 2, 2)  # sequence layout
+    assert wl.intensity_image(x, "minip").flatten().tolist() == [-1.0] * 4
+    assert wl.intensity_image(x, "argmin").flatten().tolist() == [1.0] * 4
+    assert wl.intensity_image(x.unsqueeze(1), "minip").shape == (1, 2, 2)  # sequence layout
 
 
 @pytest.mark.parametrize(

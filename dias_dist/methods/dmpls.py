@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Method
-from .pce import HEAD_CHOICES, build_with_head, check_choice, check_number
+from .base import HEAD_CHOICES, Method, build_with_head, check_choice, check_number
 from .weak_losses import partial_cross_entropy, pseudo_label_dice
 
 BETA_EPS = 1e-10

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .pce import PCE, check_number
+from .base import check_number
+from .pce import PCE
 from .weak_losses import entropy
 
 

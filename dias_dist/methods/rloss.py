@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .ivm import intensity_image
-from .pce import PCE, check_number
-from .weak_losses import SPATIAL_ONLY_KERNELS, check_kernels, gated_crf_loss
+from .base import check_number
+from .pce import PCE
+from .weak_losses import SPATIAL_ONLY_KERNELS, check_kernels, gated_crf_loss, intensity_image
 
 
 class RLoss(PCE):

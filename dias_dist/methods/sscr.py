@@ -21,9 +21,8 @@ from torch import nn
 
 from dias_dist.models import as_frames, vessel_probability
 
-from .base import Method
+from .base import HEAD_CHOICES, Method, build_with_head, check_choice, check_number
 from .intensity_aug import augment_intensity
-from .pce import HEAD_CHOICES, build_with_head, check_choice, check_number
 from .weak_losses import limited_argmax, overwrite_with_scribbles, partial_cross_entropy, partial_soft_dice
 
 

@@ -13,10 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from dias_dist.losses import DICE_SMOOTH, soft_dice_term
+from dias_dist.models import as_frames
 
 from .base import IGNORE_INDEX
 
 ENTROPY_EPS = 1e-6
+INTENSITY_CHOICES = ("minip", "argmin")  # the intensity maps of IVM and RLoss
+
+
+def intensity_image(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, H, W) float intensity map from model input in either layout: MinIP or argmin frame index."""
+    frames_BTHW = as_frames(x)
+    if kind == "minip":
+        return frames_BTHW.amin(dim=1).float()
+    return frames_BTHW.argmin(dim=1).float()
 
 
 def partial_cross_entropy(logits_BCHW: torch.Tensor, target_BHW: torch.Tensor,
