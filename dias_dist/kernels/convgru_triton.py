@@ -16,8 +16,8 @@ Arithmetic runs in float32 (float64 for float64 inputs, so ``gradcheck`` can tes
 outputs take the promoted dtype of the inputs, as eager PyTorch would.
 
 Triton runs on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``
-set before triton is imported), which is how CI checks these kernels without a GPU. Importing this
-module registers ``IMPLS["triton"]`` in ``dias_dist.models.convgru``.
+set before triton is imported), which is how CI checks these kernels without a GPU. ``dias_dist.models.convgru``
+puts ``gru_gates`` / ``gru_update`` into its ``IMPLS["triton"]`` when Triton is asked for.
 """
 from __future__ import annotations
 
@@ -237,11 +237,3 @@ def gru_update(x_n: torch.Tensor, h_n: torch.Tensor, z: torch.Tensor, h: torch.T
     h_new = (1 - z) * tanh(x_n + h_n) + z * h."""
     return _UpdateFunction.apply(x_n, h_n, z, h)
 
-
-def register() -> None:
-    """Add ``IMPLS["triton"]`` to ``dias_dist.models.convgru`` (run on import)."""
-    from dias_dist.models import convgru
-
-    convgru.IMPLS["triton"] = (gru_gates, gru_update)
-
-register()
