@@ -1,15 +1,15 @@
-"""Atomic, pickle-free checkpoints (``torch.save`` to a temporary file, then ``os.replace``).
+"""Checkpoints and the run folder. ``torch.save`` (a pickle inside a zip) written atomically.
 
 A training checkpoint holds: ``model``, ``optimizer``, ``scheduler`` (the engine's state dict),
 ``step``, ``epoch``, ``rng`` (one entry per rank: torch CPU/CUDA, numpy and Python RNG states),
 ``data`` (the data position: the step at which the per-rank training stream was last re-seeded
 and the seed it was built from), ``config`` (the resolved config as a dict), ``mlflow_run_id``,
-``best`` (best validation score so far) and ``run_name``. Files are loaded with
-``weights_only=True``: only tensors and plain containers are stored.
+``best`` (best validation score so far) and ``run_name``. Only tensors and plain containers are
+stored, and files are loaded with ``weights_only=True``, whose restricted unpickler refuses
+anything else (no arbitrary code runs when a checkpoint is read).
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dias_dist import dist
+from dias_dist.atomic import atomic_write
 from dias_dist.config import Config, TrainConfig, save_config
 
 
@@ -45,18 +46,9 @@ def set_rng_state(state: dict) -> None:
 
 def save(path: str | Path, payload: dict) -> Path:
     """Write ``payload`` to ``path`` atomically (a crash leaves the previous file intact)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_write(path, "wb", fsync=True) as handle:
+        torch.save(payload, handle)
+    return Path(path)
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:

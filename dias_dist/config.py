@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from dias_dist.atomic import atomic_write
+
 if TYPE_CHECKING:
     import torch
 
@@ -310,10 +312,8 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    with atomic_write(path) as handle:
+        handle.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def config_file(path: str | Path) -> Path:

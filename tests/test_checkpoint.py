@@ -16,7 +16,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     checkpoint.save(path, {"step": 1, "model": {"w": torch.ones(2)}})
 
     def broken_save(obj, f):
-        open(f, "wb").write(b"partial")
+        f.write(b"partial")  # a handle on the temporary file
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)

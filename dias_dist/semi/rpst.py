@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from dias_dist import dist
+from dias_dist.atomic import atomic_write
 from dias_dist.config import Config, derive, flatten, to_dict
 
 STATE_FILE = "rpst_state.json"
@@ -106,11 +107,8 @@ def load_state(cfg: Config, job: str) -> dict:
 def save_state(cfg: Config, state: dict) -> None:
     """Rank 0 writes the state atomically."""
     if dist.is_main():
-        path = job_dir(cfg, state["job"]) / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state, indent=1))  # stage order = run order
-        tmp.replace(path)
+        with atomic_write(job_dir(cfg, state["job"]) / STATE_FILE) as handle:
+            handle.write(json.dumps(state, indent=1))  # stage order = run order
     dist.barrier()
 
 
