@@ -80,12 +80,9 @@ def broadcast_model_state(path: str | Path) -> dict:
 
 
 def resolve_run(cfg: TrainConfig, prefix: str) -> tuple[str, Path, Path | None]:
-    """(run name, run folder, checkpoint to resume from or None) for the ``train`` section.
-
-    run_name "" -> ``<prefix>-<yymmdd_HHMMSS>`` chosen on rank 0 and broadcast (the trainer passes
-    ``<model>-<method>``). resume: "never" | "auto" (``<run>/checkpoints/last.pt`` of ``run_name``, or
-    of the newest ``<prefix>-*`` run when no name is given; a fresh run when none exists) | a path.
-    """
+    """(run name, run folder, checkpoint to resume from or None) for the ``train`` section. run_name ""
+    -> ``<prefix>-<yymmdd_HHMMSS>`` (rank 0's clock); resume: never | a path | auto: ``last.pt`` of
+    ``run_name``, or of the newest ``<prefix>-*`` run when no name is given (a fresh run when none exists)."""
     root = Path(cfg.run_dir)
     name, resume_from = cfg.run_name, None
     if cfg.resume not in ("never", "auto"):

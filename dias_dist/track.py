@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -180,53 +179,38 @@ def make_tracker(track: TrackConfig, run_name: str, *, run_root: str | Path, met
 
 def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> dict:
     """git SHA, hash of the shard set's manifest, world size, device and parameter count (rank 0 logs them)."""
+    from mlflow.utils.git_utils import get_git_commit
+
     manifest = Path(shards) / "manifest.json"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return {
-        "git_sha": sha or "unknown",
-        "shard_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "missing",
-        "world_size": dist.world_size(),
-        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
-        "num_params": num_params,
-    }
+    return {"git_sha": get_git_commit(str(Path(__file__).resolve().parent)) or "unknown", "world_size": dist.world_size(), "num_params": num_params,
+            "shard_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "missing",
+            "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"}
 
 
-def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
-    """Rank 0: loss/lr curves and validation metric curves from metrics.jsonl records, as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_curves(records: list[dict], out_dir: Path) -> None:
+    """Rank 0: loss curves and validation metric curves from metrics.jsonl records, PNGs in ``out_dir``."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     for kind, title, file_name in (("train", "training loss", "loss_curve.png"), ("val", "validation", "val_curve.png")):
         records_of_kind = [r for r in records if r["kind"] == kind]
         keys = sorted({k for r in records_of_kind for k in r if k.startswith(("loss", "val_"))})
         if not keys:
             continue
-        # Unbounded quantities (VC, a ratio of component counts) get their own panel so that the
-        # [0, 1] metrics stay readable.
+        # unbounded VC (a ratio of component counts) gets its own panel: the [0, 1] metrics stay readable
         unbounded = [k for k in keys if k.endswith("_vc")]
         panels = [[k for k in keys if k not in unbounded]] + ([unbounded] if unbounded else [])
-        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+        fig = Figure(figsize=(6 * len(panels), 4))
+        axes = fig.subplots(1, len(panels), squeeze=False)
         for ax, panel in zip(axes[0], panels):
             for key in panel:
-                points = [(r["step"], r[key]) for r in records_of_kind if key in r]
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=key,
-                        marker="." if kind == "val" else None)
+                steps, values = zip(*[(r["step"], r[key]) for r in records_of_kind if key in r])
+                ax.plot(steps, values, label=key, marker="." if kind == "val" else None)
             ax.set_xlabel("step")
             ax.set_title(title + (" (VC: closer to 1 is better)" if panel is not panels[0] else ""))
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out_dir / file_name, dpi=100)
-        plt.close(fig)
-        written.append(out_dir / file_name)
-    return written
 
 
 class MetricsLog:

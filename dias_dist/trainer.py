@@ -1,24 +1,7 @@
-"""The one training loop: ``run(cfg, report=None, *, sources=None, init_from=None, dry_run=False)``.
-
-Every method, model, engine and launch mode goes through ``run``; a method changes only the loss
-(``method.losses(engine.model, batch)``), the loop never looks at its name. ``run`` builds the
-parts once (each gets its own config section), ``train_step`` is one optimizer step and
-``_train`` is the epoch/validation driver; the checkpointed state (``TrainState``) is passed to
-them explicitly.
-
-Distribution: ``dist.init`` joins the torchrun group when there is one (else single process); the
-global batch ``train.batch_size`` is split evenly across ranks and ``train.grad_accum``
-micro-batches. Seeds: the model is initialised from ``train.seed`` on every rank (identical
-weights); at every checkpoint boundary the torch RNG (dropout) is re-seeded from
-(seed, rank, step) and the data stream is rebuilt from (seed, step) (the loader adds rank and
-worker). A checkpoint therefore fixes everything that follows it, which makes a resumed run
-bit-identical to an uninterrupted one on CPU.
-
-Per epoch: validation with the paper's protocol (``eval.val_every_epochs``); the best model by
-``eval.select_metric`` (before ``eval.select_from_epoch`` every validation replaces it, as the
-reference) goes to ``checkpoints/best.pt``; ``last.pt`` at every boundary; ``final.pt`` at the
-end, then the test split is evaluated with ``eval.test_checkpoint`` (skipped when
-``eval.test_split`` is "").
+"""The one training loop. Every method, model, engine and launch mode goes through ``run``, which
+builds each part once from its config section; ``train_step`` is one optimizer step (a method changes
+only the loss, the loop never looks at its name), ``_train`` the epoch/validation driver, and the
+checkpointed ``TrainState`` is passed explicitly. Seeding, checkpoints and the test: docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
@@ -58,10 +41,8 @@ class Parts:
 
     cfg: Config
     run_dir: Path
-    device: torch.device
     method: Method
     engine: Engine
-    layout: str  # the model's input layout
     micro_batch: int
     boundary: int  # steps between checkpoints and re-seeds
     writes: bool  # this process writes files and tracks (rank 0 of a run that is not a dry run)
@@ -93,7 +74,6 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     loader.check_targets(method, sources)  # before the run folder and the MLflow run exist
     if init_from is not None:
         model.load_state_dict(checkpoint.model_state(init_from))
-    num_params = count_parameters(model)
     engine = make_engine(cfg, model, device)
     state = TrainState()
     if resume_from is not None:
@@ -101,7 +81,6 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         engine.load_state_dict(saved)
         state = TrainState(int(saved["step"]), float(saved["best"]), saved["mlflow_run_id"])
         checkpoint.set_rng_state(saved["rng"][dist.rank()])
-
     writes = dist.is_main() and not dry_run
     if not dry_run:
         checkpoint.prepare_run_folder(cfg, run_dir)
@@ -111,19 +90,16 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
                            resume_run_id=state.run_id)
     if writes and not state.run_id:
         tracker.log_params(flatten(to_dict(cfg)))
-        tracker.set_tags(run_tags(cfg.data.shards, device=device, num_params=num_params))
+        tracker.set_tags(run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)))
         tracker.log_artifact(run_dir / "config.yaml")
-    parts = Parts(cfg, run_dir, device, method, engine, input_layout(model), micro_batch,
+    parts = Parts(cfg, run_dir, method, engine, micro_batch,
                   t.checkpoint_every_steps or t.steps_per_epoch, writes, log, tracker)
     total_steps = 1 if dry_run else min(t.epochs * t.steps_per_epoch, t.max_steps or math.inf)
     progress = Progress(total_steps, state.step, t.batch_size, enabled=dist.is_main() and t.progress)
     status = "FAILED"
     try:
         metrics = _train(parts, state, sources, total_steps, progress, report, dry_run)
-        if dry_run:
-            result = {"step": state.step, **{k: float(v) for k, v in metrics.items()}}
-        else:
-            result = _finish(parts, state)
+        result = {"step": state.step, **{k: float(v) for k, v in metrics.items()}} if dry_run else _finish(parts, state)
         status = "FINISHED"
         return result
     finally:
@@ -131,35 +107,29 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         tracker.close(status)
 
 
-def step_settings(cfg: Config, device: torch.device) -> StepSettings:
-    """What the engine needs from ``train`` and ``optim``, resolved for ``device``."""
-    t = cfg.train
-    return StepSettings(amp=t.bf16_autocast(device), channels_last=t.channels_last, grad_clip=cfg.optim.grad_clip,
-                        batch_size=t.batch_size, grad_accum=t.grad_accum)
-
-
 def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:
-    """AdamW and its schedule, built once from ``optim``, handed with the ``dist`` section to the engine."""
+    """AdamW and its schedule built once from ``optim``, handed to the engine with ``dist`` and ``StepSettings``."""
     t = cfg.train
     optimizer, schedule = build_optimizer(model, cfg.optim, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch)
-    return build_engine(model, optimizer, schedule, cfg.dist, step_settings(cfg, device), device=device)
+    settings = StepSettings(amp=t.bf16_autocast(device), channels_last=t.channels_last, grad_clip=cfg.optim.grad_clip,
+                            batch_size=t.batch_size, grad_accum=t.grad_accum)
+    return build_engine(model, optimizer, schedule, cfg.dist, settings, device=device)
 
 
 def train_step(parts: Parts, stream, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
     """Optimizer step number ``step`` over ``train.grad_accum`` micro-batches drawn from ``stream``.
 
-    Returns ({"loss_<name>", "pseudo_share"}: means over the micro-batches as 0-d device tensors,
-    the gradient norm before clipping (0-d device tensor), seconds spent waiting for data). A non-finite loss on any rank
-    stops the run with a ``FloatingPointError`` after saving model, batch and losses for inspection.
+    Returns ({"loss_<name>", "pseudo_share"}: micro-batch means, the gradient norm before clipping, both
+    0-d device tensors; seconds spent waiting for data). A non-finite loss on any rank saves model,
+    batch and losses for inspection and raises ``FloatingPointError``.
     """
     engine, accum = parts.engine, parts.cfg.train.grad_accum
-    sums: dict[str, torch.Tensor] = {}
-    data_wait = 0.0
+    sums, data_wait = {}, 0.0
     for micro in range(accum):
         wait_start = time.perf_counter()
         batch = next(stream)
         data_wait += time.perf_counter() - wait_start
-        batch = {**batch, "image": to_layout(batch["image"], parts.layout)}  # first: prepare_input sees 5-D as 5-D
+        batch = {**batch, "image": to_layout(batch["image"], input_layout(engine.model))}  # 4-D or 5-D first
         batch = {k: engine.prepare_input(v) if torch.is_tensor(v) else v for k, v in batch.items()}
         with engine.autocast():
             losses = parts.method.losses(engine.model, batch)
@@ -232,12 +202,10 @@ def _stop_on_nan(parts: Parts, step: int, sums: dict, batch: dict) -> None:
 
 
 def _log_train(parts: Parts, step: int, sums: dict, lr: float, grad_norm: torch.Tensor, window: list) -> None:
-    """Step metrics (losses, pseudo share) averaged over ranks (one all-reduce), lr, grad norm, throughput,
-    data-wait share."""
+    """Step metrics averaged over ranks (one all-reduce), lr, grad norm, throughput, data-wait share."""
     names = sorted(sums)
     stacked = dist.all_reduce_sum(torch.stack([sums[k] for k in names]).float()) / dist.world_size()
-    wait = sum(w for w, _ in window)
-    busy = sum(s for _, s in window)
+    wait, busy = map(sum, zip(*window))
     values = dict(zip(names, stacked.tolist()))
     values.update(lr=lr, grad_norm=float(grad_norm), data_wait_share=wait / max(busy, 1e-9),
                   patches_per_s=parts.cfg.train.batch_size * len(window) / max(busy, 1e-9))
@@ -247,10 +215,11 @@ def _log_train(parts: Parts, step: int, sums: dict, lr: float, grad_norm: torch.
 
 def _evaluate(parts: Parts, model: torch.nn.Module, split: str, out_dir: Path | None, images: bool):
     """(rows, {metric: (mean, std)}) of ``split`` with the paper's protocol, on every rank."""
-    cfg = parts.cfg
-    return evaluate.evaluate_summary(model, cfg.data.shards, split, cfg.eval, device=parts.device, out_dir=out_dir,
-                                     write_images=images, amp=cfg.train.bf16_autocast(parts.device),
-                                     progress=cfg.train.progress and dist.is_main())  # switches eval mode itself
+    c = parts.cfg  # evaluate_split switches the model to eval mode and back itself
+    device = parts.engine.device
+    return evaluate.evaluate_summary(model, c.data.shards, split, c.eval, device=device, out_dir=out_dir,
+                                     write_images=images, amp=c.train.bf16_autocast(device),
+                                     progress=c.train.progress and dist.is_main())
 
 
 def _validate(parts: Parts, state: TrainState, epoch: int, report) -> bool:
@@ -259,8 +228,7 @@ def _validate(parts: Parts, state: TrainState, epoch: int, report) -> bool:
     _, summary = _evaluate(parts, parts.engine.unwrap(), "validation", None, False)
     values = {f"val_{k}": mean for k, (mean, _) in summary.items()}
     score = summary[e.select_metric][0]
-    improved = epoch < e.select_from_epoch or score > state.best
-    if improved:
+    if improved := epoch < e.select_from_epoch or score > state.best:
         state.best = score
     values[f"best_val_{e.select_metric}"] = state.best
     parts.log.write("val", state.step, {"epoch": epoch, **values})
@@ -273,7 +241,7 @@ def _validate(parts: Parts, state: TrainState, epoch: int, report) -> bool:
 def _finish(parts: Parts, state: TrainState) -> dict:
     """``final.pt``, the test split with the ``eval.test_checkpoint`` weights (rank 0 gets tables,
     overlays and probability maps under ``eval/<split>``), the curve plots; returns the run's result."""
-    cfg, e = parts.cfg, parts.cfg.eval
+    e = parts.cfg.eval
     _save(parts, state, "final.pt")
     result = {"run_dir": str(parts.run_dir), "run_id": parts.tracker.run_id, "step": state.step,
               f"best_val_{e.select_metric}": state.best}
@@ -293,6 +261,6 @@ def _finish(parts: Parts, state: TrainState) -> dict:
             parts.tracker.log_metrics(flat, state.step)
             parts.tracker.log_artifact(out_dir, f"eval/{e.test_split}")
     if parts.writes:
-        for png in plot_curves(parts.log.read(), parts.run_dir / "plots"):
-            parts.tracker.log_artifact(png, "plots")
+        plot_curves(parts.log.read(), parts.run_dir / "plots")
+        parts.tracker.log_artifact(parts.run_dir / "plots", "plots")
     return result

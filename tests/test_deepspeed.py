@@ -43,11 +43,11 @@ def _config(engine: str, ds_json: str = "zero0.json", grad_clip: float = 0.0):
                               "optim.lr=0.01", "optim.warmup_epochs=0.2", f"optim.grad_clip={grad_clip}"])
 
 
-def _settings(*args, **kwargs):
-    """The engine settings the trainer resolves from ``_config(...)`` on CPU."""
-    from dias_dist.trainer import step_settings
+def _settings(engine: str, grad_clip: float = 0.0):
+    """The engine settings the trainer resolves from ``_config(engine, grad_clip=...)`` on CPU."""
+    from dias_dist.engine import StepSettings
 
-    return step_settings(_config(*args, **kwargs), torch.device("cpu"))
+    return StepSettings(grad_clip=grad_clip, batch_size=GLOBAL_BATCH)
 
 
 def _engine(engine: str, ds_json: str = "zero0.json"):

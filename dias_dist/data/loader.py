@@ -355,8 +355,7 @@ def default_sources(cfg: DataConfig) -> list[TrainSource]:
 
 
 def check_targets(method, sources: list[TrainSource]) -> None:
-    """ValueError when a source's target map does not suit ``method.target_kind`` (a scribble method
-    trained on dense labels would silently become supervised; a dense method would see 255s)."""
+    """ValueError when a source's map does not suit ``method.target_kind`` (silently wrong training otherwise)."""
     for source in sources:
         kind = TARGET_KINDS[source.target]
         if kind != method.target_kind:
@@ -366,11 +365,8 @@ def check_targets(method, sources: list[TrainSource]) -> None:
 
 
 def train_stream(cfg: DataConfig, sources: list[TrainSource], *, micro_batch: int, seed: int, step: int):
-    """Infinite iterator of micro-batches for this rank, seeded from (``seed``, ``step``).
-
-    The loader mixes rank and worker into the seed itself, so (seed, rank, step) fixes every patch
-    from here on: a run resumed at ``step`` sees exactly what the uninterrupted run saw.
-    """
+    """Infinite iterator of micro-batches for this rank from (``seed``, ``step``); rank and worker are
+    mixed in below, so a run resumed at ``step`` sees exactly the patches the uninterrupted run saw."""
     return iter(train_batches(sources, batch_size=micro_batch, patch_size=cfg.patch_size_px,
                               patches_per_sequence=cfg.patches_per_sequence, shuffle_buffer=cfg.shuffle_buffer,
                               num_workers=cfg.num_workers, seed=derived_seed(seed, step) % (2**31),
