@@ -169,5 +169,8 @@ def test_command_line_version_help_and_entry_points(capsys):
         text = parser.format_help()
         assert "example: dias " + name in text and "``" not in text and "`dias" not in text, name
     assert cli.main(["no-such-command"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["train"])
+    assert "required: config\n" in capsys.readouterr().err  # overrides are optional
     assert train.main(["/no/such.yaml", "--local_rank=0", "--dry-run"]) == 2  # parsed; the config is the error
     assert "config file /no/such.yaml does not exist" in capsys.readouterr().err
