@@ -60,7 +60,7 @@ class MethodConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """AdamW + per-iteration cosine schedule with linear warm-up (DIAS-CODE.md §1)."""
+    """AdamW + per-iteration cosine schedule with linear warm-up (docs/REFERENCE.md §1)."""
 
     lr: float = 5e-4
     weight_decay: float = 0.01  # not applied to 1-D parameters and biases
@@ -103,7 +103,7 @@ class TrainConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    """The paper's sliding-window evaluation protocol (DIAS-CODE.md §5)."""
+    """The paper's sliding-window evaluation protocol (docs/REFERENCE.md §5)."""
 
     patch_size_px: int = 64
     stride_px: int = 32

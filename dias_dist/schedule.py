@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the per-iteration cosine schedule with linear warm-up (DIAS-CODE.md §1).
+"""AdamW parameter groups and the per-iteration cosine schedule with linear warm-up (docs/REFERENCE.md §1).
 
 The reference uses timm's ``CosineLRScheduler`` stepped every iteration: linear warm-up from
 ``warmup_lr`` over ``warmup_epochs`` epochs of iterations, then a half cosine from the base lr

@@ -1,4 +1,4 @@
-"""DeepSpeed engine on CPU: real ``deepspeed.initialize`` under torchrun (2 ranks, gloo, STACK.md §3).
+"""DeepSpeed engine on CPU: real ``deepspeed.initialize`` under torchrun (2 ranks, gloo, docs/REFERENCE.md §10).
 
 One torchrun launch runs this file as a script (the worker below); each rank writes its findings to
 a JSON file and the tests assert on them. The worker trains a tiny conv net for a few steps with
@@ -162,7 +162,7 @@ def worker(out_dir: Path) -> None:
     dist.teardown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # a ZeRO-0 native thread may abort at interpreter exit (STACK.md §3)
+    os._exit(0)  # a ZeRO-0 native thread may abort at interpreter exit (docs/REFERENCE.md §10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Registry-wide model checks (shape, no final activation, layout/length errors) and the
-parameter-count table of the 2D and VSS-Net models (DIAS-CODE.md §3-4)."""
+parameter-count table of the 2D and VSS-Net models (docs/REFERENCE.md §3-4)."""
 import pytest
 import torch
 

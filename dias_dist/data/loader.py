@@ -1,4 +1,4 @@
-"""Training patch stream and evaluation sequence stream over shard sets (issue 2 §5).
+"""Training patch stream and evaluation sequence stream over shard sets.
 
 Training (``train_batches``): infinite. Each (rank, worker) draws shards at random with
 replacement (resampled) -- from its own disjoint slice of the shard list when there are at least
@@ -132,7 +132,7 @@ def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: in
     """
     strong = None
     if source.augment == "strong":
-        from .strong_augment import strong_augment as strong  # written by another module owner
+        from .strong_augment import strong_augment as strong  # only RPST's pseudo-labelled sources need it
     targets_cache: dict[tuple[str, str], np.ndarray] = {}
     failures = 0
     while True:

@@ -1,4 +1,4 @@
-"""Synthetic DSA sequences that look and behave like DIAS data (issue 2 §3).
+"""Synthetic DSA sequences that look and behave like DIAS data.
 
 Model, in order:
 1. **Tree.** A branching 2D projected arterial tree grown breadth-first from a trunk entering at

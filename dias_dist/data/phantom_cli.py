@@ -1,7 +1,7 @@
 """``dias phantom OUT_DIR``: write a synthetic DSA data set in the DIAS release layout.
 
 IDs are global as in the release: training s0.., validation next, test next, unlabeled next.
-Training sequences also get ``scribble_labels/RDFA`` (METHODS.md §11 generator, reference
+Training sequences also get ``scribble_labels/RDFA`` (docs/REFERENCE.md §9 generator, reference
 settings) and ``scribble_labels/SALE`` (SALE-like strokes). Sequence ``s`` is generated from
 ``SeedSequence([seed, s])`` alone, so any subset regenerates bit-identically.
 """

@@ -1,4 +1,4 @@
-"""WebDataset tar shards of preprocessed sequences + a manifest (issue 2 §5).
+"""WebDataset tar shards of preprocessed sequences + a manifest.
 
 Layout (``shards/README.md`` documents the sample schema)::
 

@@ -2,7 +2,7 @@
 
 Same protocol as ``DDPEngine`` (ARCHITECTURE.md), so the training loop does not change:
 - ``deepspeed.initialize`` gets the client AdamW and the ``WarmupCosine`` schedule the trainer built
-  (DeepSpeed's own "Adam" JIT-compiles a C++ op, STACK.md §3).
+  (DeepSpeed's own "Adam" JIT-compiles a C++ op, docs/REFERENCE.md §10).
 - The JSON at ``dist.deepspeed_config`` holds only the DeepSpeed-specific part (ZeRO stage,
   bf16, bucket sizes, optional gradient_clipping). Batch geometry and clipping come from the
   ``StepSettings`` (``train.*``, ``optim.grad_clip``), the optimizer/scheduler from the trainer: the
@@ -83,7 +83,7 @@ def _free_port() -> int:
 
 def _ensure_rendezvous_env() -> None:
     """A plain single process (no torchrun) has no RANK/WORLD_SIZE; deepspeed would then try MPI
-    discovery and fail on the missing mpi4py (STACK.md §3). Describe a one-process group instead."""
+    discovery and fail on the missing mpi4py (docs/REFERENCE.md §10). Describe a one-process group instead."""
     if "WORLD_SIZE" in os.environ or dist.is_distributed():
         return
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",

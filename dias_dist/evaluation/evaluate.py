@@ -1,4 +1,4 @@
-"""The paper's test protocol over a split of a shard set, spread over ranks (DIAS-CODE.md §5).
+"""The paper's test protocol over a split of a shard set, spread over ranks (docs/REFERENCE.md §5).
 
 Each rank evaluates its own disjoint share of the sequences (``dias_dist.data.loader.eval_sequences``
 splits them), the per-image rows are gathered on every rank, and rank 0 alone writes:

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# The interpreter costs ~5 ms per program instance whatever BLOCK is (STACK.md §4): few, big blocks.
+# The interpreter costs ~5 ms per program instance whatever BLOCK is (docs/REFERENCE.md §10): few, big blocks.
 BLOCK_SIZE = 16384 if INTERPRETED else 1024
 NUM_WARPS = 4
 

@@ -1,4 +1,4 @@
-"""DMPLS (Luo et al. 2022): dual-decoder network with dynamically mixed pseudo labels (METHODS.md §6).
+"""DMPLS (Luo et al. 2022): dual-decoder network with dynamically mixed pseudo labels (docs/REFERENCE.md §6.5).
 
 The model (``unet_cct``) returns (main, aux) logits in training mode and the main decoder's logits
 in eval mode. Per iteration, with p = softmax over all C channels and one β ~ U(0, 1) + 1e-10:

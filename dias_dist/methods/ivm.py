@@ -1,4 +1,4 @@
-"""IVM: pCE (+ partial Dice) plus the reference's inter/intra-class intensity term (METHODS.md §5).
+"""IVM: pCE (+ partial Dice) plus the reference's inter/intra-class intensity term (docs/REFERENCE.md §6.4).
 
 L = sup + weight · (inter − intra), weight 0.01 constant (DIAS). The intensity image is the
 minimum-intensity projection of the frames (min over T, the intended quantity); ``intensity: argmin``

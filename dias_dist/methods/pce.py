@@ -1,7 +1,7 @@
 """pCE: partial cross-entropy on the scribbled pixels (+ the reference's partial Dice term).
 
 The DIAS "pCE" baseline (``wsl_train_pcedice.py``) is pCE + partial soft Dice with weights 1:1
-(METHODS.md §2, disagreement #6); ``dice: false`` gives the plain pCE of the paper's name.
+(docs/REFERENCE.md §6.1); ``dice: false`` gives the plain pCE of the paper's name.
 EM, RLoss and IVM add one regulariser to this loss and subclass ``PCE``.
 """
 from __future__ import annotations

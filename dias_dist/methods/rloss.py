@@ -1,4 +1,4 @@
-"""RLoss: pCE (+ partial Dice) plus the gated CRF loss (METHODS.md §4).
+"""RLoss: pCE (+ partial Dice) plus the gated CRF loss (docs/REFERENCE.md §6.3).
 
 L = sup + weight · GatedCRF(softmax over all C), radius 5, Potts compatibility, normalised by B·H·W.
 Kernels: the DIAS reference's spatial-only ``[{weight: 0.1, xy: 6}]`` by default; WSL4MIS's

@@ -1,4 +1,4 @@
-"""SSCR (DIAS): scribble supervision + cross pseudo supervision + consistency (METHODS.md §8).
+"""SSCR (DIAS): scribble supervision + cross pseudo supervision + consistency (docs/REFERENCE.md §6.6).
 
 Two networks A and B of the same backbone, independently initialised, live in one ``DualNet``
 module (one process group, one optimiser over both, one checkpoint; AdamW is per-parameter, so

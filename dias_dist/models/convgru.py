@@ -1,6 +1,6 @@
 """Convolutional GRU for VSS-Net's SFEM: batched input path, stepped hidden path, swappable pointwise math.
 
-A ConvGRU cell with hidden size C and 3x3 kernels (DIAS-CODE.md §3):
+A ConvGRU cell with hidden size C and 3x3 kernels (docs/REFERENCE.md §3):
 ```
 z  = sigmoid(W_z * [x, h]),  r = sigmoid(W_r * [x, h])
 n  = tanh(W_n * [x, r*h])
@@ -182,7 +182,7 @@ class ConvGRUReference(nn.Module):
 
 
 class BiConvGRU(nn.Module):
-    """One SFEM stage (DIAS-CODE.md §3): optional weight-shared strided downsampling (WSD) of
+    """One SFEM stage (docs/REFERENCE.md §3): optional weight-shared strided downsampling (WSD) of
     [raw frames | features], forward + backward ConvGRU, tanh fusion, global max pooling over time.
 
     forward(x_BTCHW, raw_BT1HW=None) -> (y_BTCHW, pooled_BCHW)

@@ -1,4 +1,4 @@
-"""Random-patch self-training (RPST, paper §IV-C, Algorithm 1; METHODS.md §9, DIAS-CODE.md §7).
+"""Random-patch self-training (RPST, paper §IV-C, Algorithm 1; docs/REFERENCE.md §7).
 
 Stages of one job, in order (``stage_names(rounds)``)::
 
