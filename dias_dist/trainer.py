@@ -87,7 +87,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     tracker = make_tracker(cfg, cfg.train.run_name, is_main=writes, resume_run_id=run_id)
     if writes and not run_id:
         tracker.log_params(flatten(to_dict(cfg)))
-        tracker.set_tags(support.run_tags(cfg, device=device, num_params=num_params))
+        tracker.set_tags({**support.run_tags(cfg, device=device, num_params=num_params), **engine.tags})
         tracker.log_artifact(run_dir / "config.yaml")
 
     progress = Progress(total_steps, step, t.batch_size, enabled=is_main and t.progress)

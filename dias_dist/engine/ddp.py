@@ -6,6 +6,8 @@
   all-reduce happens once per optimizer step.
 - bf16 autocast (no GradScaler needed for bf16) on CUDA when ``cfg.train.amp``, on CPU when
   ``cfg.train.cpu_bf16`` (``TrainConfig.bf16_autocast``).
+- SyncBatchNorm for models with BatchNorm when world size > 1 on GPU (``dist.sync_batchnorm``);
+  the ``sync_batchnorm`` run tag says whether it is on.
 - ``channels_last`` memory format on CUDA when ``cfg.train.channels_last`` (for 4-D convs).
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dias_dist import dist
-from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm
+from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm, sync_batchnorm
 from dias_dist.schedule import build_optimizer
 
 
@@ -29,6 +31,8 @@ class DDPEngine:
         self.grad_clip = cfg.optim.grad_clip
         self.use_amp = cfg.train.bf16_autocast(device)
         self.channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
+        model, sync_bn = sync_batchnorm(model, cfg.dist.sync_batchnorm, world_size=dist.world_size(), device=device)
+        self.tags = {"sync_batchnorm": sync_bn}
         model = model.to(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dias_dist import dist
-from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm, micro_batch_size
+from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm, micro_batch_size, sync_batchnorm
 from dias_dist.schedule import build_optimizer
 
 # Keys the engine fills from cfg.train / cfg.optim; a JSON that sets them would be a second source of truth.
@@ -105,6 +105,8 @@ class DeepSpeedEngine:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         _ensure_rendezvous_env()
         deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
+        model, sync_bn = sync_batchnorm(model, cfg.dist.sync_batchnorm, world_size=dist.world_size(), device=device)
+        self.tags = {"sync_batchnorm": sync_bn}
         model = model.to(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
