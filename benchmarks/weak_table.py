@@ -91,7 +91,8 @@ def main() -> int:
     if not (shards / "manifest.json").is_file():
         sh(python, "-m", "dias_dist.cli", "shard", str(src), str(shards))
     timings = {}
-    runs = [(seed, scribble, method) for seed in args.seeds for scribble in args.scribbles for method in args.methods]
+    # method by method, every seed of one before the next, so an interrupted table has whole rows
+    runs = [(seed, scribble, method) for method in args.methods for scribble in args.scribbles for seed in args.seeds]
     for seed, scribble, method in runs:
         name = f"{method}-{scribble}-seed{seed}"
         if (run_dir / name / "checkpoints" / "final.pt").is_file():
