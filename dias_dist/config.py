@@ -126,6 +126,7 @@ class DistConfig:
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     deepspeed_config: str = "configs/deepspeed/zero1.json"
     find_unused_parameters: bool = False
+    sync_batchnorm: bool = True  # world size > 1 on GPU: BatchNorm statistics over the global batch
 
 
 @dataclass(kw_only=True)

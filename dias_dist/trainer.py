@@ -90,7 +90,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
                            resume_run_id=state.run_id)
     if writes and not state.run_id:
         tracker.log_params(flatten(to_dict(cfg)))
-        tracker.set_tags(run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)))
+        tracker.set_tags({**run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)), **engine.tags})
         tracker.log_artifact(run_dir / "config.yaml")
     parts = Parts(cfg, run_dir, method, engine, micro_batch,
                   t.checkpoint_every_steps or t.steps_per_epoch, writes, log, tracker)

@@ -10,7 +10,7 @@ from torch import nn
 
 from dias_dist.config import DistConfig
 
-from .base import ENGINES, SHARDED_FORMAT, Engine, StepSettings, micro_batch_size
+from .base import ENGINES, SHARDED_FORMAT, Engine, StepSettings, micro_batch_size, sync_batchnorm
 from .ddp import DDPEngine
 from .deepspeed import DeepSpeedEngine  # deepspeed itself is imported only when the engine is built
 
@@ -25,4 +25,4 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, schedule, c
     raise ValueError(f"dist.engine = {cfg.engine!r} is not known; valid: {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "SHARDED_FORMAT", "Engine", "StepSettings", "build_engine", "micro_batch_size"]
+__all__ = ["ENGINES", "SHARDED_FORMAT", "Engine", "StepSettings", "build_engine", "micro_batch_size", "sync_batchnorm"]

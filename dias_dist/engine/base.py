@@ -41,6 +41,7 @@ class Engine(Protocol):
 
     model: nn.Module
     device: torch.device
+    tags: dict  # run tags the trainer logs (e.g. ``sync_batchnorm``)
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
 
@@ -74,6 +75,30 @@ def grad_norm(parameters) -> torch.Tensor:
     """Global L2 norm of the gradients of ``parameters`` (those with a ``.grad``), a 0-d tensor on
     their device (no host sync); 0 when none has a gradient."""
     return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+
+
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def sync_batchnorm(model: nn.Module, enabled: bool, *, world_size: int,
+                   device: torch.device) -> tuple[nn.Module, str]:
+    """Convert every BatchNorm of ``model`` to SyncBatchNorm when several ranks split the global batch.
+
+    Without it each rank normalises with the statistics of its own micro-batch (batch / world size
+    samples), unlike one process on the whole batch. Returns the model (converted or as given; the
+    converted layers keep the same Parameter objects, so an optimizer built before stays valid) and the
+    value of the run tag ``sync_batchnorm``: "on", or "off (<why>)". PyTorch's SyncBatchNorm runs on GPUs
+    only, so CPU runs (gloo) keep per-rank statistics and say so.
+    """
+    if not any(isinstance(m, _BATCHNORM) for m in model.modules()):
+        return model, "off (no BatchNorm)"
+    if world_size <= 1:
+        return model, "off (world size 1)"
+    if not enabled:
+        return model, "off (dist.sync_batchnorm=false: per-rank statistics)"
+    if device.type != "cuda":
+        return model, f"off ({device.type}: SyncBatchNorm needs a GPU; per-rank statistics)"
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model), "on"
 
 
 def bf16_autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

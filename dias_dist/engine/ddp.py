@@ -6,6 +6,8 @@
   all-reduce happens once per optimizer step.
 - bf16 autocast (no GradScaler needed for bf16) when ``settings.amp`` (the trainer resolves it
   with ``TrainConfig.bf16_autocast``: ``train.amp`` on CUDA, ``train.cpu_bf16`` on CPU).
+- SyncBatchNorm for models with BatchNorm when world size > 1 on GPU (``dist.sync_batchnorm``);
+  the ``sync_batchnorm`` run tag says whether it is on.
 - ``channels_last`` memory format on CUDA when ``settings.channels_last`` (for 4-D convs).
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dias_dist import dist
 from dias_dist.config import DistConfig
 
-from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm
+from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm, sync_batchnorm
 
 
 class DDPEngine:
@@ -31,6 +33,8 @@ class DDPEngine:
         self.grad_clip = settings.grad_clip
         self.use_amp = settings.amp
         self.channels_last = settings.channels_last and device.type == "cuda"
+        model, sync_bn = sync_batchnorm(model, cfg.sync_batchnorm, world_size=dist.world_size(), device=device)
+        self.tags = {"sync_batchnorm": sync_bn}
         model = model.to(device)  # in place: the optimizer's parameters stay the model's
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

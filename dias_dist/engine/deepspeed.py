@@ -35,7 +35,7 @@ from torch import nn
 from dias_dist import dist
 from dias_dist.config import DistConfig, config_file
 
-from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm, micro_batch_size
+from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm, micro_batch_size, sync_batchnorm
 
 # Keys the engine fills from cfg.train / cfg.optim; a JSON that sets them would be a second source of truth.
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
@@ -108,6 +108,8 @@ class DeepSpeedEngine:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         _ensure_rendezvous_env()
         deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
+        model, sync_bn = sync_batchnorm(model, cfg.sync_batchnorm, world_size=dist.world_size(), device=device)
+        self.tags = {"sync_batchnorm": sync_bn}
         model = model.to(device)  # in place: the optimizer's parameters stay the model's
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
