@@ -20,9 +20,9 @@ echo
 # 2. eval.cpu_bf16: DSC change on the phantom test split (briefly trained VSS-Net) and speed-up: ~1 min
 "$py" benchmarks/bf16_inference.py --repeats 3 --out "$out/bf16_inference_$suffix.json" ${BF16_ARGS:-} | tail -c 300
 echo
-# 3. torch.compile / channels-last / oneDNN fusion: at most ~3.5 min. The JSON is rewritten after each
+# 3. torch.compile / channels-last / oneDNN fusion: at most 3 min. The JSON is rewritten after each
 #    variant, so the time limit keeps what was measured (variants not reached are "pending").
-timeout 210 "$py" benchmarks/cpu_trials.py --eval-batch 8 --train-batch 2 --repeats 3 --budget-s 150 \
+timeout 180 "$py" benchmarks/cpu_trials.py --eval-batch 8 --train-batch 2 --repeats 3 --budget-s 120 \
     --out "$out/cpu_trials_$suffix.json" ${TRIALS_ARGS:-} | tail -c 300 || echo "cpu_trials: time limit reached"
 echo
 # 4. the Markdown tables benchmarks/README.md quotes
