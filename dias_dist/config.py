@@ -133,6 +133,7 @@ class TrackConfig:
     experiment: str = ""  # "" = dias-<method>
     parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
     tags: dict = field(default_factory=dict)
+    register_as: str = ""  # register the logged model under this name in the MLflow model registry
 
 
 @dataclass(kw_only=True)
