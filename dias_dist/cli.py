@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("dias_dist.models.listing", "list registered models with input layout and parameter count"),
     "train": ("dias_dist.train_cli", "train in this process (use torchrun launch/train.py for several)"),
     "evaluate": ("dias_dist.evaluation.evaluate_cli", "evaluate a checkpoint on a split"),
+    "predict": ("dias_dist.predict.cli", "vessel masks for your own series (frames, DICOM, .npy)"),
     "report": ("dias_dist.report", "Table II/III-style comparison of finished MLflow runs"),
     "rpst": ("dias_dist.semi.rpst_cli", "semi-supervised random-patch self-training (teacher + rounds)"),
 }

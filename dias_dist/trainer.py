@@ -31,6 +31,7 @@ from dias_dist.config import Config, flatten, to_dict
 from dias_dist.engine import build_engine, micro_batch_size
 from dias_dist.methods import build_method
 from dias_dist.models import count_parameters, input_layout, to_layout
+from dias_dist.predict.mlflow_model import log_trained_model
 from dias_dist.progress import Progress
 from dias_dist.track import MetricsLog, make_tracker
 from dias_dist import train_support as support
@@ -161,6 +162,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         if writes:
             for png in support.plot_curves(log.read(), run_dir / "plots"):
                 tracker.log_artifact(png, "plots")
+            log_trained_model(cfg, run_dir, tracker)  # the selected model as an MLflow pyfunc + checkpoints
         status = "FINISHED"
         return result
     finally:

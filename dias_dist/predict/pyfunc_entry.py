@@ -2,6 +2,6 @@
 the model is the importable class, never a pickled object."""
 from mlflow.models import set_model
 
-from dias_dist.predict.mlflow_model import DiasSegmenter
+from dias_dist.predict.pyfunc_model import DiasSegmenter
 
 set_model(DiasSegmenter())
