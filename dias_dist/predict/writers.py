@@ -124,9 +124,9 @@ def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path) -> None:
     # harmless for single-frame IODs: highdicom reads these two only for multi-frame SOP classes
     source.NumberOfFrames = 1
     if "SharedFunctionalGroupsSequence" not in source:
-        measures = Dataset()
-        if series.pixel_spacing_mm is not None:
-            measures.PixelSpacing = list(series.pixel_spacing_mm)
+        measures = Dataset()  # empty values where the source gives none: they are unknown, not 1 mm
+        measures.PixelSpacing = None if series.pixel_spacing_mm is None else list(series.pixel_spacing_mm)
+        measures.SliceThickness = None
         shared = Dataset()
         shared.PixelMeasuresSequence = [measures]
         source.SharedFunctionalGroupsSequence = [shared]
