@@ -227,6 +227,12 @@ def test_frames_sort_naturally_and_inputs_expand(tmp_path):
     assert expand_inputs([str(batch)]) == [batch / "a", batch / "b.npy"]
     assert expand_inputs([str(tmp_path / "ba*")]) == [batch / "a", batch / "b.npy"]
     assert expand_inputs([str(series)]) == [series]
+    dias_split = tmp_path / "release_split"
+    dias_split.mkdir()
+    for seq in (1, 2):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(dias_split / f"image_s{seq}_i0.png")
+    with pytest.raises(ValueError, match=r"release_split: frames of 2 sequences \(s1, s2\) in one folder"):
+        read_series(dias_split)
     with pytest.raises(ValueError, match="nothing.npy'?: no such file"):
         expand_inputs([str(tmp_path / "nothing.npy")])
 

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+DIAS_FRAME = re.compile(r"^image_s(\d+)_i\d+\.")  # the DIAS release's frame names
 
 
 @dataclass
@@ -168,6 +169,10 @@ def read_frame_folder(folder: Path) -> Series:
     for path in files:
         if path.suffix.lower() not in FRAME_SUFFIXES:
             raise ValueError(f"{path}: not a frame ({', '.join(FRAME_SUFFIXES)}) in frame folder {folder}")
+    sequences = sorted({m.group(1) for m in map(DIAS_FRAME.match, (p.name for p in files)) if m}, key=int)
+    if len(sequences) > 1:  # a DIAS release split folder holds many sequences side by side
+        raise ValueError(f"{folder}: frames of {len(sequences)} sequences (s{', s'.join(sequences[:5])}"
+                         f"{' ...' if len(sequences) > 5 else ''}) in one folder; put each series in its own folder")
     frames = []
     for path in files:
         pixels = _gray_pixels(path)
