@@ -105,15 +105,16 @@ def test_png_dicom_and_npy_inputs_give_the_same_map(tiny_checkpoint, phantom_ser
     assert read_series(inputs["multi-frame"]).frame_time_ms == pytest.approx(66.7)
 
 
-def test_rle_compressed_dicom_decodes_and_an_undecodable_syntax_is_named(phantom_series, tmp_path):
+def test_compressed_dicom_decodes_and_an_undecodable_syntax_is_named(phantom_series, tmp_path):
     from pydicom import dcmread
-    from pydicom.uid import RLELossless
+    from pydicom.uid import JPEGLSLossless, RLELossless
 
     _, frames, _ = phantom_series
-    ds = dcmread(_dicom(frames, tmp_path / "plain.dcm"))
-    ds.compress(RLELossless)
-    ds.save_as(tmp_path / "rle.dcm")
-    np.testing.assert_allclose(read_series(tmp_path / "rle.dcm").frames, frames / 255.0)
+    for name, syntax in (("rle", RLELossless), ("jpegls", JPEGLSLossless)):
+        ds = dcmread(_dicom(frames, tmp_path / "plain.dcm"))
+        ds.compress(syntax)
+        ds.save_as(tmp_path / f"{name}.dcm")
+        np.testing.assert_allclose(read_series(tmp_path / f"{name}.dcm").frames, frames / 255.0, err_msg=name)
     ds = dcmread(tmp_path / "rle.dcm")
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.201"  # HTJ2K: no wheel-shipped decoder here
     ds.save_as(tmp_path / "htj2k.dcm")
