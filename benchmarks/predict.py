@@ -18,6 +18,7 @@ Records the machine and ``/proc/loadavg`` before and after each timing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -74,36 +75,47 @@ def full_size(name: str) -> TrainedModel:
     return TrainedModel(build_model(name).eval(), cfg, f"{name} (full size, random weights)")
 
 
-def time_predict(model: TrainedModel, frames_dir: Path, out: Path, tile: int, stride: int) -> float:
-    tic = time.perf_counter()
-    series = read_series(frames_dir)
-    prob = series_probability(model, series.frames, tile=tile, stride=stride)
-    write_series_outputs(out / series.name, series, prob, threshold=0.5, dti=False, summary={})
-    return time.perf_counter() - tic
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process over all its threads) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_evaluate(model: TrainedModel, shards: Path) -> float:
-    tic = time.perf_counter()
-    evaluate_split(model.network, shards, "test", model.cfg.eval, device="cpu", out_dir=None)
-    return time.perf_counter() - tic
+def time_predict(model: TrainedModel, frames_dir: Path, out: Path, tile: int, stride: int) -> tuple[float, float]:
+    def run():
+        series = read_series(frames_dir)
+        prob = series_probability(model, series.frames, tile=tile, stride=stride)
+        write_series_outputs(out / series.name, series, prob, threshold=0.5, dti=False, summary={})
+    return _timed(run)
 
 
-def speed(models: list[str], frames_dir: Path, shards: Path, work: Path, repeats: int) -> dict:
+def time_evaluate(model: TrainedModel, shards: Path, tile: int, stride: int) -> tuple[float, float]:
+    eval_cfg = dataclasses.replace(model.cfg.eval, patch_size_px=tile, stride_px=stride or 1)
+    return _timed(lambda: evaluate_split(model.network, shards, "test", eval_cfg, device="cpu", out_dir=None))
+
+
+def speed(models: list[str], frames_dir: Path, shards: Path, work: Path, repeats: int, tile: int,
+          stride: int) -> dict:
     out = {}
     for name in models:
         model = full_size(name)
         runs = {"predict": [], "evaluate": []}
         load = [loadavg()]
         for _ in range(repeats):  # alternate so that a change of machine load hits both alike
-            runs["evaluate"].append(time_evaluate(model, shards))
-            runs["predict"].append(time_predict(model, frames_dir, work / "out", 64, 32))
-            print(name, {k: [round(v, 1) for v in vals] for k, vals in runs.items()}, flush=True)
+            runs["evaluate"].append(time_evaluate(model, shards, tile, stride))
+            runs["predict"].append(time_predict(model, frames_dir, work / "out", tile, stride))
+            print(name, tile, stride, runs, flush=True)
         load.append(loadavg())
-        best = {k: min(v) for k, v in runs.items()}
-        out[name] = {"seconds_predict": round(best["predict"], 2), "seconds_evaluate": round(best["evaluate"], 2),
-                     "predict_over_evaluate": round(best["predict"] / best["evaluate"], 3),
-                     "runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()}, "tile": 64, "stride": 32,
-                     "loadavg_before_after": load}
+        best = {k: min(v) for k, v in runs.items()}  # (wall, cpu) of the fastest wall time
+        out[f"{name}_tile{tile}_stride{stride}"] = {
+            "model": name, "tile": tile, "stride": stride,
+            "wall_s_predict": round(best["predict"][0], 2), "wall_s_evaluate": round(best["evaluate"][0], 2),
+            "cpu_s_predict": round(best["predict"][1], 2), "cpu_s_evaluate": round(best["evaluate"][1], 2),
+            "predict_over_evaluate_wall": round(best["predict"][0] / best["evaluate"][0], 3),
+            "predict_over_evaluate_cpu": round(best["predict"][1] / best["evaluate"][1], 3),
+            "runs_wall_cpu_s": {k: [[round(x, 2) for x in pair] for pair in v] for k, v in runs.items()},
+            "loadavg_before_after": load}
     return out
 
 
@@ -117,7 +129,7 @@ def mean_dsc(model: TrainedModel, root: Path, tile: int, stride: int, limit: int
 
 
 def tile_study(checkpoint: str, data_sets: list[Path], frames_dir: Path, work: Path, repeats: int,
-               sections: set[str], limit: int, previous: dict) -> dict:
+               sections: set[str], limit: int, previous: dict, speed_tiles: set) -> dict:
     """Rows per (tile, stride): the demo model's mean test DSC per data set (``dsc``) and full-size
     VSS-Net's predict seconds (``tile-speed``); a section not run keeps the values of ``previous``."""
     demo = load_trained_model(checkpoint)
@@ -128,27 +140,25 @@ def tile_study(checkpoint: str, data_sets: list[Path], frames_dir: Path, work: P
         row = dict(old.get((tile, stride), {"tile": tile, "stride": stride}))
         if "dsc" in sections:
             for root in data_sets:
-                dsc, count = mean_dsc(demo, root, tile, stride, limit)
+                dsc, count = mean_dsc(demo, root, tile, stride, limit if root == data_sets[0] else 0)
                 row[f"dsc_{root.name}"] = round(dsc, 5)
                 row[f"images_{root.name}"] = count
-        paper = previous.get("paper_setting_predict", {})
-        if "tile-speed" in sections and (tile, stride) == (64, 32) and paper:
-            row.update(seconds_vss_net_full=paper["seconds_predict"], runs_s=paper["runs_s"]["predict"],
-                       loadavg_before_after=paper["loadavg_before_after"], note="from the speed section")
-        elif "tile-speed" in sections:
+        if "tile-speed" in sections and (tile, stride) in speed_tiles:
             load = [loadavg()]
-            seconds = [time_predict(vss, frames_dir, work / "out", tile, stride) for _ in range(repeats)]
+            runs = [time_predict(vss, frames_dir, work / "out", tile, stride) for _ in range(repeats)]
             load.append(loadavg())
-            row.update(seconds_vss_net_full=round(min(seconds), 2), runs_s=[round(s, 2) for s in seconds],
-                       loadavg_before_after=load)
+            wall, cpu = min(runs)
+            row.update(wall_s_vss_net_full=round(wall, 2), cpu_s_vss_net_full=round(cpu, 2),
+                       runs_wall_cpu_s=[[round(x, 2) for x in pair] for pair in runs], loadavg_before_after=load)
         print(row, flush=True)
         rows.append(row)
     base = rows[0]
     for row in rows:
         for key in [k for k in row if k.startswith("dsc_") and not k.startswith("dsc_change_")]:
             row[f"dsc_change_{key[4:]}"] = round(row[key] - base[key], 5)
-        if "seconds_vss_net_full" in row and "seconds_vss_net_full" in base:
-            row["speedup_vs_64_32"] = round(base["seconds_vss_net_full"] / row["seconds_vss_net_full"], 2)
+        if "cpu_s_vss_net_full" in row and "cpu_s_vss_net_full" in base:
+            row["speedup_vs_64_32_cpu"] = round(base["cpu_s_vss_net_full"] / row["cpu_s_vss_net_full"], 2)
+            row["speedup_vs_64_32_wall"] = round(base["wall_s_vss_net_full"] / row["wall_s_vss_net_full"], 2)
     return {"demo_checkpoint": checkpoint, "settings": rows}
 
 
@@ -161,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sections", default="speed,dsc,tile-speed",
                         help="comma list of: speed (predict vs evaluate), dsc and tile-speed (the tile study)")
-    parser.add_argument("--dsc-limit", type=int, default=0, help="score only the first N test sequences per data set")
+    parser.add_argument("--tile", default="64/32", help="TILE/STRIDE of the speed section (0/0: whole image)")
+    parser.add_argument("--speed-tiles", default="64/32,128/96,256/224,0/0",
+                        help="TILE/STRIDE settings timed by tile-speed (the others keep earlier values)")
+    parser.add_argument("--dsc-limit", type=int, default=0, help="score only the first N test sequences of --data")
     parser.add_argument("--out", required=True, help="JSON file (merged into when it exists)")
     args = parser.parse_args(argv)
     sections = set(filter(None, args.sections.split(",")))
@@ -175,15 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                       note="the 2-core machine is shared with other jobs: compare ratios of interleaved runs, "
                            "loads are recorded next to each timing")
         if "speed" in sections:
+            tile, stride = map(int, args.tile.split("/"))
             result["speed"] = {**result.get("speed", {}),
-                               **speed(args.models.split(","), frames_dir, shards, work, args.repeats)}
+                               **speed(args.models.split(","), frames_dir, shards, work, args.repeats, tile, stride)}
             out.write_text(json.dumps(result, indent=2) + "\n")
         if sections & {"dsc", "tile-speed"}:
             data_sets = [Path(args.data)] + ([Path(args.demo_data)] if Path(args.demo_data).is_dir() else [])
-            previous = {**result.get("tile_study", {}),
-                        "paper_setting_predict": result.get("speed", {}).get("vss_net", {})}
             result["tile_study"] = tile_study(args.demo_checkpoint, data_sets, frames_dir, work, args.repeats,
-                                              sections, args.dsc_limit, previous)
+                                              sections, args.dsc_limit, result.get("tile_study", {}),
+                                              {tuple(map(int, t.split("/"))) for t in args.speed_tiles.split(",")})
             result["tile_study"]["dsc_limit"] = args.dsc_limit
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -56,12 +56,19 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = No
     downloaded into ``dst``; ValueError naming the URI when it cannot be found."""
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
+    store = tracking_uri or default_tracking_uri()
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(store)  # models:/ URIs resolve through the registry, which follows these
+    mlflow.set_registry_uri(store)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst),
-                                                         tracking_uri=tracking_uri or default_tracking_uri()))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except Exception as err:  # noqa: BLE001 — MLflow raises its own exception types
-        raise ValueError(f"MLflow model {uri}: cannot download it from {tracking_uri or default_tracking_uri()} "
+        raise ValueError(f"MLflow model {uri}: cannot download it from {store} "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from None
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     found = sorted(local.rglob(CHECKPOINT_ARTIFACT))
     if not found:
         raise ValueError(f"MLflow model {uri} holds no {CHECKPOINT_ARTIFACT}; was it logged by dias_dist training?")
