@@ -277,7 +277,7 @@ def test_training_logs_a_pyfunc_model_that_predicts_like_the_checkpoint(tiny_sha
             "np.save(sys.argv[3], m.predict(np.load(sys.argv[2])))")
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code, f"runs:/{run_id}/model", str(tmp_path / "frames.npy"),
-                    str(tmp_path / "fresh.npy")], check=True, cwd=tmp_path, env=env, timeout=300)
+                    str(tmp_path / "fresh.npy")], check=True, cwd=tmp_path, env=env, timeout=900)
     # float32 input: a z-scored value may round to the neighbouring float16 (as the shards store it)
     np.testing.assert_allclose(np.load(tmp_path / "fresh.npy"), reference, atol=1e-3)
     assert cli.main(["predict", "models:/tiny-vss/1", str(folder), "--out", str(tmp_path / "pred"),

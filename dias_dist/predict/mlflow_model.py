@@ -59,30 +59,28 @@ def save_pyfunc(weights: str | Path, config_yaml: str | Path, out_dir: str | Pat
 def log_trained_model(cfg, run_dir: str | Path, tracker) -> str | None:
     """Rank 0, end of training: checkpoints as run artifacts, the selected model as the run's
     pyfunc ``model``, registered as ``cfg.track.register_as`` when set. Returns the model URI
-    (``runs:/<id>/model``), or None when tracking is off or a step failed (with a warning)."""
+    (``runs:/<id>/model``), or None when tracking is off (or was switched off by a failure) or a
+    step failed (with a warning)."""
+    # the tracker's own client: the store this run writes to, and None once tracking is off
+    client = getattr(tracker, "_client", None)
     run_id = getattr(tracker, "run_id", "")
-    if not run_id:
+    if client is None or not run_id:
         return None
     run_dir = Path(run_dir)
-    for name in ("best.pt", "final.pt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            tracker.log_artifact(run_dir / "checkpoints" / name, "checkpoints")
     selected = cfg.eval.test_checkpoint if cfg.eval.test_split else "final"
     weights = run_dir / "checkpoints" / f"{selected}.pt"
     if not weights.is_file():
         weights = run_dir / "checkpoints" / "final.pt"
     uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
     try:
-        from mlflow import MlflowClient
-
-        from dias_dist.track import tracking_uri
-
-        store = tracking_uri(cfg)
+        for name in ("best.pt", "final.pt"):
+            if (run_dir / "checkpoints" / name).is_file():
+                client.log_artifact(run_id, str(run_dir / "checkpoints" / name), "checkpoints")
         with tempfile.TemporaryDirectory(prefix="dias-model-") as tmp:
             save_pyfunc(weights, run_dir / "config.yaml", Path(tmp) / MODEL_ARTIFACT)
-            MlflowClient(tracking_uri=store).log_artifacts(run_id, str(Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)
+            client.log_artifacts(run_id, str(Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)
         if cfg.track.register_as:
-            register(uri, cfg.track.register_as, store, run_id)
+            register(uri, cfg.track.register_as, client.tracking_uri, run_id)
     except Exception as err:  # noqa: BLE001 — like every tracking call: warn, never fail the finished training
         warnings.warn(f"MLflow model logging failed ({type(err).__name__}: {str(err)[:300]}); the checkpoints "
                       f"in {run_dir / 'checkpoints'} are complete", RuntimeWarning, stacklevel=2)
