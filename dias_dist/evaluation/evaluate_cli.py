@@ -30,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from dias_dist.evaluation.evaluate import evaluate_split, print_summary
-    from dias_dist.methods import build_method
-
+    from dias_dist.methods import build_network
     from dias_dist.predict.model import is_mlflow_uri, load_payload
 
     payload, _ = load_payload(args.checkpoint, args.tracking_uri)
@@ -39,10 +38,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")
     cfg = from_dict(Config, apply_overrides(payload["config"], list(args.overrides)),
                     f"{args.checkpoint} config" + (" + overrides" if args.overrides else ""))
-    device = dist.init(cfg.dist.backend, cfg.train.device)
+    device = dist.init(cfg.dist, cfg.train.device)
     try:
-        method = build_method(cfg.method.name, **cfg.method.params)
-        model = method.build_model(cfg.model.name, dict(cfg.model.params))
+        _, model = build_network(cfg.model, cfg.method)
         model.load_state_dict(payload["model"])
         model.to(device).eval()
         if args.out:

@@ -85,14 +85,13 @@ def load_payload(spec: str, tracking_uri: str | None = None) -> tuple[dict, str]
 
 def from_payload(payload: dict, source: str, overrides: list[str] | tuple = ()) -> TrainedModel:
     """Rebuild the network of a checkpoint payload (``model`` weights + ``config``)."""
-    from dias_dist.methods import build_method
+    from dias_dist.methods import build_network
 
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"{source} lacks 'config' or 'model'; was it written by dias_dist training?")
     cfg = from_dict(Config, apply_overrides(payload["config"], list(overrides)),
                     f"{source} config" + (" + overrides" if overrides else ""))
-    method = build_method(cfg.method.name, **cfg.method.params)
-    network = method.build_model(cfg.model.name, dict(cfg.model.params))
+    _, network = build_network(cfg.model, cfg.method)
     network.load_state_dict(payload["model"])
     step = payload.get("step")
     return TrainedModel(network.eval(), cfg, source, None if step is None else int(step))
