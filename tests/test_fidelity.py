@@ -87,10 +87,10 @@ def test_sync_batchnorm_on_only_with_several_gpu_ranks():
 
 
 def test_ddp_engine_reports_its_batchnorm_choice_as_a_tag():
-    from dias_dist.engine import build_engine
+    from dias_dist.trainer import make_engine
 
     cfg = load_config(None, ["train.device=cpu"])
-    engine = build_engine(bn_model(), cfg, device=torch.device("cpu"))
+    engine = make_engine(cfg, bn_model(), torch.device("cpu"))
     assert engine.tags == {"sync_batchnorm": "off (world size 1)"}
     assert cfg.dist.sync_batchnorm is True
 

@@ -1,7 +1,7 @@
 """``dias phantom OUT_DIR``: write a synthetic DSA data set in the DIAS release layout.
 
 IDs are global as in the release: training s0.., validation next, test next, unlabeled next.
-Training sequences also get ``scribble_labels/RDFA`` (METHODS.md §11 generator, reference
+Training sequences also get ``scribble_labels/RDFA`` (docs/REFERENCE.md §9 generator, reference
 settings) and ``scribble_labels/SALE`` (SALE-like strokes). Sequence ``s`` is generated from
 ``SeedSequence([seed, s])`` alone, so any subset regenerates bit-identically.
 """
@@ -104,12 +104,12 @@ def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", help="folder to write (release layout)")
     parser.add_argument("--size", type=int, default=800, help="frame side in px (default 800)")
-    parser.add_argument("--train", type=int, default=30)
-    parser.add_argument("--val", type=int, default=10)
-    parser.add_argument("--test", type=int, default=20)
-    parser.add_argument("--unlabeled", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-frames", type=int, default=4)
+    parser.add_argument("--train", type=int, default=30, help="labelled training sequences (default 30)")
+    parser.add_argument("--val", type=int, default=10, help="validation sequences (default 10)")
+    parser.add_argument("--test", type=int, default=20, help="test sequences (default 20)")
+    parser.add_argument("--unlabeled", type=int, default=60, help="unlabelled sequences (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same data")
+    parser.add_argument("--min-frames", type=int, default=4, help="fewest frames per sequence (default 4)")
     parser.add_argument("--max-frames", type=int, default=14)
     parser.add_argument("--motion-px", type=float, default=0.5,
                         help="patient motion between mask and live frames, px (0 = perfect registration)")

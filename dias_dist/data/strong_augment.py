@@ -1,4 +1,4 @@
-"""Strong data augmentation for pseudo-labelled RPST patches (paper §IV-C, METHODS.md §10).
+"""Strong data augmentation for pseudo-labelled RPST patches (paper §IV-C, docs/REFERENCE.md §8).
 
 Applied *after* the weak pipeline (crop, flips, rot90) in this order, as the reference's
 ``strong_seq_DA``: per-frame random contrast -> elastic deformation -> Cutout -> Gaussian blur ->
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# Parameters of the reference strong pipeline (METHODS.md §10, DIAS-CODE.md §7).
+# Parameters of the reference strong pipeline (docs/REFERENCE.md §8).
 CONTRAST_PROB = 0.5
 CONTRAST_ALPHA_RANGE = (0.5, 1.5)
 CONTRAST_CLIP = (-1.0, 1.0)

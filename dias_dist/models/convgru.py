@@ -1,6 +1,6 @@
 """Convolutional GRU for VSS-Net's SFEM: batched input path, stepped hidden path, swappable pointwise math.
 
-A ConvGRU cell with hidden size C and 3x3 kernels (DIAS-CODE.md §3):
+A ConvGRU cell with hidden size C and 3x3 kernels (docs/REFERENCE.md §3):
 ```
 z  = sigmoid(W_z * [x, h]),  r = sigmoid(W_r * [x, h])
 n  = tanh(W_n * [x, r*h])
@@ -17,8 +17,8 @@ The pointwise math of a step is two functions, chosen by name from ``IMPLS``:
 gru_gates(x_zr, h_zr, h)   -> (z, rh)   x_zr, h_zr: (B, 2C, H, W) z channels first, then r
 gru_update(x_n, h_n, z, h) -> h_new     all (B, C, H, W)
 ```
-``IMPLS = {"torch": ...}`` here; ``dias_dist/kernels/convgru_triton.py`` adds ``IMPLS["triton"]``
-when imported. ``set_impl("torch" | "triton" | "auto")`` sets the process default; a module built
+``IMPLS = {"torch": ...}`` here; this module adds ``IMPLS["triton"]`` itself from
+``dias_dist/kernels/convgru_triton.py`` the first time Triton is asked for (importing it imports triton). ``set_impl("torch" | "triton" | "auto")`` sets the process default; a module built
 with ``impl="torch"`` or ``"triton"`` overrides it, ``impl="auto"`` follows it. ``"auto"`` resolves to
 Triton for CUDA tensors when the kernels import, else to PyTorch. Arguments handed to the functions
 may be batch slices of bigger tensors (only the batch stride differs from contiguous).
@@ -35,7 +35,6 @@ keeps the per-piece initialisation (docs/DECISIONS.md).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
@@ -63,7 +62,6 @@ def gru_update(x_n: torch.Tensor, h_n: torch.Tensor, z: torch.Tensor, h: torch.T
 IMPLS: dict[str, tuple[GatesFn, UpdateFn]] = {"torch": (gru_gates, gru_update)}
 IMPL_CHOICES = ("auto", "torch", "triton")
 INIT_CHOICES = ("unsplit", "split")  # fan-in of the reference's (2C -> C) convs | of each split piece
-TRITON_MODULE = "dias_dist.kernels.convgru_triton"  # registers IMPLS["triton"] on import
 
 _default_impl = "auto"
 
@@ -88,15 +86,16 @@ def get_impl() -> str:
 
 
 def _load_triton(required: bool) -> bool:
-    """Import the Triton kernels (which register themselves); True when IMPLS has 'triton'."""
+    """Fill ``IMPLS["triton"]`` from the Triton kernels on first use; True when they are available."""
     if "triton" not in IMPLS:
         try:
-            importlib.import_module(TRITON_MODULE)
+            from dias_dist.kernels import convgru_triton
         except ImportError as err:
             if required:
                 raise ValueError(f"ConvGRU implementation 'triton' is not available: {err}") from None
             return False
-    return "triton" in IMPLS
+        IMPLS["triton"] = (convgru_triton.gru_gates, convgru_triton.gru_update)
+    return True
 
 
 def resolve_impl(name: str, device: torch.device) -> str:
@@ -203,7 +202,7 @@ class ConvGRUReference(nn.Module):
 
 
 class BiConvGRU(nn.Module):
-    """One SFEM stage (DIAS-CODE.md §3): optional weight-shared strided downsampling (WSD) of
+    """One SFEM stage (docs/REFERENCE.md §3): optional weight-shared strided downsampling (WSD) of
     [raw frames | features], forward + backward ConvGRU, tanh fusion, global max pooling over time.
 
     forward(x_BTCHW, raw_BT1HW=None) -> (y_BTCHW, pooled_BCHW)

@@ -1,4 +1,4 @@
-"""VSS-Net: sequence feature extraction (SFEM) + FR-UNet decoder, exactly as DIAS-CODE.md §3.
+"""VSS-Net: sequence feature extraction (SFEM) + FR-UNet decoder, exactly as docs/REFERENCE.md §3.
 
 SFEM, with widths [w, 2w, 4w, 8w] (w = 32 full size) and InstanceNorm (no affine), LReLU(0.1),
 Dropout2d:
