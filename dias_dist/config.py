@@ -130,7 +130,7 @@ class TrackConfig:
 
     enabled: bool = True
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
-    experiment: str = ""  # "" = dias-<method>
+    experiment: str = ""  # "" = dias-<study>: supervised | weak | semi (see dias_dist.track)
     parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
     tags: dict = field(default_factory=dict)
 

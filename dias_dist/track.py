@@ -8,9 +8,14 @@ MLflow logging is switched off for the rest of the run, ``metrics.jsonl`` keeps 
 Store: ``cfg.track.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///<cfg.train.run_dir>/mlflow.db``. Experiments are created by ``experiment_id`` only: in a
 SQLite store their artifacts go to ``mlartifacts/`` next to the database file (never to ``./mlruns``
-in whatever directory the process runs in); a server keeps its own artifact root. Experiment:
-``cfg.track.experiment`` or ``dias-<method>``, so every run of one method lines up in one MLflow
-table. With ``cfg.track.parent_run_id`` the run is nested under that run (RPST rounds, Tune sweeps).
+in whatever directory the process runs in); a server keeps its own artifact root.
+
+Studies: every run carries a ``study`` tag and, unless ``cfg.track.experiment`` names one, goes to
+the experiment ``dias-<study>``, so runs that the paper compares in one table share one MLflow
+experiment: ``supervised`` (dense labels, Tables II and VI), ``weak`` (scribble methods, Table III)
+and ``semi`` (random-patch self-training stages, which tag themselves). A ``study`` entry in
+``cfg.track.tags`` wins. With ``cfg.track.parent_run_id`` the run is nested under that run (RPST
+rounds, Tune sweeps).
 """
 from __future__ import annotations
 
@@ -70,8 +75,30 @@ def tracking_uri(cfg) -> str:
     return f"sqlite:///{Path(cfg.train.run_dir).resolve()}/mlflow.db"
 
 
+STUDY_OF_TARGET = {"dense": "supervised", "scribble": "weak"}  # by the method's ``target_kind``
+
+
+def study_of(cfg) -> str:
+    """``cfg.track.tags["study"]`` if set, else the study of the method's kind of targets."""
+    if cfg.track.tags.get("study"):
+        return str(cfg.track.tags["study"])
+    from dias_dist.methods import METHODS
+
+    method = METHODS.get(cfg.method.name)
+    return STUDY_OF_TARGET.get(getattr(method, "target_kind", ""), cfg.method.name)
+
+
 def experiment_name(cfg) -> str:
-    return cfg.track.experiment or f"dias-{cfg.method.name}"
+    """``cfg.track.experiment``, else ``dias-<study>``."""
+    return cfg.track.experiment or f"dias-{study_of(cfg)}"
+
+
+def with_study(cfg):
+    """``cfg`` with ``track.experiment`` and ``track.tags["study"]`` filled in (saved with the run)."""
+    from dias_dist.config import derive
+
+    return derive(cfg, {"track.experiment": experiment_name(cfg),
+                        "track.tags": {**cfg.track.tags, "study": study_of(cfg)}}, "resolved config")
 
 
 def artifact_location(uri: str) -> str | None:
@@ -113,7 +140,7 @@ class MLflowTracker:
             self.run_id, self._client = resume_run_id, client
             return
         exp_id = experiment_id(client, experiment_name(cfg), uri)
-        tags = {str(k): str(v) for k, v in cfg.track.tags.items()}
+        tags = {"study": study_of(cfg), **{str(k): str(v) for k, v in cfg.track.tags.items()}}
         if cfg.track.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.track.parent_run_id
         run = client.create_run(exp_id, run_name=run_name, tags=tags)

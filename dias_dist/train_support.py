@@ -1,5 +1,5 @@
 """Helpers of the training loop that are not the loop: run folder, resume, seeding, data stream,
-evaluation hooks, run tags and curve plots. Rank-0-only side effects are marked as such.
+evaluation hooks and run tags. Rank-0-only side effects are marked as such.
 """
 from __future__ import annotations
 
@@ -127,37 +127,3 @@ def run_tags(cfg: Config, *, device: torch.device, num_params: int) -> dict:
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "num_params": num_params,
     }
-
-
-def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
-    """Rank 0: loss/lr curves and validation metric curves from metrics.jsonl records, as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for kind, title, file_name in (("train", "training loss", "loss_curve.png"), ("val", "validation", "val_curve.png")):
-        records_of_kind = [r for r in records if r["kind"] == kind]
-        keys = sorted({k for r in records_of_kind for k in r if k.startswith(("loss", "val_"))})
-        if not keys:
-            continue
-        # Unbounded quantities (VC, a ratio of component counts) get their own panel so that the
-        # [0, 1] metrics stay readable.
-        unbounded = [k for k in keys if k.endswith("_vc")]
-        panels = [[k for k in keys if k not in unbounded]] + ([unbounded] if unbounded else [])
-        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-        for ax, panel in zip(axes[0], panels):
-            for key in panel:
-                points = [(r["step"], r[key]) for r in records_of_kind if key in r]
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=key,
-                        marker="." if kind == "val" else None)
-            ax.set_xlabel("step")
-            ax.set_title(title + (" (VC: closer to 1 is better)" if panel is not panels[0] else ""))
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / file_name, dpi=100)
-        plt.close(fig)
-        written.append(out_dir / file_name)
-    return written

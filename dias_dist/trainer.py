@@ -27,12 +27,14 @@ from typing import Callable
 import torch
 
 from dias_dist import checkpoint, dist
-from dias_dist.config import Config, flatten, to_dict
+from dias_dist.config import Config, to_dict
 from dias_dist.engine import build_engine, micro_batch_size
 from dias_dist.methods import build_method
 from dias_dist.models import count_parameters, input_layout, to_layout
 from dias_dist.progress import Progress
-from dias_dist.track import MetricsLog, make_tracker
+from dias_dist.curves import plot_curves
+from dias_dist.run_params import resolved_params
+from dias_dist.track import MetricsLog, make_tracker, study_of, with_study
 from dias_dist import train_support as support
 
 
@@ -44,12 +46,13 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     sources: ``TrainSource`` list replacing the one built from ``cfg.data`` (RPST).
     init_from: checkpoint whose model weights initialise the model (RPST students).
     dry_run: build everything, run one optimizer step, write nothing; returns the step's losses.
-    Returns ``{"run_dir", "run_id", "step", "best_<select_metric>", "test_<metric>", "test_<metric>_std"...}``.
+    Returns ``{"run_dir", "run_id", "step", "best_val_score" (of ``eval.select_metric``), "test_<metric>",
+    "test_<metric>_std"...}``.
     """
     device = dist.init(cfg.dist.backend, cfg.train.device)
     rank, is_main = dist.rank(), dist.is_main()
     micro_batch = micro_batch_size(cfg)
-    cfg, run_dir, resume_from = support.resolve_run(cfg)
+    cfg, run_dir, resume_from = support.resolve_run(with_study(cfg))
     t = cfg.train
     total_steps = t.epochs * t.steps_per_epoch
     if t.max_steps > 0:
@@ -86,7 +89,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     log.truncate_after(step)
     tracker = make_tracker(cfg, cfg.train.run_name, is_main=writes, resume_run_id=run_id)
     if writes and not run_id:
-        tracker.log_params(flatten(to_dict(cfg)))
+        tracker.log_params(resolved_params(cfg, method, model, semi=study_of(cfg) == "semi"))
         tracker.set_tags(support.run_tags(cfg, device=device, num_params=num_params))
         tracker.log_artifact(run_dir / "config.yaml")
 
@@ -155,11 +158,11 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
             return {"step": step, **{f"loss_{k}": float(v) for k, v in sums.items()}}
         save("final.pt")
         result = {"run_dir": str(run_dir), "run_id": tracker.run_id, "step": step,
-                  f"best_val_{cfg.eval.select_metric}": best}
+                  "best_val_score": best}
         if cfg.eval.test_split:
             result.update(_test(cfg, engine, run_dir, device, step, log, tracker))
         if writes:
-            for png in support.plot_curves(log.read(), run_dir / "plots"):
+            for png in plot_curves(log.read(), run_dir / "plots"):
                 tracker.log_artifact(png, "plots")
         status = "FINISHED"
         return result
@@ -190,7 +193,7 @@ def _validate(cfg, engine, epoch, step, best, save, log, tracker, report, device
     if epoch < cfg.eval.select_from_epoch or score > best:
         best = score
         save("best.pt")
-    values[f"best_val_{cfg.eval.select_metric}"] = best
+    values["best_val_score"] = best  # of eval.select_metric; one name whatever the metric
     log.write("val", step, {"epoch": epoch, **values})
     tracker.log_metrics(values, step)
     if report is not None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import inspect
 
+from dias_dist.run_params import record_init_args
+
 from .base import IGNORE_INDEX, Method
 
 METHODS: dict[str, type[Method]] = {}
@@ -38,7 +40,7 @@ def build_method(name: str, **params) -> Method:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"method {name!r} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
-    return cls(**params)
+    return record_init_args(cls(**params), cls, params)  # what MLflow logs as method.params.*
 
 
 __all__ = ["IGNORE_INDEX", "METHODS", "Method", "build_method"]
