@@ -29,6 +29,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -51,6 +52,8 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
             ax.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate (warm-up, cosine decay)",
                    yscale="log")
             ax.grid(alpha=0.3, which="both")
+        for ax in axes[0]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         fig.savefig(out_dir / "loss_curve.png", dpi=100)
         plt.close(fig)
@@ -76,6 +79,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
                 ax.set(ylabel="VC", title="Validation VC (closer to 1 is better)")
                 ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         fig.savefig(out_dir / "val_curve.png", dpi=100)
         plt.close(fig)
