@@ -295,11 +295,11 @@ def derive(cfg: Config, updates: dict[str, Any], source: str = "derived config")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; used for MLflow params."""
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; an empty mapping yields no key (nothing to log)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(flatten(value, name + "."))
         else:
             out[name] = value

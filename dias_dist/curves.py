@@ -9,9 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _series(records: list[dict], key: str) -> tuple[list, list]:
+FEW_POINTS = 20  # short runs get a marker at every point: a single logged step is otherwise invisible
+
+
+def _plot(ax, records: list[dict], key: str, **style) -> None:
     points = [(r["step"], r[key]) for r in records if key in r]
-    return [p[0] for p in points], [p[1] for p in points]
+    if len(points) <= FEW_POINTS:
+        style.setdefault("marker", ".")
+    ax.plot([p[0] for p in points], [p[1] for p in points], **style)
 
 
 def _titles() -> dict[str, str]:
@@ -42,13 +47,13 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2 if has_lr else 1, figsize=(11 if has_lr else 6, 4), squeeze=False)
         ax = axes[0][0]
         for key in losses:
-            ax.plot(*_series(train, key), label=key.removeprefix("loss_"), linewidth=2 if key == "loss_total" else 1)
+            _plot(ax, train, key, label=key.removeprefix("loss_"), linewidth=2 if key == "loss_total" else 1)
         ax.set(xlabel="optimizer step", ylabel="loss (mean over ranks)", title="Training losses")
         ax.legend(fontsize=8, title="term")
         ax.grid(alpha=0.3)
         if has_lr:
             ax = axes[0][1]
-            ax.plot(*_series(train, "lr"), color="tab:purple")
+            _plot(ax, train, "lr", color="tab:purple")
             ax.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate (warm-up, cosine decay)",
                    yscale="log")
             ax.grid(alpha=0.3, which="both")
@@ -68,7 +73,7 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1, 4), squeeze=False)
         for ax, panel in zip(axes[0], panels):
             for key in panel:
-                ax.plot(*_series(val, key), marker=".", label=titles.get(key, key))
+                _plot(ax, val, key, marker=".", label=titles.get(key, key))
             ax.set_xlabel("optimizer step")
             if panel is panels[0]:
                 ax.set(ylabel="validation metric (mean over images)", title="Validation metrics (higher is better)",

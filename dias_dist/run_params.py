@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from dias_dist.config import Config, to_dict
+from dias_dist.config import Config, flatten, to_dict
 
 INIT_ARGS = "init_args"  # attribute holding a built object's constructor arguments
 
@@ -64,17 +64,6 @@ def _method_args(cfg: Config, method: Any) -> dict:
         return dict(getattr(method, INIT_ARGS))
     cls = METHODS.get(cfg.method.name)
     return constructor_args(cls, cfg.method.params) if cls is not None else dict(cfg.method.params)
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; an empty mapping yields no key at all."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def resolved_params(cfg: Config, method: Any = None, model: Any = None, *, semi: bool = False) -> dict[str, str]:
