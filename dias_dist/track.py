@@ -78,27 +78,27 @@ def tracking_uri(cfg) -> str:
 STUDY_OF_TARGET = {"dense": "supervised", "scribble": "weak"}  # by the method's ``target_kind``
 
 
-def study_of(cfg) -> str:
-    """``cfg.track.tags["study"]`` if set, else the study of the method's kind of targets."""
-    if cfg.track.tags.get("study"):
-        return str(cfg.track.tags["study"])
+def study_of(track, method: str) -> str:
+    """``track.tags["study"]`` if set, else the study of method ``method``'s kind of targets."""
+    if track.tags.get("study"):
+        return str(track.tags["study"])
     from dias_dist.methods import METHODS
 
-    method = METHODS.get(cfg.method.name)
-    return STUDY_OF_TARGET.get(getattr(method, "target_kind", ""), cfg.method.name)
+    return STUDY_OF_TARGET.get(getattr(METHODS.get(method), "target_kind", ""), method)
 
 
-def experiment_name(cfg) -> str:
-    """``cfg.track.experiment``, else ``dias-<study>``."""
-    return cfg.track.experiment or f"dias-{study_of(cfg)}"
+def experiment_name(track, method: str) -> str:
+    """``track.experiment``, else ``dias-<study>``."""
+    return track.experiment or f"dias-{study_of(track, method)}"
 
 
 def with_study(cfg):
     """``cfg`` with ``track.experiment`` and ``track.tags["study"]`` filled in (saved with the run)."""
     from dias_dist.config import derive
 
-    return derive(cfg, {"track.experiment": experiment_name(cfg),
-                        "track.tags": {**cfg.track.tags, "study": study_of(cfg)}}, "resolved config")
+    study = study_of(cfg.track, cfg.method.name)
+    return derive(cfg, {"track.experiment": experiment_name(cfg.track, cfg.method.name),
+                        "track.tags": {**cfg.track.tags, "study": study}}, "resolved config")
 
 
 def artifact_location(uri: str) -> str | None:
@@ -139,8 +139,8 @@ class MLflowTracker:
             client.update_run(resume_run_id, status="RUNNING")
             self.run_id, self._client = resume_run_id, client
             return
-        exp_id = experiment_id(client, experiment_name(cfg), uri)
-        tags = {"study": study_of(cfg), **{str(k): str(v) for k, v in cfg.track.tags.items()}}
+        exp_id = experiment_id(client, experiment_name(cfg.track, cfg.method.name), uri)
+        tags = {"study": study_of(cfg.track, cfg.method.name), **{str(k): str(v) for k, v in cfg.track.tags.items()}}
         if cfg.track.parent_run_id:
             tags["mlflow.parentRunId"] = cfg.track.parent_run_id
         run = client.create_run(exp_id, run_name=run_name, tags=tags)

@@ -34,7 +34,7 @@ from dias_dist.models import count_parameters, input_layout, to_layout
 from dias_dist.progress import Progress
 from dias_dist.curves import plot_curves
 from dias_dist.run_params import resolved_params
-from dias_dist.track import MetricsLog, make_tracker, study_of, with_study
+from dias_dist.track import MetricsLog, make_tracker, with_study
 from dias_dist import train_support as support
 
 
@@ -89,7 +89,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     log.truncate_after(step)
     tracker = make_tracker(cfg, cfg.train.run_name, is_main=writes, resume_run_id=run_id)
     if writes and not run_id:
-        tracker.log_params(resolved_params(cfg, method, model, semi=study_of(cfg) == "semi"))
+        tracker.log_params(resolved_params(cfg, method, model, semi=cfg.track.tags["study"] == "semi"))
         tracker.set_tags(support.run_tags(cfg, device=device, num_params=num_params))
         tracker.log_artifact(run_dir / "config.yaml")
 

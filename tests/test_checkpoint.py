@@ -65,11 +65,11 @@ def test_store_and_experiment_defaults(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(None, [f"train.run_dir={tmp_path}", "method.name=supervised"])
     assert tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert experiment_name(cfg) == "dias-supervised"
+    assert experiment_name(cfg.track, cfg.method.name) == "dias-supervised"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     assert tracking_uri(cfg) == "sqlite:///elsewhere.db"
     cfg = load_config(None, ["track.tracking_uri=http://h:1", "track.experiment=x"])
-    assert tracking_uri(cfg) == "http://h:1" and experiment_name(cfg) == "x"
+    assert tracking_uri(cfg) == "http://h:1" and experiment_name(cfg.track, cfg.method.name) == "x"
     assert isinstance(make_tracker(cfg, "r", is_main=False), NullTracker)
     assert isinstance(make_tracker(load_config(None, ["track.enabled=false"]), "r", is_main=True), NullTracker)
 

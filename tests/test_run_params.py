@@ -49,11 +49,12 @@ def test_params_log_what_the_constructor_received():
 
 
 def test_study_picks_the_experiment_and_tag():
-    assert study_of(load_config(None, [])) == "supervised"
+    default = load_config(None, [])
+    assert study_of(default.track, default.method.name) == "supervised"
     weak = load_config(None, ["method.name=rloss"])
-    assert study_of(weak) == "weak" and experiment_name(weak) == "dias-weak"
+    assert study_of(weak.track, "rloss") == "weak" and experiment_name(weak.track, "rloss") == "dias-weak"
     semi = load_config(None, ["track.tags={study: semi}"])
-    assert experiment_name(semi) == "dias-semi"
+    assert experiment_name(semi.track, "supervised") == "dias-semi"
     named = with_study(load_config(None, ["method.name=em", "track.experiment=table3", "track.tags={a: 1}"]))
     assert named.track.experiment == "table3" and named.track.tags == {"a": 1, "study": "weak"}
 

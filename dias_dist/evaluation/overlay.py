@@ -69,23 +69,20 @@ MIN_FIGURE_PX = 420  # smaller images are upscaled (nearest neighbour) so that t
 
 
 def _figure(height: int, width: int, dpi: int = 100):
-    """(pyplot, figure, axes) sized so the image shows at least ``MIN_FIGURE_PX`` wide (native size above)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """(figure, axes) sized so the image shows at least ``MIN_FIGURE_PX`` wide (native size above)."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     scale = max(1.0, MIN_FIGURE_PX / max(width, 1))
-    fig, ax = plt.subplots(figsize=(width * scale / dpi, height * scale / dpi), dpi=dpi)
+    fig = Figure(figsize=(width * scale / dpi, height * scale / dpi), dpi=dpi)
+    ax = fig.add_subplot()
     ax.set_axis_off()
-    return plt, fig, ax
+    return fig, ax
 
 
-def _save(plt, fig, path: Path) -> None:
+def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight", pad_inches=0.05)  # room for title/legend
-    plt.close(fig)
     tmp.replace(path)
 
 
@@ -94,24 +91,24 @@ def write_overlay_figure(rgb: np.ndarray, path: str | Path, title: str) -> None:
     from matplotlib.patches import Patch
 
     height, width = rgb.shape[:2]
-    plt, fig, ax = _figure(height, width)
+    fig, ax = _figure(height, width)
     ax.imshow(rgb, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     legend = [Patch(facecolor=np.array(c) / 255, edgecolor="black", label=label) for c, label in (
         (TP_COLOUR, "TP: vessel found"), (FN_COLOUR, "FN: vessel missed"), (FP_COLOUR, "FP: false vessel"))]
     ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False,
               handlelength=1.2, columnspacing=1.0)
-    _save(plt, fig, Path(path))
+    _save(fig, Path(path))
 
 
 def write_probability_figure(prob: np.ndarray, path: str | Path, title: str) -> None:
     """A vessel probability map float (H, W) in [0, 1] as a PNG with ``title`` and a colour bar."""
     height, width = np.asarray(prob).shape
-    plt, fig, ax = _figure(height, width)
+    fig, ax = _figure(height, width)
     image = ax.imshow(np.asarray(prob, dtype=np.float32), cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="vessel probability")
-    _save(plt, fig, Path(path))
+    _save(fig, Path(path))
 
 
 def write_png(array: np.ndarray, path: str | Path) -> None:
