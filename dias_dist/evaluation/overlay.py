@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 TP_COLOUR = (255, 255, 255)
 FN_COLOUR = (255, 0, 0)
@@ -109,15 +108,6 @@ def write_probability_figure(prob: np.ndarray, path: str | Path, title: str) -> 
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02, label="vessel probability")
     _save(fig, Path(path))
-
-
-def write_png(array: np.ndarray, path: str | Path) -> None:
-    """Write uint8 (H, W) or (H, W, 3) as PNG, atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-    tmp.replace(path)
 
 
 def write_probability(prob: np.ndarray, path: str | Path) -> None:

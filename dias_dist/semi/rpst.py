@@ -121,8 +121,8 @@ def save_state(cfg: Config, state: dict) -> None:
 def _tags(cfg: Config, stage: str) -> dict:
     """Stage tags; strong_augment / student_init / labeled_prob tell ablation variants of one N apart."""
     return {"study": "semi", "rpst.stage": stage, "rpst.round": str(stage_round(stage)),
-            "rpst.num_labeled": str(cfg.data.num_labeled), "rpst.strong_augment": str(cfg.rpst.strong_augment).lower(), "rpst.student_init": cfg.rpst.student_init,
-            "rpst.labeled_prob": str(cfg.rpst.labeled_prob)}
+            "rpst.num_labeled": str(cfg.data.num_labeled), "rpst.strong_augment": str(cfg.rpst.strong_augment).lower(),
+            "rpst.student_init": cfg.rpst.student_init, "rpst.labeled_prob": str(cfg.rpst.labeled_prob)}
 
 
 def open_parent(cfg: Config, state: dict):
