@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dias_dist.atomic import atomic_write
+
 TP_COLOUR = (255, 255, 255)
 FN_COLOUR = (255, 0, 0)
 FP_COLOUR = (0, 255, 0)
@@ -79,10 +81,8 @@ def _figure(height: int, width: int, dpi: int = 100):
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight", pad_inches=0.05)  # room for title/legend
-    tmp.replace(path)
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=fig.dpi, bbox_inches="tight", pad_inches=0.05)  # room for title/legend
 
 
 def write_overlay_figure(rgb: np.ndarray, path: str | Path, title: str) -> None:
@@ -111,10 +111,6 @@ def write_probability_figure(prob: np.ndarray, path: str | Path, title: str) -> 
 
 
 def write_probability(prob: np.ndarray, path: str | Path) -> None:
-    """Write a float32 (H, W) probability map as ``.npy`` (what ``dias score`` reads back)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    """Write a float32 (H, W) probability map as ``.npy`` (what ``dias score`` reads back), atomically."""
+    with atomic_write(path, "wb") as handle:
         np.save(handle, np.asarray(prob, dtype=np.float32))
-    tmp.replace(path)

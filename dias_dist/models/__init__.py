@@ -20,7 +20,7 @@ from dias_dist.run_params import record_init_args
 
 MODELS: dict[str, type[nn.Module]] = {}
 
-# Explicit imports, one line per model file (added as models land).
+# Explicit imports, one line per model file.
 from .vss_net import VSSNet  # noqa: E402
 from .fr_unet import FRUNet  # noqa: E402
 from .unet import UNet  # noqa: E402
