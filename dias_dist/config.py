@@ -36,6 +36,7 @@ class DataConfig:
     num_labeled: int = 0  # >0: use only the first N training sequences (RPST teacher)
     augment: str = "weak"  # weak | none
     on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
+    verify: bool = True  # sha256 of each shard checked against the manifest at its first use (per process)
 
 
 @dataclass(kw_only=True)

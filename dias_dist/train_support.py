@@ -92,7 +92,7 @@ def train_stream(cfg: Config, sources: list, *, micro_batch: int, step: int):
     return iter(train_batches(sources, batch_size=micro_batch, patch_size=d.patch_size_px,
                               patches_per_sequence=d.patches_per_sequence, shuffle_buffer=d.shuffle_buffer,
                               num_workers=d.num_workers, seed=derived_seed(cfg.train.seed, step) % (2**31),
-                              on_corrupt=d.on_corrupt))
+                              on_corrupt=d.on_corrupt, verify=d.verify))
 
 
 def evaluate_summary(model: torch.nn.Module, cfg: Config, split: str, *, device: torch.device,

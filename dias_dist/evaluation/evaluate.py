@@ -21,6 +21,7 @@ from torch import nn
 
 from dias_dist import dist
 from dias_dist.config import EvalConfig
+from dias_dist.data.shards import check_key
 from dias_dist.evaluation.overlay import error_overlay, write_png, write_probability
 from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv, write_summary
 from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
@@ -80,6 +81,7 @@ def _write_images_on_main(local_images: list, out_dir: Path) -> None:
             if gathered is None:
                 continue
             key, prob, overlay = gathered
+            key = check_key(key, f"writing into {out_dir}")  # keys become file names
             write_probability(prob, out_dir / "prob" / f"{key}.npy")
             if overlay is not None:
                 write_png(overlay, out_dir / "overlay" / f"{key}.png")
