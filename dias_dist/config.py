@@ -89,6 +89,7 @@ class TrainConfig:
     run_dir: str = "runs"
     run_name: str = ""  # "" = <model>-<method>-<timestamp>
     resume: str = "never"  # never | auto | PATH to a checkpoint
+    overwrite: bool = False  # true: an existing run folder of the same name is emptied first (resume must be never)
     progress: bool = True
 
     def bf16_autocast(self, device: torch.device | str) -> bool:

@@ -26,13 +26,13 @@ from typing import Callable
 
 import torch
 
-from dias_dist import checkpoint, dist
+from dias_dist import checkpoint, dist, elastic, run_history, run_lock
 from dias_dist.config import Config, flatten, to_dict
 from dias_dist.engine import build_engine, micro_batch_size
 from dias_dist.methods import build_method
 from dias_dist.models import count_parameters, input_layout, to_layout
 from dias_dist.progress import Progress
-from dias_dist.track import MetricsLog, make_tracker
+from dias_dist.track import MetricsLog, make_tracker, tracking_uri
 from dias_dist import train_support as support
 
 
@@ -49,7 +49,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     device = dist.init(cfg.dist.backend, cfg.train.device)
     rank, is_main = dist.rank(), dist.is_main()
     micro_batch = micro_batch_size(cfg)
-    cfg, run_dir, resume_from = support.resolve_run(cfg)
+    cfg, run_dir, resume_from = support.resolve_run(elastic.continue_job(cfg))
+    folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s())
     t = cfg.train
     total_steps = t.epochs * t.steps_per_epoch
     if t.max_steps > 0:
@@ -83,8 +84,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     if not dry_run:
         support.prepare_run_folder(cfg, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=writes)
-    log.truncate_after(step)
     tracker = make_tracker(cfg, cfg.train.run_name, is_main=writes, resume_run_id=run_id)
+    log, tracker = run_history.skip_logged(log, tracker, step, tracking_uri(cfg) if cfg.track.enabled else "")
     if writes and not run_id:
         tracker.log_params(flatten(to_dict(cfg)))
         tracker.set_tags(support.run_tags(cfg, device=device, num_params=num_params))
@@ -166,6 +167,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     finally:
         progress.close()
         tracker.close(status)
+        folder.release(status)
 
 
 def _log_train(sums, lr, grad_norm, window, global_batch, step, log, tracker) -> None:
