@@ -29,9 +29,9 @@ def shard_set(release, tmp_path):
     return out
 
 
-def _first_batch(shard_dir, **kwargs):
+def _first_batch(shard_dir, num_workers=0, **kwargs):
     stream = train_batches(TrainSource(str(shard_dir)), batch_size=2, patch_size=32, patches_per_sequence=2,
-                           shuffle_buffer=0, num_workers=0, **kwargs)
+                           shuffle_buffer=0, num_workers=num_workers, **kwargs)
     return next(iter(stream))
 
 
@@ -52,6 +52,18 @@ def test_changed_shard_fails_naming_it_and_verify_false_skips(shard_set):
     assert _first_batch(shard_set, verify=False)["image"].shape == (2, 8, 32, 32)
     with pytest.raises(ValueError, match="sha256"):
         list(eval_sequences(shard_set, "training", num_workers=0))
+
+
+def test_worker_errors_reach_the_user_with_their_own_first_line(shard_set):
+    tar = shard_set / "training" / "training-000000.tar"
+    _flip_frame_bytes(tar)
+    for run in (lambda: _first_batch(shard_set, num_workers=1),
+                lambda: list(eval_sequences(shard_set, "training", num_workers=1))):
+        with pytest.raises(ValueError) as info:
+            run()
+        message = str(info.value)
+        assert message.splitlines()[0].startswith(f"{tar}: sha256 is")
+        assert "DataLoader worker" not in message and "Traceback" not in message
 
 
 def test_bogus_manifest_hash_fails(shard_set):

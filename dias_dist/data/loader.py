@@ -267,8 +267,40 @@ def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per
                          np.dtype(image_dtype), verify)
     if num_workers == 0:
         return stream
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=True,
-                      prefetch_factor=4)
+    return _Reraising(DataLoader(_CarryErrors(stream), batch_size=None, num_workers=num_workers,
+                                 persistent_workers=True, prefetch_factor=4))
+
+
+_ERROR = "__dias_loader_error__"
+
+
+class _CarryErrors(IterableDataset):
+    """Runs ``dataset`` in a DataLoader worker; a ValueError (a data fault naming file and key)
+    travels to the main process as an item instead of being wrapped by torch into "Caught ValueError
+    in DataLoader worker process 0" plus the worker's traceback."""
+
+    def __init__(self, dataset: IterableDataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        try:
+            yield from self.dataset
+        except ValueError as err:
+            yield {_ERROR: str(err)}
+
+
+class _Reraising:
+    """Iterable over a DataLoader of ``_CarryErrors``: re-raises a worker's ValueError with its own
+    message (the first line the user sees)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        for item in self.loader:
+            if isinstance(item, dict) and _ERROR in item:
+                raise ValueError(item[_ERROR])
+            yield item
 
 
 class SequenceStream(IterableDataset):
@@ -317,7 +349,8 @@ class EvalSequences:
     def __iter__(self):
         if self.num_workers == 0:
             return iter(self.stream)
-        return iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
+        return iter(_Reraising(DataLoader(_CarryErrors(self.stream), batch_size=None, num_workers=self.num_workers,
+                                          collate_fn=_as_is)))
 
     def __len__(self) -> int:
         workers = max(self.num_workers, 1)
