@@ -112,8 +112,9 @@ def skip_logged(log, tracker, step: int, tracking_uri: str = ""):
     if not log.enabled:
         return log, tracker
     records = read_records(log.path)
-    if log.path.is_file() and log.path.read_text(errors="replace").count("\n") != len(records):
-        rewrite(log.path, records)  # drop the torn line before appending after it
+    text = log.path.read_text(errors="replace") if log.path.is_file() else ""
+    if text and (not text.endswith("\n") or text.count("\n") != len(records)):
+        rewrite(log.path, records)  # drop the torn line (or end the last one) before appending after it
     if step == 0:  # a fresh run: nothing of an earlier one survives the run-folder policy
         return log, tracker
     log = _SkippingLog(log, {(r["kind"], int(r["step"])) for r in records if int(r["step"]) > step})
