@@ -141,3 +141,9 @@ def test_full_disk_keeps_what_was_saved_and_resume_finishes(tiny_shards, tmp_pat
     assert run_cli(tiny_shards, tmp_path, "train.steps_per_epoch=4", "eval.val_every_epochs=5",
                    "train.resume=auto") == 0
     assert step_of(checkpoints / "final.pt") == 4 and not list(checkpoints.glob(".*tmp*"))
+
+
+def test_bad_batch_size_names_the_key(tiny_shards, tmp_path, capsys):
+    assert run_cli(tiny_shards, tmp_path, "train.batch_size=-4") == 2
+    assert "train.batch_size must be >= 1, got -4" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
