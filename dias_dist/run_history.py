@@ -10,8 +10,8 @@ log them a second time, and MLflow cannot delete metric points. So the records a
 are kept and the resumed run does not log them again: ``metrics.jsonl`` skips (kind, step) pairs it
 holds beyond S, the tracker skips (metric, step) pairs MLflow holds beyond S (asked from MLflow
 itself, which may hold a step whose ``metrics.jsonl`` line was lost). On CPU the re-run steps are
-bit-identical, so the history equals an uninterrupted run; on GPU the kept values are those of the
-first execution, identical in MLflow and ``metrics.jsonl``.
+bit-identical, so the history equals an uninterrupted run; on GPU (or after a resume with changed
+settings) the kept values are those of the first execution, identical in MLflow and ``metrics.jsonl``.
 """
 from __future__ import annotations
 
