@@ -147,3 +147,29 @@ def test_bad_batch_size_names_the_key(tiny_shards, tmp_path, capsys):
     assert run_cli(tiny_shards, tmp_path, "train.batch_size=-4") == 2
     assert "train.batch_size must be >= 1, got -4" in error_line(capsys.readouterr().err)
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_does_not_log_steps_twice_and_jsonl_agrees_with_mlflow(tiny_shards, tmp_path):
+    """A run 'killed' after logging step 5 but checkpointing only step 4: the resumed run replays step 5
+    without logging it again, in metrics.jsonl and in MLflow."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from dias_dist.run_history import read_records
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = ("train.epochs=2", "train.steps_per_epoch=4", "eval.val_every_epochs=5", "track.enabled=true",
+              f"track.tracking_uri={uri}")
+    assert run_cli(tiny_shards, tmp_path, *common, "train.max_steps=4") == 0
+    run = tmp_path / "r"
+    run_id = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["mlflow_run_id"]
+    with open(run / "metrics.jsonl", "a") as handle:  # what the killed run logged after its checkpoint
+        handle.write(json.dumps({"kind": "train", "step": 5, "time": 0.0, "loss_total": 123.0}) + "\n")
+    client = MlflowClient(tracking_uri=uri)
+    client.log_metric(run_id, "loss_total", 123.0, step=5)
+    assert run_cli(tiny_shards, tmp_path, *common, "train.max_steps=8", "train.resume=auto") == 0
+    jsonl = {r["step"]: r["loss_total"] for r in read_records(run / "metrics.jsonl") if r["kind"] == "train"}
+    points = client.get_metric_history(run_id, "loss_total")
+    assert sorted(m.step for m in points) == list(range(1, 9)) == sorted(jsonl)  # each step once
+    assert {m.step: m.value for m in points} == jsonl and jsonl[5] == 123.0
