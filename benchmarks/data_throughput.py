@@ -1,4 +1,4 @@
-"""Training-patch throughput: shard stream vs the PNG folder path (issue 2 §7).
+"""Training-patch throughput: shard stream vs the PNG folder path.
 
 Both paths produce the same thing: K random 64x64x8 patches per sequence with the weak augmentation.
 - shard path: ``dias_dist.data.loader.train_batches`` in this process (num_workers=0), memory-mapped

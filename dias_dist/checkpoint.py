@@ -1,20 +1,26 @@
-"""Atomic, pickle-free checkpoints (``torch.save`` to a temporary file, then ``os.replace``).
+"""Checkpoints and the run folder. ``torch.save`` (a pickle inside a zip) written atomically.
 
 A training checkpoint holds: ``model``, ``optimizer``, ``scheduler`` (the engine's state dict),
 ``step``, ``epoch``, ``rng`` (one entry per rank: torch CPU/CUDA, numpy and Python RNG states),
 ``data`` (the data position: the step at which the per-rank training stream was last re-seeded
 and the seed it was built from), ``config`` (the resolved config as a dict), ``mlflow_run_id``,
-``best`` (best validation score so far) and ``run_name``. Files are loaded with
-``weights_only=True``: only tensors and plain containers are stored.
+``best`` (best validation score so far) and ``run_name``. Only tensors and plain containers are
+stored, and files are loaded with ``weights_only=True``, whose restricted unpickler refuses
+anything else (no arbitrary code runs when a checkpoint is read).
 """
 from __future__ import annotations
 
-import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dias_dist import dist
+from dias_dist.atomic import atomic_write
+from dias_dist.config import Config, TrainConfig, save_config
+
 
 def rng_state() -> dict:
     """This process's RNG states as tensors / plain containers (safe for weights_only loading)."""
@@ -40,18 +46,9 @@ def set_rng_state(state: dict) -> None:
 
 def save(path: str | Path, payload: dict) -> Path:
     """Write ``payload`` to ``path`` atomically (a crash leaves the previous file intact)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_write(path, "wb", fsync=True) as handle:
+        torch.save(payload, handle)
+    return Path(path)
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -71,3 +68,42 @@ def model_state(path: str | Path) -> dict:
     if "model" not in payload:
         raise ValueError(f"checkpoint {path} has no 'model' entry; keys: {', '.join(payload)}")
     return payload["model"]
+
+
+def broadcast_model_state(path: str | Path) -> dict:
+    """Rank 0 reads the model weights of checkpoint ``path``; every rank gets them (no shared FS needed)."""
+    return dist.broadcast_object(model_state(path) if dist.is_main() else None)
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder: runs/<run_name>/{config.yaml, metrics.jsonl, checkpoints/}
+
+
+def resolve_run(cfg: TrainConfig, prefix: str) -> tuple[str, Path, Path | None]:
+    """(run name, run folder, checkpoint to resume from or None) for the ``train`` section. run_name ""
+    -> ``<prefix>-<yymmdd_HHMMSS>`` (rank 0's clock); resume: never | a path | auto: ``last.pt`` of
+    ``run_name``, or of the newest ``<prefix>-*`` run when no name is given (a fresh run when none exists)."""
+    root = Path(cfg.run_dir)
+    name, resume_from = cfg.run_name, None
+    if cfg.resume not in ("never", "auto"):
+        resume_from = Path(cfg.resume)
+        if not resume_from.is_file():
+            raise ValueError(f"train.resume = {cfg.resume!r}: no such checkpoint file (or use never | auto)")
+        name = name or resume_from.parent.parent.name
+    elif cfg.resume == "auto":
+        if not name:
+            candidates = sorted(p for p in root.glob(f"{prefix}-*") if (p / "checkpoints" / "last.pt").is_file())
+            name = candidates[-1].name if candidates else ""
+        if name and (root / name / "checkpoints" / "last.pt").is_file():
+            resume_from = root / name / "checkpoints" / "last.pt"
+    if not name:
+        name = dist.broadcast_object(f"{prefix}-{time.strftime('%y%m%d_%H%M%S')}")
+    return name, root / name, resume_from
+
+
+def prepare_run_folder(cfg: Config, run_dir: Path) -> None:
+    """Rank 0: create ``run_dir/checkpoints`` and write the resolved ``config.yaml``."""
+    if dist.is_main():
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    dist.barrier()

@@ -1,58 +1,80 @@
-"""The ``dias`` command line: one subcommand per capability, each living next to the code it drives.
+"""The ``dias`` command line: one argparse subcommand per capability, each living next to the code it drives.
 
-Every subcommand module exposes ``add_arguments(parser)`` and ``main(args) -> int``; the table
-below is the registry (imports are lazy so that ``dias --help`` stays fast).
+Every command module exposes ``add_arguments(parser)`` and ``main(args) -> int``; ``COMMANDS`` below
+imports them explicitly and gives each a one-line help and one example.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from types import ModuleType
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    # name: (module, one-line help)
-    "phantom": ("dias_dist.data.phantom_cli", "generate a synthetic DSA data set in the DIAS release layout"),
-    "shard": ("dias_dist.data.shard_cli", "pack a DIAS-layout folder into WebDataset shards"),
-    "scribbles": ("dias_dist.data.scribbles_cli", "generate RDFA scribbles for a fully annotated data set"),
-    "baseline": ("dias_dist.evaluation.baseline", "evaluate the MinIP-threshold baseline on a split of a shard set"),
-    "score": ("dias_dist.evaluation.score", "score a folder of probability maps against label PNGs"),
-    "models": ("dias_dist.models.listing", "list registered models with input layout and parameter count"),
-    "train": ("dias_dist.train_cli", "train in this process (use torchrun launch/train.py for several)"),
-    "evaluate": ("dias_dist.evaluation.evaluate_cli", "evaluate a checkpoint on a split"),
-    "report": ("dias_dist.report", "Table II/III-style comparison of finished MLflow runs"),
-    "rpst": ("dias_dist.semi.rpst_cli", "semi-supervised random-patch self-training (teacher + rounds)"),
+from dias_dist import __version__, report, train_cli
+from dias_dist.data import phantom_cli, scribbles_cli, shard_cli
+from dias_dist.evaluation import baseline, evaluate_cli, score
+from dias_dist.models import listing
+from dias_dist.semi import rpst_cli
+
+COMMANDS: dict[str, tuple[ModuleType, str, str]] = {
+    # name: (module, one-line help, one example)
+    "phantom": (phantom_cli, "generate a synthetic DSA data set in the DIAS release layout",
+                "dias phantom data/phantom --size 256 --train 8 --val 2 --test 4"),
+    "shard": (shard_cli, "pack a DIAS-layout folder into WebDataset shards",
+              "dias shard data/phantom shards/demo"),
+    "scribbles": (scribbles_cli, "generate RDFA scribbles for a fully annotated data set",
+                  "dias scribbles data/phantom --split training"),
+    "baseline": (baseline, "evaluate the MinIP-threshold baseline on a split of a shard set",
+                 "dias baseline shards/demo --split test --out runs/baseline"),
+    "score": (score, "score a folder of probability maps against label PNGs",
+              "dias score predictions/ data/phantom/test/labels"),
+    "models": (listing, "list registered models with input layout and parameter count", "dias models"),
+    "train": (train_cli, "train in this process (several processes: torchrun -m dias_dist.train)",
+              "dias train configs/debug.yaml train.max_steps=2"),
+    "evaluate": (evaluate_cli, "evaluate a checkpoint on a split",
+                 "dias evaluate runs/debug/NAME/checkpoints/best.pt --split test"),
+    "report": (report, "Table II/III-style comparison of finished MLflow runs",
+               "dias report dias-supervised --metric dsc"),
+    "rpst": (rpst_cli, "semi-supervised random-patch self-training (teacher + rounds)",
+             "dias rpst configs/semi/rpst_cpu.yaml data.num_labeled=3"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dias", description=__doc__.splitlines()[0])
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``dias`` parser and its subcommand parsers by name."""
+    parser = argparse.ArgumentParser(prog="dias", description="DSA artery segmentation: data, training, evaluation.",
+                                     epilog="example: dias train configs/debug.yaml  (dias COMMAND -h for one command)")
+    parser.add_argument("--version", action="version", version=f"dias {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    return parser
+    commands = {}
+    for name, (module, help_text, example) in COMMANDS.items():
+        commands[name] = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {example}")
+        module.add_arguments(commands[name])
+    return parser, commands
+
+
+def run_command(module: ModuleType, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    """Parse ``argv`` with ``parser`` (options may follow key=value overrides) and run ``module.main``;
+    a ``ValueError`` (a user error) becomes one clear line and exit status 2."""
+    args = parser.parse_intermixed_args(argv)
+    try:
+        return int(module.main(args) or 0)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser = build_parser()
-        if argv and argv[0] not in ("-h", "--help"):
-            parser.print_usage(sys.stderr)
-            print(f"dias: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
-            return 2
-        parser.print_help()
-        return 0
-    name, rest = argv[0], argv[1:]
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog=f"dias {name}", description=help_text)
-    module.add_arguments(sub)
-    args = sub.parse_intermixed_args(rest)  # options may follow key=value overrides
-    try:
-        return int(module.main(args) or 0)
-    except ValueError as err:  # user errors: one clear line, no traceback
-        print(f"dias {name}: error: {err}", file=sys.stderr)
+    parser, commands = build_parser()
+    if argv and argv[0] in commands:
+        return run_command(COMMANDS[argv[0]][0], commands[argv[0]], argv[1:])
+    if argv and not argv[0].startswith("-"):
+        parser.print_usage(sys.stderr)
+        print(f"dias: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    parser.parse_args(argv)  # -h / --version exit here; a bad option is an argparse error (exit 2)
+    parser.print_help()
+    return 0
 
 
 if __name__ == "__main__":

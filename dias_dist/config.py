@@ -17,10 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from dias_dist.atomic import atomic_write
+
 if TYPE_CHECKING:
     import torch
 
 MISSING_REQUIRED = "???"  # a YAML value that must be supplied by an override
+# The repository's configs/ (dias_dist/configs links to it, so an installed package ships them too).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass(kw_only=True)
@@ -57,7 +61,7 @@ class MethodConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """AdamW + per-iteration cosine schedule with linear warm-up (DIAS-CODE.md §1)."""
+    """AdamW + per-iteration cosine schedule with linear warm-up (docs/REFERENCE.md §1)."""
 
     lr: float = 5e-4
     weight_decay: float = 0.01  # not applied to 1-D parameters and biases
@@ -101,7 +105,7 @@ class TrainConfig:
 
 @dataclass(kw_only=True)
 class EvalConfig:
-    """The paper's sliding-window evaluation protocol (DIAS-CODE.md §5)."""
+    """The paper's sliding-window evaluation protocol (docs/REFERENCE.md §5)."""
 
     patch_size_px: int = 64
     stride_px: int = 32
@@ -124,6 +128,7 @@ class DistConfig:
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     deepspeed_config: str = "configs/deepspeed/zero1.json"
     find_unused_parameters: bool = False
+    sync_batchnorm: bool = True  # world size > 1 on GPU: BatchNorm statistics over the global batch
 
 
 @dataclass(kw_only=True)
@@ -278,7 +283,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     data: dict = {}
     source = "<defaults>"
     if path is not None:
-        path = Path(path)
+        path = config_file(path)
         source = str(path)
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist")
@@ -322,7 +327,16 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
+    with atomic_write(path) as handle:
+        handle.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_file(path: str | Path) -> Path:
+    """``path`` when it exists (or is absolute), else the packaged config of that name: ``debug.yaml``
+    and ``configs/debug.yaml`` both find ``configs/debug.yaml`` from any directory."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*parts)
+    return packaged if packaged.is_file() else path

@@ -1,6 +1,6 @@
 """The README's main command (``bash scripts/demo.sh``): synthetic data -> shards -> baseline ->
 2-process CPU training of a reduced-width VSS-Net -> test table, then the same model fed only the
-first frame (the paper's Table VI input ablation) for comparison.
+first frame and only the last frame (the paper's Table VI input ablation) for comparison.
 
 Every step is the public command line (``dias phantom``, ``dias shard``, ``dias baseline``,
 ``torchrun launch/train.py``), run as a subprocess from the repository root, so the demo shows
@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = (("all frames", "configs/demo/vss_net_cpu.yaml", "demo-vss_net"),
-        ("first frame only", "configs/demo/vss_net_first_cpu.yaml", "demo-vss_net-first"))
+RUNS = (("all frames", "configs/demo/vss_net_cpu.yaml", "demo-vss_net", ()),
+        ("first frame only", "configs/demo/vss_net_first_cpu.yaml", "demo-vss_net-first", ()),
+        ("last frame only", "configs/demo/vss_net_cpu.yaml", "demo-vss_net-last", ("model.params.frames=last",)))
+PAPER_DSC = {"all frames": 0.7822, "first frame only": 0.6232, "last frame only": 0.7604}  # Table VI
 
 
 def _run(cmd: list[str], title: str) -> None:
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="phantom frame side in px")
     parser.add_argument("--train", type=int, default=16, help="training sequences")
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes")
-    parser.add_argument("--skip-first-frame", action="store_true", help="skip the first-frame comparison run")
+    parser.add_argument("--skip-first-frame", "--skip-ablation", action="store_true",
+                        help="skip the first-frame and last-frame comparison runs")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both training runs")
     args = parser.parse_args(argv)
     start = time.time()
@@ -53,19 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     _run([python, "-m", "dias_dist.cli", "baseline", "shards/demo", "--split", "test", "--no-images",
           "--out", f"runs/demo-baseline-{stamp}"], "3. MinIP-threshold baseline on the test split")
     results = {}
-    for index, (label, config, name) in enumerate(RUNS[:1] if args.skip_first_frame else RUNS):
+    for index, (label, config, name, extra) in enumerate(RUNS[:1] if args.skip_first_frame else RUNS):
         run_name = f"{name}-{stamp}"
         _run([torchrun, "--standalone", f"--nproc_per_node={args.nproc}", "launch/train.py", config,
-              f"train.run_name={run_name}", *args.overrides],
+              f"train.run_name={run_name}", *extra, *args.overrides],
              f"{4 + index}. VSS-Net ({label}): torchrun {args.nproc} CPU processes, train + test evaluation")
         results[label] = (ROOT / "runs" / run_name, _summary(ROOT / "runs" / run_name))
     label, (run_dir, summary) = next(iter(results.items()))
     print(f"\n== test split, VSS-Net ({label}), mean ± std over images")
     print((run_dir / "eval" / "test" / "summary.md").read_text(), end="")
     if len(results) > 1:
-        print("\n== input ablation (paper Table VI): test DSC")
+        print("\n== input ablation (paper Table VI): test metrics, mean ± std over images; the paper's DSC")
         for label, (_, summary) in results.items():
-            print(f"  {label:<18} DSC {summary['dsc'][0]:.4f} ± {summary['dsc'][1]:.4f}   AUC {summary['auc'][0]:.4f}")
+            print(f"  {label:<18} DSC {summary['dsc'][0]:.4f} ± {summary['dsc'][1]:.4f}   Sen {summary['sen'][0]:.4f}"
+                  f"   AUC {summary['auc'][0]:.4f}   (paper DSC {PAPER_DSC[label]:.4f})")
     print(f"\noverlays (TP white, FN red, FP green): {run_dir / 'eval' / 'test' / 'overlay'}")
     print(f"probability maps: {run_dir / 'eval' / 'test' / 'prob'}")
     print(f"MLflow store: {ROOT / 'runs' / 'mlflow.db'}  (open: .venv/bin/mlflow ui --backend-store-uri "

@@ -12,16 +12,20 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from dias_dist.config import DistConfig
+
 _OWNS_GROUP = False
 
 
-def init(backend: str = "auto", device: str = "auto") -> torch.device:
+def init(cfg: DistConfig | str = "auto", device: str = "auto") -> torch.device:
     """Join the process group described by the torchrun env vars (if any) and pick this rank's device.
 
-    backend: auto | nccl | gloo ("auto" = nccl when the device is CUDA, else gloo).
-    device:  auto | cpu | cuda. Returns the torch.device this rank should use.
+    cfg: the ``dist`` section (its ``backend`` is used), or a backend name (scripts, tests):
+    auto | nccl | gloo ("auto" = nccl when the device is CUDA, else gloo).
+    device:  auto | cpu | cuda (``train.device``). Returns the torch.device this rank should use.
     """
     global _OWNS_GROUP
+    backend = cfg if isinstance(cfg, str) else cfg.backend
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"train.device must be auto, cpu or cuda, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"

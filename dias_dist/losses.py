@@ -1,6 +1,6 @@
 """Dense segmentation losses: cross-entropy + soft Dice exactly as the DIAS reference.
 
-DIAS uses nnU-Net's ``DC_and_CE_loss({}, {})`` (METHODS.md §2, DIAS-CODE.md §1): softmax over all
+DIAS uses nnU-Net's ``DC_and_CE_loss({}, {})`` (docs/REFERENCE.md §1): softmax over all
 channels, batch Dice (sums over batch and space), background excluded, smooth 1e-5, the Dice term
 is ``-dc`` (range [-1, 0], not 1 - dc), CE and Dice weighted 1:1.
 """

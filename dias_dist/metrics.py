@@ -1,4 +1,4 @@
-"""Per-image segmentation metrics of the DIAS paper (METHODS.md §12) and DTI post-processing (§13).
+"""Per-image segmentation metrics of the DIAS paper (docs/REFERENCE.md §5), and DTI post-processing.
 
 Every metric is computed on ONE image over all of its pixels (no field of view), from
 ``prob`` float (H, W) vessel probability in [0, 1] and ``gt`` (H, W) {0, 1} (bool / any int dtype).

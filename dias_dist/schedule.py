@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the per-iteration cosine schedule with linear warm-up (DIAS-CODE.md §1).
+"""AdamW parameter groups and the per-iteration cosine schedule with linear warm-up (docs/REFERENCE.md §1).
 
 The reference uses timm's ``CosineLRScheduler`` stepped every iteration: linear warm-up from
 ``warmup_lr`` over ``warmup_epochs`` epochs of iterations, then a half cosine from the base lr
@@ -13,6 +13,8 @@ import math
 
 import torch
 from torch import nn
+
+from dias_dist.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -76,14 +78,17 @@ class WarmupCosine:
         self._apply()
 
 
-def build_optimizer(model: nn.Module, cfg) -> tuple[torch.optim.AdamW, WarmupCosine]:
-    """AdamW + WarmupCosine from ``cfg.optim`` and ``cfg.train`` (epochs, steps_per_epoch)."""
-    o, t = cfg.optim, cfg.train
-    if len(o.betas) != 2:
-        raise ValueError(f"optim.betas must have two values, got {o.betas!r}")
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
-                                  betas=tuple(float(b) for b in o.betas), eps=o.eps)
-    schedule = WarmupCosine(optimizer, base_lr=o.lr, total_steps=t.epochs * t.steps_per_epoch,
-                            warmup_steps=round(o.warmup_epochs * t.steps_per_epoch),
-                            warmup_lr=o.warmup_lr, min_lr=o.min_lr)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, *, epochs: int,
+                    steps_per_epoch: int) -> tuple[torch.optim.AdamW, WarmupCosine]:
+    """AdamW + WarmupCosine from the ``optim`` section over ``epochs * steps_per_epoch`` steps.
+
+    The schedule owns the learning rate: it sets every group's lr at construction and each step.
+    """
+    if len(cfg.betas) != 2:
+        raise ValueError(f"optim.betas must have two values, got {cfg.betas!r}")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=tuple(float(b) for b in cfg.betas), eps=cfg.eps)
+    schedule = WarmupCosine(optimizer, base_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
+                            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                            warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr)
     return optimizer, schedule

@@ -275,7 +275,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
     run_dir = Path(base.train.run_dir).resolve()
     storage = Path(storage_path or run_dir / "tune").resolve()
     exp_path = storage / spec.name
-    tracking_uri = store_uri(base)
+    tracking_uri = store_uri(base.track, run_dir)
     experiment = base.track.experiment or f"dias-sweep-{spec.kind}"
     warning = cluster_store_warning(address, tracking_uri)
     if warning:

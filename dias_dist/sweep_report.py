@@ -104,7 +104,7 @@ def _plot(rows: list[dict], spec, path: Path) -> None:
             for i, v in enumerate(row):
                 ax.text(i, j, "fail" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", color="w")
         fig.colorbar(im, label="best validation DSC")
-        ax.set_title("SSCR sweep: best validation DSC")
+        ax.set_title(f"{keys[0].split('.')[-1]} x {keys[1].split('.')[-1]}: best validation DSC")
     else:
         labels = [", ".join(str(r.get(k)) for k in keys) for r in rows]
         ax.bar(range(len(rows)), [r.get("best_val_dsc") or 0 for r in rows])

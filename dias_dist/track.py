@@ -5,21 +5,28 @@ line: ``{"kind": "train"|"val"|"test", "step": N, ...}``); MLflow is a view of i
 store that cannot be reached does not stop training: the first failure prints one warning and
 MLflow logging is switched off for the rest of the run, ``metrics.jsonl`` keeps everything.
 
-Store: ``cfg.track.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
-``sqlite:///<cfg.train.run_dir>/mlflow.db``. Experiments are created by ``experiment_id`` only: in a
+The tracker gets the ``track`` section, the runs' root folder (``train.run_dir``) and the method
+name, not the whole config. Store: ``track.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///<train.run_dir>/mlflow.db``. Experiments are created by ``experiment_id`` only: in a
 SQLite store their artifacts go to ``mlartifacts/`` next to the database file (never to ``./mlruns``
 in whatever directory the process runs in); a server keeps its own artifact root. Experiment:
-``cfg.track.experiment`` or ``dias-<method>``, so every run of one method lines up in one MLflow
-table. With ``cfg.track.parent_run_id`` the run is nested under that run (RPST rounds, Tune sweeps).
+``track.experiment`` or ``dias-<method>``, so every run of one method lines up in one MLflow
+table. With ``track.parent_run_id`` the run is nested under that run (RPST rounds, Tune sweeps).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
+
+import torch
+
+from dias_dist import dist
+from dias_dist.config import TrackConfig
 
 # A server that is down must fail fast, not after minutes of retries (respect explicit settings).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -61,17 +68,17 @@ class NullTracker:
         pass
 
 
-def tracking_uri(cfg) -> str:
-    """The MLflow store this run uses (see module docstring)."""
-    if cfg.track.tracking_uri:
-        return cfg.track.tracking_uri
+def tracking_uri(track: TrackConfig, run_root: str | Path) -> str:
+    """The MLflow store of runs under ``run_root`` (see module docstring)."""
+    if track.tracking_uri:
+        return track.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path(cfg.train.run_dir).resolve()}/mlflow.db"
+    return f"sqlite:///{Path(run_root).resolve()}/mlflow.db"
 
 
-def experiment_name(cfg) -> str:
-    return cfg.track.experiment or f"dias-{cfg.method.name}"
+def experiment_name(track: TrackConfig, method: str) -> str:
+    return track.experiment or f"dias-{method}"
 
 
 def artifact_location(uri: str) -> str | None:
@@ -98,24 +105,25 @@ def experiment_id(client, name: str, uri: str) -> str:
 class MLflowTracker:
     """MLflow client bound to one run; every call is guarded (warning + disable on failure)."""
 
-    def __init__(self, cfg, run_name: str, resume_run_id: str = ""):
+    def __init__(self, track: TrackConfig, run_name: str, *, run_root: str | Path, method: str,
+                 resume_run_id: str = ""):
         self.run_id = ""
         self._client = None
-        self._guard("start", self._start, cfg, run_name, resume_run_id)
+        self._guard("start", self._start, track, run_name, run_root, method, resume_run_id)
 
-    def _start(self, cfg, run_name: str, resume_run_id: str) -> None:
+    def _start(self, track: TrackConfig, run_name: str, run_root: str | Path, method: str, resume_run_id: str) -> None:
         from mlflow import MlflowClient
 
-        uri = tracking_uri(cfg)
+        uri = tracking_uri(track, run_root)
         client = MlflowClient(tracking_uri=uri)
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
             self.run_id, self._client = resume_run_id, client
             return
-        exp_id = experiment_id(client, experiment_name(cfg), uri)
-        tags = {str(k): str(v) for k, v in cfg.track.tags.items()}
-        if cfg.track.parent_run_id:
-            tags["mlflow.parentRunId"] = cfg.track.parent_run_id
+        exp_id = experiment_id(client, experiment_name(track, method), uri)
+        tags = {str(k): str(v) for k, v in track.tags.items()}
+        if track.parent_run_id:
+            tags["mlflow.parentRunId"] = track.parent_run_id
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id, self._client = run.info.run_id, client
 
@@ -161,11 +169,48 @@ class MLflowTracker:
         self._guard("close", lambda: self._client.set_terminated(self.run_id, status))
 
 
-def make_tracker(cfg, run_name: str, *, is_main: bool, resume_run_id: str = "") -> Tracker:
-    """MLflowTracker on rank 0 when ``cfg.track.enabled``, else NullTracker."""
-    if is_main and cfg.track.enabled:
-        return MLflowTracker(cfg, run_name, resume_run_id)
+def make_tracker(track: TrackConfig, run_name: str, *, run_root: str | Path, method: str, is_main: bool,
+                 resume_run_id: str = "") -> Tracker:
+    """MLflowTracker on rank 0 when ``track.enabled``, else NullTracker."""
+    if is_main and track.enabled:
+        return MLflowTracker(track, run_name, run_root=run_root, method=method, resume_run_id=resume_run_id)
     return NullTracker()
+
+
+def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> dict:
+    """git SHA, hash of the shard set's manifest, world size, device and parameter count (rank 0 logs them)."""
+    from mlflow.utils.git_utils import get_git_commit
+
+    manifest = Path(shards) / "manifest.json"
+    return {"git_sha": get_git_commit(str(Path(__file__).resolve().parent)) or "unknown", "world_size": dist.world_size(), "num_params": num_params,
+            "shard_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "missing",
+            "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"}
+
+
+def plot_curves(records: list[dict], out_dir: Path) -> None:
+    """Rank 0: loss curves and validation metric curves from metrics.jsonl records, PNGs in ``out_dir``."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for kind, title, file_name in (("train", "training loss", "loss_curve.png"), ("val", "validation", "val_curve.png")):
+        records_of_kind = [r for r in records if r["kind"] == kind]
+        keys = sorted({k for r in records_of_kind for k in r if k.startswith(("loss", "val_"))})
+        if not keys:
+            continue
+        # unbounded VC (a ratio of component counts) gets its own panel: the [0, 1] metrics stay readable
+        unbounded = [k for k in keys if k.endswith("_vc")]
+        panels = [[k for k in keys if k not in unbounded]] + ([unbounded] if unbounded else [])
+        fig = Figure(figsize=(6 * len(panels), 4))
+        axes = fig.subplots(1, len(panels), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            for key in panel:
+                steps, values = zip(*[(r["step"], r[key]) for r in records_of_kind if key in r])
+                ax.plot(steps, values, label=key, marker="." if kind == "val" else None)
+            ax.set_xlabel("step")
+            ax.set_title(title + (" (VC: closer to 1 is better)" if panel is not panels[0] else ""))
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / file_name, dpi=100)
 
 
 class MetricsLog:

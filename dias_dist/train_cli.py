@@ -1,7 +1,7 @@
 """``dias train CONFIG [key=value ...] [--dry-run]``: train in this one process.
 
-For several processes use ``torchrun --nproc_per_node=N launch/train.py CONFIG ...``: the same
-command (that file calls this one); the result is printed by the main rank only.
+For several processes use ``torchrun --nproc_per_node=N -m dias_dist.train CONFIG ...`` (or
+``launch/train.py``): the same command; the result is printed by the main rank only.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from dias_dist.run_lock import describe_os_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML file under configs/")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=3e-4")
+    parser.add_argument("config", help="YAML file, e.g. configs/debug.yaml (or a packaged one: debug.yaml)")
+    parser.add_argument("overrides", nargs="*", default=[], help="optional dotted overrides such as optim.lr=3e-4")
     parser.add_argument("--dry-run", action="store_true", help="build everything and run one step")
+    # the DeepSpeed launcher passes --local_rank=N (and sets LOCAL_RANK, which dias_dist.dist reads)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,39 +1,53 @@
-"""The one training loop: ``run(cfg, report=None, *, sources=None, init_from=None, dry_run=False)``.
-
-Every method, model, engine and launch mode goes through this function; a method changes only
-the loss (``method.losses(engine.model, batch)``), the loop never looks at its name.
-
-Distribution: ``dist.init`` joins the torchrun group when there is one (else single process); the
-global batch ``train.batch_size`` is split evenly across ranks and ``train.grad_accum``
-micro-batches. Seeds: the model is initialised from ``train.seed`` on every rank (identical
-weights); at every checkpoint boundary the torch RNG (dropout) is re-seeded from
-(seed, rank, step) and the data stream is rebuilt from (seed, step) (the loader adds rank and
-worker). A checkpoint therefore fixes everything that follows it, which makes a resumed run
-bit-identical to an uninterrupted one on CPU.
-
-Per epoch: validation with the paper's protocol (``eval.val_every_epochs``); the best model by
-``eval.select_metric`` (before ``eval.select_from_epoch`` every validation replaces it, as the
-reference) goes to ``checkpoints/best.pt``; ``last.pt`` at every boundary; ``final.pt`` at the
-end, then the test split is evaluated with ``eval.test_checkpoint`` (skipped when
-``eval.test_split`` is "").
+"""The one training loop. Every method, model, engine and launch mode goes through ``run``, which
+builds each part once from its config section; ``train_step`` is one optimizer step (a method changes
+only the loss, the loop never looks at its name), ``_train`` the epoch/validation driver, and the
+checkpointed ``TrainState`` is passed explicitly. Seeding, checkpoints and the test: docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from dias_dist import checkpoint, dist, elastic, run_history, run_lock
-from dias_dist.config import Config, flatten, to_dict
-from dias_dist.engine import build_engine, micro_batch_size
-from dias_dist.methods import build_method
+from dias_dist.config import Config, derive, flatten, to_dict
+from dias_dist.data import loader
+from dias_dist.engine import Engine, StepSettings, build_engine, micro_batch_size
+from dias_dist.evaluation import evaluate
+from dias_dist.evaluation.tables import flat_metrics
+from dias_dist.methods import Method, build_network
 from dias_dist.models import count_parameters, input_layout, to_layout
 from dias_dist.progress import Progress
-from dias_dist.track import MetricsLog, make_tracker, tracking_uri
-from dias_dist import train_support as support
+from dias_dist.schedule import build_optimizer
+from dias_dist.track import MetricsLog, Tracker, make_tracker, plot_curves, run_tags, tracking_uri
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the engine's state: the loop position and the selection."""
+
+    step: int = 0
+    best: float = -math.inf  # best validation ``eval.select_metric`` so far
+    run_id: str = ""  # MLflow run (continued on resume)
+
+
+@dataclass
+class Parts:
+    """The pieces ``run`` builds once and the loop uses."""
+
+    cfg: Config
+    run_dir: Path
+    method: Method
+    engine: Engine
+    micro_batch: int
+    boundary: int  # steps between checkpoints and re-seeds
+    writes: bool  # this process writes files and tracks (rank 0 of a run that is not a dry run)
+    log: MetricsLog
+    tracker: Tracker
 
 
 def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: list | None = None,
@@ -46,122 +60,49 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     dry_run: build everything, run one optimizer step, write nothing; returns the step's losses.
     Returns ``{"run_dir", "run_id", "step", "best_<select_metric>", "test_<metric>", "test_<metric>_std"...}``.
     """
-    device = dist.init(cfg.dist.backend, cfg.train.device)
-    rank, is_main = dist.rank(), dist.is_main()
-    micro_batch = micro_batch_size(cfg)
-    cfg, run_dir, resume_from = support.resolve_run(elastic.continue_job(cfg))
+    device = dist.init(cfg.dist, cfg.train.device)
+    micro_batch = micro_batch_size(cfg.train.batch_size, cfg.train.grad_accum)
+    cfg = elastic.continue_job(cfg)  # under torchrun --max-restarts: the same run name, resume after a restart
+    name, run_dir, resume_from = checkpoint.resolve_run(cfg.train, f"{cfg.model.name}-{cfg.method.name}")
+    cfg = derive(cfg, {"train.run_name": name}, "resolved config")
     folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s())
     t = cfg.train
-    total_steps = t.epochs * t.steps_per_epoch
-    if t.max_steps > 0:
-        total_steps = min(total_steps, t.max_steps)
-    if dry_run:
-        total_steps = 1
-    boundary = t.checkpoint_every_steps or t.steps_per_epoch  # checkpoint + re-seed interval
-
     torch.backends.cudnn.benchmark = not t.deterministic  # the reference sets benchmark=True
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(t.seed)  # identical initialisation on every rank
-    method = build_method(cfg.method.name, **cfg.method.params)
-    sources = sources if sources is not None else support.default_sources(cfg)
-    support.check_targets(method, sources)  # before the run folder and the MLflow run exist
-    model = method.build_model(cfg.model.name, dict(cfg.model.params))
+    sources = sources if sources is not None else loader.default_sources(cfg.data)
+    method, model = build_network(cfg.model, cfg.method)
+    loader.check_targets(method, sources)  # before the run folder and the MLflow run exist
     if init_from is not None:
         model.load_state_dict(checkpoint.model_state(init_from))
-    layout = input_layout(model)
-    num_params = count_parameters(model)
-    engine = build_engine(model, cfg, device=device)
-
-    step, best, run_id = 0, -math.inf, ""
+    engine = make_engine(cfg, model, device)
+    state = TrainState()
     if resume_from is not None:
-        state = checkpoint.load(resume_from)
-        engine.load_state_dict(state)
-        step, best, run_id = int(state["step"]), float(state["best"]), state["mlflow_run_id"]
-        checkpoint.set_rng_state(state["rng"][rank])
-
-    writes = is_main and not dry_run
+        saved = checkpoint.load(resume_from)
+        engine.load_state_dict(saved)
+        state = TrainState(int(saved["step"]), float(saved["best"]), saved["mlflow_run_id"])
+        checkpoint.set_rng_state(saved["rng"][dist.rank()])
+    writes = dist.is_main() and not dry_run
     if not dry_run:
-        support.prepare_run_folder(cfg, run_dir)
+        checkpoint.prepare_run_folder(cfg, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=writes)
-    tracker = make_tracker(cfg, cfg.train.run_name, is_main=writes, resume_run_id=run_id)
-    log, tracker = run_history.skip_logged(log, tracker, step, tracking_uri(cfg) if cfg.track.enabled else "")
-    if writes and not run_id:
+    tracker = make_tracker(cfg.track, t.run_name, run_root=t.run_dir, method=cfg.method.name, is_main=writes,
+                           resume_run_id=state.run_id)
+    log, tracker = run_history.skip_logged(log, tracker, state.step,
+                                           tracking_uri(cfg.track, t.run_dir) if cfg.track.enabled else "")
+    if writes and not state.run_id:
         tracker.log_params(flatten(to_dict(cfg)))
-        tracker.set_tags(support.run_tags(cfg, device=device, num_params=num_params))
+        tracker.set_tags({**run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)), **engine.tags})
         tracker.log_artifact(run_dir / "config.yaml")
-
-    progress = Progress(total_steps, step, t.batch_size, enabled=is_main and t.progress)
+    parts = Parts(cfg, run_dir, method, engine, micro_batch,
+                  t.checkpoint_every_steps or t.steps_per_epoch, writes, log, tracker)
+    total_steps = 1 if dry_run else min(t.epochs * t.steps_per_epoch, t.max_steps or math.inf)
+    progress = Progress(total_steps, state.step, t.batch_size, enabled=dist.is_main() and t.progress)
     status = "FAILED"
-
-    def save(name: str, **extra) -> Path:
-        """Gather every rank's RNG state; rank 0 writes ``checkpoints/<name>``."""
-        rng = dist.all_gather_object(checkpoint.rng_state())
-        path = run_dir / "checkpoints" / name
-        payload = engine.state_dict()  # every rank: ZeRO-1/2 gathers optimizer shards collectively
-        if writes:
-            payload.update(step=step, epoch=step // t.steps_per_epoch, rng=rng, config=to_dict(cfg),
-                           mlflow_run_id=tracker.run_id, best=best, run_name=t.run_name,
-                           data={"reseed_step": step - step % boundary, "seed": t.seed}, **extra)
-            checkpoint.save(path, payload)
-        dist.barrier()
-        return path
-
     try:
-        stream, window, sums = None, [], {}
-        model.train()
-        while step < total_steps:
-            if stream is None or step % boundary == 0:
-                torch.manual_seed(support.derived_seed(t.seed, rank, step))
-                stream = support.train_stream(cfg, sources, micro_batch=micro_batch, step=step)
-            tic = time.perf_counter()
-            data_wait, sums = 0.0, {}
-            for micro in range(t.grad_accum):
-                wait_start = time.perf_counter()
-                batch = next(stream)
-                data_wait += time.perf_counter() - wait_start
-                batch = {**batch, "image": to_layout(batch["image"], layout)}  # first: prepare_input sees 5-D as 5-D
-                batch = {k: engine.prepare_input(v) if torch.is_tensor(v) else v for k, v in batch.items()}
-                with engine.autocast():
-                    losses = method.losses(engine.model, batch)
-                engine.backward(losses["total"] / t.grad_accum, sync=micro == t.grad_accum - 1)
-                for key, value in losses.items():
-                    sums[key] = sums.get(key, 0.0) + value.detach().float() / t.grad_accum
-            if dist.any_rank(~torch.isfinite(sums["total"])):  # reduced on the device: one host sync per step
-                bad_losses = dist.all_gather_object({k: float(v) for k, v in sums.items()})
-                path = run_dir / "checkpoints" / f"nan_step{step}.pt"
-                if writes:
-                    checkpoint.save(path, {"model": engine.unwrap().state_dict(), "step": step,
-                                           "losses_per_rank": bad_losses, "config": to_dict(cfg),
-                                           "batch_rank0": {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)}})
-                raise FloatingPointError(f"non-finite loss at step {step} (losses per rank: {bad_losses}); "
-                                         f"model, batch and losses saved to {path} for inspection")
-            lr = engine.lr
-            grad_norm = engine.step()  # a device tensor: read only when logged
-            step += 1
-            step_s = time.perf_counter() - tic
-            progress.update(sums["total"], data_wait, step_s)
-            window.append((data_wait, step_s))
-            if step % t.log_every_steps == 0 or step == total_steps:
-                _log_train(sums, lr, grad_norm, window, t.batch_size, step, log, tracker)
-                window = []
-            if step % t.steps_per_epoch == 0 and not dry_run:
-                epoch = step // t.steps_per_epoch
-                if epoch % cfg.eval.val_every_epochs == 0:
-                    best = _validate(cfg, engine, epoch, step, best, save, log, tracker, report, device)
-            if not dry_run and (step % boundary == 0 or step == total_steps):
-                save("last.pt")
-        if dry_run:
-            status = "FINISHED"
-            return {"step": step, **{f"loss_{k}": float(v) for k, v in sums.items()}}
-        save("final.pt")
-        result = {"run_dir": str(run_dir), "run_id": tracker.run_id, "step": step,
-                  f"best_val_{cfg.eval.select_metric}": best}
-        if cfg.eval.test_split:
-            result.update(_test(cfg, engine, run_dir, device, step, log, tracker))
-        if writes:
-            for png in support.plot_curves(log.read(), run_dir / "plots"):
-                tracker.log_artifact(png, "plots")
+        metrics = _train(parts, state, sources, total_steps, progress, report, dry_run)
+        result = {"step": state.step, **{k: float(v) for k, v in metrics.items()}} if dry_run else _finish(parts, state)
         status = "FINISHED"
         return result
     finally:
@@ -170,53 +111,160 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         folder.release(status)
 
 
-def _log_train(sums, lr, grad_norm, window, global_batch, step, log, tracker) -> None:
-    """Mean losses over ranks (one all-reduce), lr, grad norm, throughput, data-wait share."""
+def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:
+    """AdamW and its schedule built once from ``optim``, handed to the engine with ``dist`` and ``StepSettings``."""
+    t = cfg.train
+    optimizer, schedule = build_optimizer(model, cfg.optim, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch)
+    settings = StepSettings(amp=t.bf16_autocast(device), channels_last=t.channels_last, grad_clip=cfg.optim.grad_clip,
+                            batch_size=t.batch_size, grad_accum=t.grad_accum)
+    return build_engine(model, optimizer, schedule, cfg.dist, settings, device=device)
+
+
+def train_step(parts: Parts, stream, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """Optimizer step number ``step`` over ``train.grad_accum`` micro-batches drawn from ``stream``.
+
+    Returns ({"loss_<name>", "pseudo_share"}: micro-batch means, the gradient norm before clipping, both
+    0-d device tensors; seconds spent waiting for data). A non-finite loss on any rank saves model,
+    batch and losses for inspection and raises ``FloatingPointError``.
+    """
+    engine, accum = parts.engine, parts.cfg.train.grad_accum
+    sums, data_wait = {}, 0.0
+    for micro in range(accum):
+        wait_start = time.perf_counter()
+        batch = next(stream)
+        data_wait += time.perf_counter() - wait_start
+        batch = {**batch, "image": to_layout(batch["image"], input_layout(engine.model))}  # 4-D or 5-D first
+        batch = {k: engine.prepare_input(v) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with engine.autocast():
+            losses = parts.method.losses(engine.model, batch)
+        engine.backward(losses["total"] / accum, sync=micro == accum - 1)
+        for key, value in losses.items():
+            key = key if key in parts.method.statistics else f"loss_{key}"
+            sums[key] = sums.get(key, 0.0) + value.detach().float() / accum
+        if "is_pseudo" in batch:  # RPST: how many patches carry pseudo labels (rpst.labeled_prob at work)
+            sums["pseudo_share"] = sums.get("pseudo_share", 0.0) + batch["is_pseudo"].float().mean() / accum
+    if dist.any_rank(~torch.isfinite(sums["loss_total"])):  # reduced on the device: one host sync per step
+        _stop_on_nan(parts, step, sums, batch)
+    return sums, engine.step(), data_wait
+
+
+def _train(parts: Parts, state: TrainState, sources: list, total_steps: int, progress: Progress,
+           report: Callable[[dict], None] | None, dry_run: bool) -> dict[str, torch.Tensor]:
+    """The epoch/validation driver: steps until ``total_steps``, validating at epoch ends, saving
+    ``best.pt`` / ``last.pt``; a dry run stops after its one step. Returns the last step's metrics."""
+    t, stream, window, metrics = parts.cfg.train, None, [], {}
+    parts.engine.unwrap().train()
+    while state.step < total_steps:
+        if stream is None or state.step % parts.boundary == 0:
+            torch.manual_seed(loader.derived_seed(t.seed, dist.rank(), state.step))
+            stream = loader.train_stream(parts.cfg.data, sources, micro_batch=parts.micro_batch, seed=t.seed,
+                                         step=state.step)
+        tic, lr = time.perf_counter(), parts.engine.lr
+        metrics, grad_norm, data_wait = train_step(parts, stream, state.step)
+        state.step += 1
+        step_s = time.perf_counter() - tic
+        progress.update(metrics["loss_total"], data_wait, step_s)
+        window.append((data_wait, step_s))
+        if state.step % t.log_every_steps == 0 or state.step == total_steps:
+            _log_train(parts, state.step, metrics, lr, grad_norm, window)
+            window = []
+        if dry_run:
+            break
+        epoch, end_of_epoch = divmod(state.step, t.steps_per_epoch)
+        if end_of_epoch == 0 and epoch % parts.cfg.eval.val_every_epochs == 0 and _validate(parts, state, epoch, report):
+            _save(parts, state, "best.pt")
+        if state.step % parts.boundary == 0 or state.step == total_steps:
+            _save(parts, state, "last.pt")
+    return metrics
+
+
+def _save(parts: Parts, state: TrainState, name: str) -> Path:
+    """Collective: gather every rank's RNG state and the engine state; rank 0 writes ``checkpoints/<name>``."""
+    rng = dist.all_gather_object(checkpoint.rng_state())
+    path = parts.run_dir / "checkpoints" / name
+    payload = parts.engine.state_dict()  # every rank: ZeRO-1/2 gathers optimizer shards collectively
+    if parts.writes:
+        t = parts.cfg.train
+        payload.update(step=state.step, epoch=state.step // t.steps_per_epoch, rng=rng, config=to_dict(parts.cfg),
+                       mlflow_run_id=parts.tracker.run_id, best=state.best, run_name=t.run_name,
+                       data={"reseed_step": state.step - state.step % parts.boundary, "seed": t.seed})
+        checkpoint.save(path, payload)
+    dist.barrier()
+    return path
+
+
+def _stop_on_nan(parts: Parts, step: int, sums: dict, batch: dict) -> None:
+    """Rank 0 saves model, the last batch and every rank's losses, then every rank raises."""
+    bad_losses = dist.all_gather_object({k: float(v) for k, v in sums.items()})
+    path = parts.run_dir / "checkpoints" / f"nan_step{step}.pt"
+    if parts.writes:
+        checkpoint.save(path, {"model": parts.engine.unwrap().state_dict(), "step": step,
+                               "losses_per_rank": bad_losses, "config": to_dict(parts.cfg),
+                               "batch_rank0": {k: v.cpu() for k, v in batch.items() if torch.is_tensor(v)}})
+    raise FloatingPointError(f"non-finite loss at step {step} (losses per rank: {bad_losses}); "
+                             f"model, batch and losses saved to {path} for inspection")
+
+
+def _log_train(parts: Parts, step: int, sums: dict, lr: float, grad_norm: torch.Tensor, window: list) -> None:
+    """Step metrics averaged over ranks (one all-reduce), lr, grad norm, throughput, data-wait share."""
     names = sorted(sums)
     stacked = dist.all_reduce_sum(torch.stack([sums[k] for k in names]).float()) / dist.world_size()
-    wait = sum(w for w, _ in window)
-    busy = sum(s for _, s in window)
-    values = {f"loss_{k}": v for k, v in zip(names, stacked.tolist())}
-    values.update(lr=lr, grad_norm=float(grad_norm), patches_per_s=global_batch * len(window) / max(busy, 1e-9),
-                  data_wait_share=wait / max(busy, 1e-9))
-    log.write("train", step, values)
-    tracker.log_metrics(values, step)
+    wait, busy = map(sum, zip(*window))
+    values = dict(zip(names, stacked.tolist()))
+    values.update(lr=lr, grad_norm=float(grad_norm), data_wait_share=wait / max(busy, 1e-9),
+                  patches_per_s=parts.cfg.train.batch_size * len(window) / max(busy, 1e-9))
+    parts.log.write("train", step, values)
+    parts.tracker.log_metrics(values, step)
 
 
-def _validate(cfg, engine, epoch, step, best, save, log, tracker, report, device) -> float:
-    """Validate, update best.pt by ``eval.select_metric``; return the new best score."""
-    _, summary = support.evaluate_summary(engine.unwrap(), cfg, "validation", device=device,
-                                          out_dir=None, write_images=False)
+def _evaluate(parts: Parts, model: torch.nn.Module, split: str, out_dir: Path | None, images: bool):
+    """(rows, {metric: (mean, std)}) of ``split`` with the paper's protocol, on every rank."""
+    c = parts.cfg  # evaluate_split switches the model to eval mode and back itself
+    device = parts.engine.device
+    return evaluate.evaluate_summary(model, c.data.shards, split, c.eval, device=device, out_dir=out_dir,
+                                     write_images=images, amp=c.train.bf16_autocast(device),
+                                     progress=c.train.progress and dist.is_main())
+
+
+def _validate(parts: Parts, state: TrainState, epoch: int, report) -> bool:
+    """Validate, log, update ``state.best`` by ``eval.select_metric``; True when this validation set it."""
+    e = parts.cfg.eval
+    _, summary = _evaluate(parts, parts.engine.unwrap(), "validation", None, False)
     values = {f"val_{k}": mean for k, (mean, _) in summary.items()}
-    score = summary[cfg.eval.select_metric][0]
-    if epoch < cfg.eval.select_from_epoch or score > best:
-        best = score
-        save("best.pt")
-    values[f"best_val_{cfg.eval.select_metric}"] = best
-    log.write("val", step, {"epoch": epoch, **values})
-    tracker.log_metrics(values, step)
+    score = summary[e.select_metric][0]
+    if improved := epoch < e.select_from_epoch or score > state.best:
+        state.best = score
+    values[f"best_val_{e.select_metric}"] = state.best
+    parts.log.write("val", state.step, {"epoch": epoch, **values})
+    parts.tracker.log_metrics(values, state.step)
     if report is not None:
-        report({"epoch": epoch, "step": step, **values})
-    return best
+        report({"epoch": epoch, "step": state.step, **values})
+    return improved
 
 
-def _test(cfg, engine, run_dir, device, step, log, tracker) -> dict:
-    """Evaluate ``eval.test_split`` with the ``eval.test_checkpoint`` weights; rank 0 gets tables
-    (``metrics.csv``, ``summary.{csv,md}``), overlays and probability maps under ``eval/<split>``."""
-    from dias_dist.evaluation.tables import flat_metrics
-
-    model = engine.unwrap()
-    weights = run_dir / "checkpoints" / f"{cfg.eval.test_checkpoint}.pt"
-    if not dist.broadcast_object(weights.is_file()):
-        raise ValueError(f"eval.test_checkpoint={cfg.eval.test_checkpoint!r} but {weights} was never written "
-                         f"(no validation ran? eval.val_every_epochs={cfg.eval.val_every_epochs}); use best | final")
-    model.load_state_dict(support.broadcast_model_state(weights))
-    out_dir = run_dir / "eval" / cfg.eval.test_split
-    rows, summary = support.evaluate_summary(model, cfg, cfg.eval.test_split, device=device,
-                                             out_dir=out_dir, write_images=cfg.eval.overlays)
-    flat = flat_metrics(summary, "test")  # test_dsc, test_dsc_std, ... (evaluate_split wrote the tables)
-    if log.enabled:  # rank 0 of a run that writes
-        log.write("test", step, flat)
-        tracker.log_metrics(flat, step)
-        tracker.log_artifact(out_dir, f"eval/{cfg.eval.test_split}")
-    return flat
+def _finish(parts: Parts, state: TrainState) -> dict:
+    """``final.pt``, the test split with the ``eval.test_checkpoint`` weights (rank 0 gets tables,
+    overlays and probability maps under ``eval/<split>``), the curve plots; returns the run's result."""
+    e = parts.cfg.eval
+    _save(parts, state, "final.pt")
+    result = {"run_dir": str(parts.run_dir), "run_id": parts.tracker.run_id, "step": state.step,
+              f"best_val_{e.select_metric}": state.best}
+    if e.test_split:
+        weights = parts.run_dir / "checkpoints" / f"{e.test_checkpoint}.pt"
+        if not dist.broadcast_object(weights.is_file()):
+            raise ValueError(f"eval.test_checkpoint={e.test_checkpoint!r} but {weights} was never written "
+                             f"(no validation ran? eval.val_every_epochs={e.val_every_epochs}); use best | final")
+        model = parts.engine.unwrap()
+        model.load_state_dict(checkpoint.broadcast_model_state(weights))
+        out_dir = parts.run_dir / "eval" / e.test_split
+        _, summary = _evaluate(parts, model, e.test_split, out_dir, e.overlays)
+        flat = flat_metrics(summary, "test")  # test_dsc, test_dsc_std, ... (evaluate_split wrote the tables)
+        result.update(flat)
+        if parts.writes:
+            parts.log.write("test", state.step, flat)
+            parts.tracker.log_metrics(flat, state.step)
+            parts.tracker.log_artifact(out_dir, f"eval/{e.test_split}")
+    if parts.writes:
+        plot_curves(parts.log.read(), parts.run_dir / "plots")
+        parts.tracker.log_artifact(parts.run_dir / "plots", "plots")
+    return result

@@ -1,4 +1,4 @@
-"""Shared test set-up: CPU-only environment knobs (STACK.md §8) and small synthetic data fixtures."""
+"""Shared test set-up: CPU-only environment knobs (docs/REFERENCE.md §10) and small synthetic data fixtures."""
 import os
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -1,6 +1,6 @@
 """Reusable helpers for model tests (imported by test_models.py and test_models_3d.py).
 
-- ``REFERENCE_PARAMS``: the measured full-size parameter counts of DIAS-CODE.md §4 (num_classes=2)
+- ``REFERENCE_PARAMS``: the measured full-size parameter counts of docs/REFERENCE.md §4 (num_classes=2)
   of the 2D models and VSS-Net (test_models_3d.py's CASES hold the 3D and 3D->2D ones).
 - ``SMALL_PARAMS``, ``small_size_px``, ``build_small``: a tiny, seeded eval-mode variant per model
   and its input side length, so forward passes stay fast.
@@ -14,7 +14,7 @@ import torch
 
 from dias_dist.models import MODELS, count_parameters, input_layout
 
-# DIAS-CODE.md §4, "measured" column (num_classes=2, 8 frames), of the 2D models and VSS-Net
+# docs/REFERENCE.md §4, "measured" column (num_classes=2, 8 frames), of the 2D models and VSS-Net
 # (the 3D and 3D->2D counts live in test_models_3d.py's CASES). Checked exactly.
 REFERENCE_PARAMS = {
     "unet": 31_040_578,

@@ -16,7 +16,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     checkpoint.save(path, {"step": 1, "model": {"w": torch.ones(2)}})
 
     def broken_save(obj, f):
-        open(f, "wb").write(b"partial")
+        f.write(b"partial")  # a handle on the temporary file
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -68,14 +68,15 @@ def test_metrics_log_does_not_rewrite_steps_after_a_resume_point(tmp_path):
 def test_store_and_experiment_defaults(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(None, [f"train.run_dir={tmp_path}", "method.name=supervised"])
-    assert tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert experiment_name(cfg) == "dias-supervised"
+    assert tracking_uri(cfg.track, cfg.train.run_dir) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert experiment_name(cfg.track, cfg.method.name) == "dias-supervised"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    assert tracking_uri(cfg) == "sqlite:///elsewhere.db"
+    assert tracking_uri(cfg.track, cfg.train.run_dir) == "sqlite:///elsewhere.db"
     cfg = load_config(None, ["track.tracking_uri=http://h:1", "track.experiment=x"])
-    assert tracking_uri(cfg) == "http://h:1" and experiment_name(cfg) == "x"
-    assert isinstance(make_tracker(cfg, "r", is_main=False), NullTracker)
-    assert isinstance(make_tracker(load_config(None, ["track.enabled=false"]), "r", is_main=True), NullTracker)
+    assert tracking_uri(cfg.track, "runs") == "http://h:1" and experiment_name(cfg.track, "pce") == "x"
+    assert isinstance(make_tracker(cfg.track, "r", run_root="runs", method="pce", is_main=False), NullTracker)
+    off = load_config(None, ["track.enabled=false"]).track
+    assert isinstance(make_tracker(off, "r", run_root="runs", method="pce", is_main=True), NullTracker)
 
 
 def test_unreachable_tracking_server_warns_and_training_data_stays_local(tmp_path, monkeypatch):
@@ -83,7 +84,7 @@ def test_unreachable_tracking_server_warns_and_training_data_stays_local(tmp_pat
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     cfg = load_config(None, ["track.tracking_uri=http://127.0.0.1:9", f"train.run_dir={tmp_path}"])
     with pytest.warns(RuntimeWarning, match="MLflow start failed"):
-        tracker = MLflowTracker(cfg, "down")
+        tracker = MLflowTracker(cfg.track, "down", run_root=tmp_path, method="supervised")
     tracker.log_metrics({"loss": 1.0}, 1)  # disabled: no second warning, no exception
     tracker.close()
     assert tracker.run_id == ""
@@ -94,15 +95,15 @@ def test_sqlite_tracker_logs_params_metrics_tags_and_nesting(tmp_path, monkeypat
     from mlflow import MlflowClient
 
     cfg = load_config(None, [f"train.run_dir={tmp_path}"])
-    parent = MLflowTracker(cfg, "parent")
+    parent = MLflowTracker(cfg.track, "parent", run_root=tmp_path, method="supervised")
     parent.log_params({"optim.lr": 5e-4, "model.name": "vss_net"})
     parent.set_tags({"world_size": 2})
     parent.log_metrics({"test_dsc": 0.8, "test_dsc_std": 0.1}, 10)
     artifact = tmp_path / "table.md"
     artifact.write_text("| a |")
     parent.log_artifact(artifact)
-    child = MLflowTracker(load_config(None, [f"train.run_dir={tmp_path}", f"track.parent_run_id={parent.run_id}"]),
-                          "child")
+    child = MLflowTracker(load_config(None, [f"track.parent_run_id={parent.run_id}"]).track, "child",
+                          run_root=tmp_path, method="supervised")
     child.close()
     parent.close()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

@@ -71,3 +71,17 @@ def test_derive_copies_and_validates():
     assert cfg.train.run_name == "" and cfg.model.params == {}  # the original is untouched
     with pytest.raises(ValueError, match="stage config: train.epochs must be int"):
         derive(cfg, {"train.epochs": "many"}, "stage config")
+
+
+def test_packaged_configs_load_from_any_directory(tmp_path, monkeypatch):
+    """dias_dist/configs ships the configs: a name (or configs/NAME) works outside the repository."""
+    from dias_dist.config import PACKAGED_CONFIGS, config_file
+
+    monkeypatch.chdir(tmp_path)
+    assert (PACKAGED_CONFIGS / "debug.yaml").is_file()
+    assert load_config("debug.yaml").train.seed == load_config("configs/debug.yaml").train.seed == 7
+    assert config_file("configs/deepspeed/zero1.json") == PACKAGED_CONFIGS / "deepspeed" / "zero1.json"
+    (tmp_path / "debug.yaml").write_text("train: {seed: 99}\n")  # a local file wins over the packaged one
+    assert load_config("debug.yaml").train.seed == 99
+    with pytest.raises(ValueError, match="nope.yaml does not exist"):
+        load_config("nope.yaml")

@@ -1,4 +1,4 @@
-"""Reader of the DIAS release layout: generator output end to end, and every bad input of issue 2 §2."""
+"""Reader of the DIAS release layout: generator output end to end, and every bad input it must name."""
 import shutil
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""DeepSpeed engine on CPU: real ``deepspeed.initialize`` under torchrun (2 ranks, gloo, STACK.md §3).
+"""DeepSpeed engine on CPU: real ``deepspeed.initialize`` under torchrun (2 ranks, gloo, docs/REFERENCE.md §10).
 
 One torchrun launch runs this file as a script (the worker below); each rank writes its findings to
 a JSON file and the tests assert on them. The worker trains a tiny conv net for a few steps with
@@ -43,10 +43,17 @@ def _config(engine: str, ds_json: str = "zero0.json", grad_clip: float = 0.0):
                               "optim.lr=0.01", "optim.warmup_epochs=0.2", f"optim.grad_clip={grad_clip}"])
 
 
-def _engine(engine: str, ds_json: str = "zero0.json"):
-    from dias_dist.engine import build_engine
+def _settings(engine: str, grad_clip: float = 0.0):
+    """The engine settings the trainer resolves from ``_config(engine, grad_clip=...)`` on CPU."""
+    from dias_dist.engine import StepSettings
 
-    return build_engine(tiny_model(), _config(engine, ds_json), device=torch.device("cpu"))
+    return StepSettings(grad_clip=grad_clip, batch_size=GLOBAL_BATCH)
+
+
+def _engine(engine: str, ds_json: str = "zero0.json"):
+    from dias_dist.trainer import make_engine
+
+    return make_engine(_config(engine, ds_json), tiny_model(), torch.device("cpu"))
 
 
 def _train(engine, steps: int, first_step: int = 0) -> list[dict]:
@@ -92,7 +99,7 @@ def worker(out_dir: Path) -> None:
 
     from dias_dist import checkpoint, dist
 
-    dist.init(backend="gloo", device="cpu")
+    dist.init("gloo", "cpu")
     result: dict = {"rank": dist.rank(), "world_size": dist.world_size()}
 
     ddp = _engine("ddp")
@@ -155,7 +162,7 @@ def worker(out_dir: Path) -> None:
     dist.teardown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # a ZeRO-0 native thread may abort at interpreter exit (STACK.md §3)
+    os._exit(0)  # a ZeRO-0 native thread may abort at interpreter exit (docs/REFERENCE.md §10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,16 +258,16 @@ def test_config_errors_name_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train_batch_size": 16, "zero_optimization": {"stage": 1}}))
     with pytest.raises(ValueError, match=r"bad.json: key\(s\) train_batch_size"):
-        read_deepspeed_config(bad, _config("deepspeed"))
+        read_deepspeed_config(bad, _settings("deepspeed"))
     bad.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     with pytest.raises(ValueError, match="zero_optimization.stage = 3"):
-        read_deepspeed_config(bad, _config("deepspeed"))
+        read_deepspeed_config(bad, _settings("deepspeed"))
     bad.write_text(json.dumps({"gradient_clipping": 1.0}))
     with pytest.raises(ValueError, match="contradicts optim.grad_clip = 2.0"):
-        read_deepspeed_config(bad, _config("deepspeed", grad_clip=2.0))
+        read_deepspeed_config(bad, _settings("deepspeed", grad_clip=2.0))
     with pytest.raises(ValueError, match="does not exist"):
-        read_deepspeed_config(tmp_path / "missing.json", _config("deepspeed"))
-    ds = read_deepspeed_config(ROOT / "configs/deepspeed/zero1.json", _config("deepspeed", grad_clip=0.5))
+        read_deepspeed_config(tmp_path / "missing.json", _settings("deepspeed"))
+    ds = read_deepspeed_config(ROOT / "configs/deepspeed/zero1.json", _settings("deepspeed", grad_clip=0.5))
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_clipping"]) == (8, 8, 0.5)
 
 
@@ -271,7 +278,7 @@ def test_shipped_configs_are_valid():
     paths = sorted((ROOT / "configs/deepspeed").glob("*.json"))
     assert paths
     for path in paths:
-        ds = read_deepspeed_config(path, _config("deepspeed"))
+        ds = read_deepspeed_config(path, _settings("deepspeed"))
         # the geometry the engine fills in from cfg.train (one process: the whole batch per micro-batch)
         assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) \
             == (GLOBAL_BATCH, GLOBAL_BATCH, 1), path.name
@@ -293,10 +300,10 @@ class _FramesNet(nn.Module):
         return self.conv(x)
 
 
-def _fake_stream(cfg, sources, *, micro_batch, step):
+def _fake_stream(cfg, sources, *, micro_batch, seed, step):
     """Deterministic batches (B, 8, P, P) / (B, P, P), one sample at a time so micro-batches concatenate."""
     gen = torch.Generator().manual_seed(1000 + step)
-    size = cfg.data.patch_size_px
+    size = cfg.patch_size_px
     while True:
         images, targets = [], []
         for _ in range(micro_batch):
@@ -307,13 +314,14 @@ def _fake_stream(cfg, sources, *, micro_batch, step):
 
 
 def trainer_worker(out_dir: Path) -> None:
-    from dias_dist import train_support, trainer
+    from dias_dist import trainer
+    from dias_dist.data import loader
     from dias_dist.config import load_config
     from dias_dist.models import MODELS
 
     MODELS["ds_test_frames_net"] = _FramesNet
-    train_support.train_stream = _fake_stream
-    train_support.default_sources = lambda cfg: []
+    loader.train_stream = _fake_stream
+    loader.default_sources = lambda cfg: []
     weights = {}
     for name, engine, ds_json, accum in (("ddp", "ddp", "zero0.json", 2), ("zero0", "deepspeed", "zero0.json", 2),
                                          ("zero2", "deepspeed", "zero2.json", 2)):

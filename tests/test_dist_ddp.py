@@ -12,15 +12,16 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 DRIVER = r'''
 import json, sys
 import torch
-from dias_dist import dist, engine, trainer, train_support
+from dias_dist import dist, engine, trainer
 from dias_dist.config import load_config
+from dias_dist.data import loader
 
 captured = {}
-build_engine, train_stream = trainer.build_engine, train_support.train_stream
+build_engine, train_stream = trainer.build_engine, loader.train_stream
 
-def capture_engine(model, cfg, *, device):
+def capture_engine(model, *args, **kwargs):
     captured["initial"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    captured["engine"] = build_engine(model, cfg, device=device)
+    captured["engine"] = build_engine(model, *args, **kwargs)
     return captured["engine"]
 
 def capture_stream(*args, **kwargs):
@@ -32,7 +33,7 @@ def capture_stream(*args, **kwargs):
         yield from stream
     return chained()
 
-trainer.build_engine, train_support.train_stream = capture_engine, capture_stream
+trainer.build_engine, loader.train_stream = capture_engine, capture_stream
 cfg = load_config(sys.argv[1], sys.argv[3:])
 try:
     result = trainer.run(cfg)

@@ -108,7 +108,7 @@ SCRIPT = textwrap.dedent("""
     from dias_dist import dist
     from dias_dist.data.loader import TrainSource, eval_sequences, train_batches
     shard_dir, out = sys.argv[1], sys.argv[2]
-    dist.init(backend="gloo", device="cpu")
+    dist.init("gloo", "cpu")
     stream = iter(train_batches(TrainSource(shard_dir), batch_size=16, patch_size=16, patches_per_sequence=2,
                                 shuffle_buffer=8, num_workers=2, seed=0))
     train = [next(stream)["image"][:, :, 0, 0].tolist() for _ in range(2)]

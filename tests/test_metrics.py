@@ -1,4 +1,4 @@
-"""Metrics against hand-computed cases (METHODS.md §12-13), empty masks, fragments, exact AUC."""
+"""Metrics against hand-computed cases (docs/REFERENCE.md §5), empty masks, fragments, exact AUC."""
 import itertools
 
 import numpy as np

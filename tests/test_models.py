@@ -1,5 +1,5 @@
 """Registry-wide model checks (shape, no final activation, layout/length errors) and the
-parameter-count table of the 2D and VSS-Net models (DIAS-CODE.md §3-4)."""
+parameter-count table of the 2D and VSS-Net models (docs/REFERENCE.md §3-4)."""
 import pytest
 import torch
 
@@ -126,7 +126,8 @@ def test_dias_models_lists_every_model(capsys):
     from dias_dist.cli import main
 
     assert main(["models"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["model", "layout", "parameters"]
     table = {line.split()[0]: line.split()[1:] for line in lines}
     assert sorted(table) == sorted(MODELS)
     assert table["vss_net"] == ["sequence", "18515318"]
@@ -152,3 +153,24 @@ def test_res_unet_is_the_intended_network():
     assert seen["head_input"] is seen["last_decoder"]
     block_input, block_output = seen["block"]
     torch.testing.assert_close(block_output, torch.nn.functional.leaky_relu(seen["body"] + block_input, 0.1))
+
+
+def test_command_line_version_help_and_entry_points(capsys):
+    """`dias --version`, an example in every command's help, and the training entry point that
+    accepts the DeepSpeed launcher's --local_rank."""
+    from dias_dist import __version__, cli, train
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"dias {__version__}"
+    _, commands = cli.build_parser()
+    assert sorted(commands) == sorted(cli.COMMANDS)
+    for name, parser in commands.items():
+        text = parser.format_help()
+        assert "example: dias " + name in text and "``" not in text and "`dias" not in text, name
+    assert cli.main(["no-such-command"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["train"])
+    assert "required: config\n" in capsys.readouterr().err  # overrides are optional
+    assert train.main(["/no/such.yaml", "--local_rank=0", "--dry-run"]) == 2  # parsed; the config is the error
+    assert "config file /no/such.yaml does not exist" in capsys.readouterr().err

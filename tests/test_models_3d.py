@@ -1,7 +1,7 @@
 """3D (DR head) and 3D->2D baselines of Table II and the weak methods' 2D backbones.
 
 Full-size parameter counts are taken on the ``meta`` device (nothing allocated) and compared with
-the measured reference counts of DIAS-CODE.md §4, exactly.
+the measured reference counts of docs/REFERENCE.md §4, exactly.
 CS2-Net-3D and FR-UNet-3D contain layers the reference defines but never calls; they are kept
 frozen so the total matches Table II, and the trainable count is checked separately (total minus
 exactly those layers). Res-UNet-3D and PSC implement the intended network where the reference has
@@ -68,7 +68,7 @@ def test_full_size_parameter_count(name):
 
 
 def test_reference_code_defaults_counts():
-    """The reference's code defaults differ from the Table II settings (DIAS-CODE.md §4)."""
+    """The reference's code defaults differ from the Table II settings (docs/REFERENCE.md §4)."""
     with torch.device("meta"):
         assert count_parameters(build_model("res_unet_3d", feature_scale=2)) == 6_597_267
         assert count_parameters(build_model("fr_unet_3d", feature_scale=4)) == 5_146_283

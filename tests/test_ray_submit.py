@@ -154,7 +154,7 @@ def test_ray_submit_runs_a_sweep_on_a_loopback_cluster(loopback_sshd, tiny_shard
 def test_ray_job_submit(tiny_shards, tmp_path):
     """The submission path without SSH: a local head with the dashboard, then `ray job submit`.
 
-    Runs only where the loopback-sshd `ray submit` test cannot (the issue's fallback)."""
+    Runs only where the loopback-sshd `ray submit` test cannot (the fallback without SSH)."""
     if os.path.exists(SSHD) and shutil.which("rsync") and os.geteuid() == 0 and not _port_open(22):
         pytest.skip("sshd is available: test_ray_submit_runs_a_sweep_on_a_loopback_cluster covers submission")
     pytest.importorskip("ray.dashboard")

@@ -34,7 +34,7 @@ def test_no_weight_decay_on_biases_and_norms():
 def test_optimizer_follows_the_schedule_per_step():
     cfg = load_config(None, ["train.epochs=4", "train.steps_per_epoch=5", "optim.warmup_epochs=1"])
     model = nn.Linear(3, 2)
-    optimizer, schedule = build_optimizer(model, cfg)
+    optimizer, schedule = build_optimizer(model, cfg.optim, epochs=4, steps_per_epoch=5)
     lrs = []
     for _ in range(20):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -45,7 +45,7 @@ def test_optimizer_follows_the_schedule_per_step():
     assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))
     assert optimizer.param_groups[1]["lr"] == optimizer.param_groups[0]["lr"]
     state = schedule.state_dict()
-    _, fresh = build_optimizer(nn.Linear(3, 2), cfg)
+    _, fresh = build_optimizer(nn.Linear(3, 2), cfg.optim, epochs=4, steps_per_epoch=5)
     fresh.load_state_dict(state)
     assert fresh.lr() == schedule.lr()
 

@@ -102,8 +102,8 @@ def test_sweep_parent_run_artifacts_land_next_to_the_db_not_in_cwd(tmp_path, mon
     from dias_dist.config import load_config
     from dias_dist.track import MLflowTracker
 
-    tracker = MLflowTracker(load_config(None, [f"track.tracking_uri={uri}", "track.experiment=trainer",
-                                               f"train.run_dir={tmp_path / 'runs'}"]), "r")
+    tracker = MLflowTracker(load_config(None, [f"track.tracking_uri={uri}", "track.experiment=trainer"]).track, "r",
+                            run_root=tmp_path / "runs", method="supervised")
     tracker.log_artifact(summary)
     tracker.close()
     assert tracker.run_id and client.get_run(tracker.run_id).info.status == "FINISHED"
@@ -117,3 +117,18 @@ def test_summary_table_is_the_shared_markdown_table():
     rows = [{"method.params.lambda1": 0.5, "status": "ok", "best_val_dsc": None, "val_dsc_history": [0.1]}]
     assert _markdown(rows) == "| method.params.lambda1 | status | best_val_dsc |\n|---|---|---|\n| 0.5000 | ok |  |\n"
     assert _markdown([]) == "(no trials)\n"
+
+
+def test_two_key_sweep_plot_is_titled_by_its_keys(tmp_path, monkeypatch):
+    import types
+
+    from matplotlib.axes import Axes
+
+    from dias_dist.sweep_report import _plot
+
+    titles = []
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text))
+    spec = types.SimpleNamespace(kind="grid", param_space={"optim.lr": [1e-3, 1e-4], "method.params.weight": [0.1]})
+    rows = [{"optim.lr": lr, "method.params.weight": 0.1, "best_val_dsc": 0.5} for lr in (1e-3, 1e-4)]
+    _plot(rows, spec, tmp_path / "sweep.png")
+    assert titles == ["lr x weight: best validation DSC"] and (tmp_path / "sweep.png").is_file()

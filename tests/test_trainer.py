@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from dias_dist import train_support, trainer
+from dias_dist import trainer
+from dias_dist.data import loader
+from dias_dist.evaluation import evaluate
 from dias_dist.config import load_config
 from dias_dist.methods import METHODS, Method
 from dias_dist.models import MODELS
@@ -37,10 +39,10 @@ class CrossEntropyOnly(Method):
         return {"total": torch.nn.functional.cross_entropy(model(batch["image"]), batch["target"])}
 
 
-def fake_stream(cfg, sources, *, micro_batch, step):
-    """Deterministic per (seed, rank, step): vessels are bright in frame 3."""
-    gen = torch.Generator().manual_seed(train_support.derived_seed(cfg.train.seed, step) % 2**31)
-    size = cfg.data.patch_size_px
+def fake_stream(cfg, sources, *, micro_batch, seed, step):
+    """Deterministic per (seed, step): vessels are bright in frame 3."""
+    gen = torch.Generator().manual_seed(loader.derived_seed(seed, step) % 2**31)
+    size = cfg.patch_size_px
     while True:
         samples = []
         for _ in range(micro_batch):  # one sample at a time: micro-batches concatenate to batches
@@ -56,8 +58,8 @@ def fake_stream(cfg, sources, *, micro_batch, step):
 def fake_data(monkeypatch):
     monkeypatch.setitem(MODELS, "tiny_test_net", TinyNet)
     monkeypatch.setitem(METHODS, "ce_only_test", CrossEntropyOnly)
-    monkeypatch.setattr(train_support, "train_stream", fake_stream)
-    monkeypatch.setattr(train_support, "default_sources", lambda cfg: [])
+    monkeypatch.setattr(loader, "train_stream", fake_stream)
+    monkeypatch.setattr(loader, "default_sources", lambda cfg: [])
 
 
 def tiny_cfg(tmp_path, *extra):
@@ -120,11 +122,10 @@ def test_resume_path_must_exist(tmp_path, fake_data):
 @pytest.mark.parametrize("name", ["debug.yaml", "demo/vss_net_cpu.yaml", "demo/vss_net_first_cpu.yaml"])
 def test_training_configs_validate_and_build(name):
     """(tests/test_config.py validates every YAML; here: ours also build their model and method.)"""
-    from dias_dist.methods import build_method
+    from dias_dist.methods import build_network
 
     cfg = load_config(ROOT / "configs" / name)
-    method = build_method(cfg.method.name, **cfg.method.params)
-    model = method.build_model(cfg.model.name, dict(cfg.model.params))
+    _, model = build_network(cfg.model, cfg.method)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -161,10 +162,9 @@ def test_best_checkpoint_without_validation_is_a_clear_error(tiny_shards, tmp_pa
 @pytest.mark.gpu
 def test_cuda_bf16_channels_last_step(tmp_path, fake_data):
     """On a GPU: bf16 autocast + channels-last train and the loss stays finite."""
-    from dias_dist.engine.ddp import DDPEngine
 
-    engine = DDPEngine(TinyNet(), tiny_cfg(tmp_path, "train.device=cuda", "train.channels_last=true"),
-                       device=torch.device("cuda"))
+    engine = trainer.make_engine(tiny_cfg(tmp_path, "train.device=cuda", "train.channels_last=true"), TinyNet(),
+                                 torch.device("cuda"))
     x = engine.prepare_input(torch.randn(2, 8, 16, 16))
     assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
     with engine.autocast():
@@ -175,18 +175,17 @@ def test_cuda_bf16_channels_last_step(tmp_path, fake_data):
 
 def test_cpu_runs_fp32_by_default_and_bf16_with_cpu_bf16(tmp_path, fake_data):
     """train.amp is for CUDA; on CPU bf16 autocast needs train.cpu_bf16 (training and evaluation)."""
-    from dias_dist.engine.ddp import DDPEngine
     from dias_dist.evaluation.tiling import model_predict_fn
 
     cpu = torch.device("cpu")
     default = tiny_cfg(tmp_path)
     assert default.train.amp and not default.train.bf16_autocast(cpu) and default.train.bf16_autocast("cuda")
-    engine = DDPEngine(TinyNet(), default, device=cpu)
+    engine = trainer.make_engine(default, TinyNet(), cpu)
     with engine.autocast():
         assert engine.model(torch.randn(2, 8, 16, 16)).dtype == torch.float32
     cfg = tiny_cfg(tmp_path, "train.cpu_bf16=true", "train.amp=false")
     assert cfg.train.bf16_autocast(cpu) and not cfg.train.bf16_autocast("cuda")
-    engine = DDPEngine(TinyNet(), cfg, device=cpu)
+    engine = trainer.make_engine(cfg, TinyNet(), cpu)
     with engine.autocast():
         assert engine.model(torch.randn(2, 8, 16, 16)).dtype == torch.bfloat16
     net = TinyNet().eval()
@@ -204,7 +203,7 @@ def test_method_and_target_map_must_agree():
     from dias_dist.data.loader import TrainSource
     from dias_dist.methods import build_method
 
-    support = train_support
+    support = loader
     support.check_targets(build_method("pce"), [TrainSource("x", target="scribble_sale")])
     support.check_targets(build_method("supervised"), [TrainSource("x", target="label"),
                                                        TrainSource("y", target="pseudo", is_pseudo=True)])
@@ -218,7 +217,7 @@ def test_target_mismatch_fails_before_the_run_exists(tmp_path, fake_data, monkey
     """trainer.run checks the target maps first: no run folder, config.yaml or MLflow run is left behind."""
     from dias_dist.data.loader import TrainSource
 
-    monkeypatch.setattr(train_support, "default_sources", lambda cfg: [TrainSource("x", target="label")])
+    monkeypatch.setattr(loader, "default_sources", lambda cfg: [TrainSource("x", target="label")])
     with pytest.raises(ValueError, match="learns from scribble targets"):
         trainer.run(tiny_cfg(tmp_path, "method.name=pce", "track.enabled=true",
                              f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db"))
@@ -229,8 +228,43 @@ def test_ddp_engine_refuses_a_zero_sharded_optimizer_state_clearly():
     from dias_dist.config import load_config
     from dias_dist.engine.ddp import DDPEngine
 
-    engine = DDPEngine(torch.nn.Conv2d(1, 2, 1), load_config(None), device=torch.device("cpu"))
+    engine = trainer.make_engine(load_config(None), torch.nn.Conv2d(1, 2, 1), torch.device("cpu"))
+    assert isinstance(engine, DDPEngine)
     state = engine.state_dict()
     state["optimizer"] = {"format": "deepspeed-zero-sharded", "shards": []}
     with pytest.raises(ValueError, match="dist.engine=deepspeed"):
         engine.load_state_dict(state)
+
+
+def test_best_checkpoint_holds_its_own_score_and_resumes_selecting(tmp_path, fake_data, monkeypatch):
+    """best.pt stores the score that made it best (the best validation value in metrics.jsonl), and a
+    run resumed from it keeps that score as the bar: a later, lower score does not replace it."""
+    scores = iter([0.3, 0.7, 0.5, 0.6])  # one validation per epoch, scripted
+
+    def scripted(model, shards, split, eval_cfg, **kwargs):
+        return [], {"auc": (next(scores), 0.0)}
+
+    monkeypatch.setattr(evaluate, "evaluate_summary", scripted)
+    result = trainer.run(tiny_cfg(tmp_path, "train.epochs=2", "eval.val_every_epochs=1", "eval.select_from_epoch=0"))
+    best = torch.load(tmp_path / "t" / "checkpoints" / "best.pt", weights_only=True)
+    vals = [r for r in MetricsLog(tmp_path / "t" / "metrics.jsonl", True).read() if r["kind"] == "val"]
+    assert [r["val_auc"] for r in vals] == [0.3, 0.7]
+    assert best["best"] == max(r["val_auc"] for r in vals) == result["best_val_auc"] == 0.7
+    assert best["step"] == 8  # written at the second validation
+
+    resumed = trainer.run(tiny_cfg(tmp_path, "train.epochs=4", "eval.val_every_epochs=1", "eval.select_from_epoch=0",
+                                   f"train.resume={tmp_path / 't' / 'checkpoints' / 'best.pt'}"))
+    assert resumed["best_val_auc"] == 0.7  # 0.5 and 0.6 after the resume never beat 0.7
+    assert torch.load(tmp_path / "t" / "checkpoints" / "best.pt", weights_only=True)["step"] == 8
+
+
+def test_share_of_pseudo_labelled_patches_is_logged(tmp_path, fake_data, monkeypatch):
+    """The is_pseudo flags of a batch become the logged pseudo_share (RPST's patch mixture, visible per step)."""
+    def one_in_four_pseudo(*args, **kwargs):
+        for batch in fake_stream(*args, **kwargs):
+            yield {**batch, "is_pseudo": torch.arange(len(batch["target"])) % 4 == 0}
+
+    monkeypatch.setattr(loader, "train_stream", one_in_four_pseudo)
+    trainer.run(tiny_cfg(tmp_path, "train.max_steps=2"))
+    shares = [r["pseudo_share"] for r in MetricsLog(tmp_path / "t" / "metrics.jsonl", True).read() if r["kind"] == "train"]
+    assert shares == [0.25, 0.25]

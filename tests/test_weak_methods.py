@@ -7,7 +7,7 @@ from torch import nn
 from dias_dist.methods import weak_losses as wl
 from dias_dist.methods.dmpls import DMPLS, mixed_pseudo_label
 from dias_dist.methods.em import EM
-from dias_dist.methods.ivm import IVM, intensity_image
+from dias_dist.methods.ivm import IVM
 from dias_dist.methods.pce import PCE
 from dias_dist.methods.rloss import RLoss
 from dias_dist.methods.sscr import SSCR, DualNet, sscr_terms
@@ -93,9 +93,9 @@ def test_total_is_sup_plus_weighted_regulariser():
 
 def test_ivm_intensity_minip_or_reference_argmin():
     x = torch.tensor([3.0, -1.0, 2.0, -0.5]).view(1, 4, 1, 1).expand(1, 4, 2, 2)
-    assert intensity_image(x, "minip").flatten().tolist() == [-1.0] * 4
-    assert intensity_image(x, "argmin").flatten().tolist() == [1.0] * 4
-    assert intensity_image(x.unsqueeze(1), "minip").shape == (1, 2, 2)  # sequence layout
+    assert wl.intensity_image(x, "minip").flatten().tolist() == [-1.0] * 4
+    assert wl.intensity_image(x, "argmin").flatten().tolist() == [1.0] * 4
+    assert wl.intensity_image(x.unsqueeze(1), "minip").shape == (1, 2, 2)  # sequence layout
 
 
 @pytest.mark.parametrize(
@@ -314,13 +314,14 @@ class ToyDualDecoderNet(nn.Module):
 STREAM_STARTS: list[int] = []  # the steps at which the trainer (re)built its data stream
 
 
-def scribble_stream(cfg, sources, *, micro_batch, step):
+def scribble_stream(cfg, sources, *, micro_batch, seed, step):
     """Deterministic per (seed, rank, step): vessels bright in frame 3, ~10 % of pixels scribbled."""
-    from dias_dist import dist, train_support
+    from dias_dist import dist
+    from dias_dist.data.loader import derived_seed
 
     STREAM_STARTS.append(step)
-    gen = torch.Generator().manual_seed(train_support.derived_seed(cfg.train.seed, dist.rank(), step) % 2**31)
-    size = cfg.data.patch_size_px
+    gen = torch.Generator().manual_seed(derived_seed(seed, dist.rank(), step) % 2**31)
+    size = cfg.patch_size_px
     while True:
         label = (torch.rand(micro_batch, size, size, generator=gen) > 0.7).long()
         image = torch.randn(micro_batch, 8, size, size, generator=gen) * 0.3
@@ -333,15 +334,16 @@ def ddp_worker(out_dir: str) -> None:
     import json
     from pathlib import Path
 
-    from dias_dist import dist, train_support, trainer
+    from dias_dist import dist, trainer
+    from dias_dist.data import loader
     from dias_dist.config import load_config
     from dias_dist.methods import build_method
     from dias_dist.models import MODELS
 
     MODELS["weak_toy"] = ToyFramesNet
     MODELS["weak_toy_dual"] = ToyDualDecoderNet
-    train_support.train_stream = scribble_stream
-    train_support.default_sources = lambda cfg: []
+    loader.train_stream = scribble_stream
+    loader.default_sources = lambda cfg: []
     root = Path(__file__).resolve().parents[1]
     found = {}
     for name in WEAK_METHODS:
@@ -376,6 +378,8 @@ def ddp_worker(out_dir: str) -> None:
                 "max_diff_resumed_vs_straight": max((w_resumed[k] - w_straight[k]).abs().max().item() for k in w_straight),
                 "keys": sorted(w_straight),
                 "moved": {k: (w_straight[k] - init[k]).abs().max().item() for k in init},
+                "logged": sorted(json.loads((Path(out_dir) / f"{name}-straight" / "metrics.jsonl")
+                                            .read_text().splitlines()[0])),
             }
     if dist.is_main():
         (Path(out_dir) / "weak_ddp.json").write_text(json.dumps(found))
@@ -408,6 +412,8 @@ def test_every_method_trains_under_two_process_ddp_and_resumes_exactly(ddp_resul
     assert found["resumed_from"] == 2  # the second run really continued from the step-2 checkpoint
     assert found["max_diff_resumed_vs_straight"] == 0.0  # resumed run == uninterrupted run
     assert all(v > 0 for v in found["moved"].values()), found["moved"]  # every weight trained
+    assert "loss_total" in found["logged"] and "loss_beta" not in found["logged"]
+    assert ("beta" in found["logged"]) == (name == "dmpls")  # a statistic, logged under its own name
     if name == "sscr":  # both networks live in one module, one process group, one checkpoint
         assert any(k.startswith("net_a.") for k in found["keys"]) and any(k.startswith("net_b.") for k in found["keys"])
 

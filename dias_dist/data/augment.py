@@ -1,4 +1,4 @@
-"""DIAS weak augmentation (METHODS.md §10): H flip (p=0.5), W flip (p=0.5), rot90 k in {0,1,2,3}.
+"""DIAS weak augmentation (docs/REFERENCE.md §8): H flip (p=0.5), W flip (p=0.5), rot90 k in {0,1,2,3}.
 
 The same geometric parameters go to the image and to every label map, so targets stay aligned.
 """

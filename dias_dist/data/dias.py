@@ -1,4 +1,4 @@
-"""Reader for the published DIAS release layout (DIAS-CODE.md §2b).
+"""Reader for the published DIAS release layout (docs/REFERENCE.md §2).
 
 Layout::
 

@@ -1,4 +1,4 @@
-"""Training patch stream and evaluation sequence stream over shard sets (issue 2 §5).
+"""Training patch stream and evaluation sequence stream over shard sets.
 
 Training (``train_batches``): infinite. Each (rank, worker) draws shards at random with
 replacement (resampled) -- from its own disjoint slice of the shard list when there are at least
@@ -17,7 +17,8 @@ the sample (or shard) is skipped, counted and warned about.
 """
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dias_dist import dist
+from dias_dist.config import DataConfig
+
 from .augment import apply_weak, weak_params
 from .shards import ShardReader, split_entry
 
 AUGMENTS = ("none", "weak", "strong")
-TARGETS = ("label", "scribble_rdfa", "scribble_sale", "pseudo")
+# The maps a source can train on and what they hold: "dense" = every pixel {0,1} (a label or a
+# pseudo label), "scribble" = {0 bg, 1 vessel, 255 unannotated}. A method declares the kind it learns from.
+TARGET_KINDS = {"label": "dense", "pseudo": "dense", "scribble_rdfa": "scribble", "scribble_sale": "scribble"}
 ON_CORRUPT = ("raise", "skip")
 
 
@@ -54,8 +60,8 @@ class TrainSource:
     def __post_init__(self):
         if self.augment not in AUGMENTS:
             raise ValueError(f"TrainSource augment must be one of {AUGMENTS}, got {self.augment!r}")
-        if self.target not in TARGETS:
-            raise ValueError(f"TrainSource target must be one of {TARGETS}, got {self.target!r}")
+        if self.target not in TARGET_KINDS:
+            raise ValueError(f"data.target={self.target!r} is not a target map; valid: {', '.join(TARGET_KINDS)}")
         if not self.weight > 0:
             raise ValueError(f"TrainSource weight must be > 0, got {self.weight}")
 
@@ -75,12 +81,8 @@ class TrainSource:
 
 
 def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) from dias_dist.dist, else the torchrun env vars."""
-    from dias_dist import dist
-
-    if dist.is_distributed():
-        return dist.rank(), dist.world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    """(rank, world size) of this process, as ``dias_dist.dist`` sees them."""
+    return dist.rank(), dist.world_size()
 
 
 def _worker() -> tuple[int, int]:
@@ -133,7 +135,7 @@ def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: in
     """
     strong = None
     if source.augment == "strong":
-        from .strong_augment import strong_augment as strong  # written by another module owner
+        from .strong_augment import strong_augment as strong  # only RPST's pseudo-labelled sources need it
     targets_cache: dict[tuple[str, str], np.ndarray] = {}
     failures = 0
     while True:
@@ -371,3 +373,38 @@ def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = 
 def _as_is(sample: dict) -> dict:
     """Collate function of the evaluation stream: samples pass through unchanged (meta stays a dict)."""
     return sample
+
+
+# --------------------------------------------------------------------------------------------
+# what the trainer asks of the loader
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """Deterministic 63-bit seed from ``seed`` and integer parts (rank, step...)."""
+    digest = hashlib.sha256(json.dumps([int(seed), *map(int, parts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def default_sources(cfg: DataConfig) -> list[TrainSource]:
+    """The training source described by the ``data`` section (labelled training split)."""
+    return [TrainSource(cfg.shards, split="training", augment=cfg.augment, target=cfg.target,
+                        num_sequences=cfg.num_labeled)]
+
+
+def check_targets(method, sources: list[TrainSource]) -> None:
+    """ValueError when a source's map does not suit ``method.target_kind`` (silently wrong training otherwise)."""
+    for source in sources:
+        kind = TARGET_KINDS[source.target]
+        if kind != method.target_kind:
+            valid = [t for t, k in TARGET_KINDS.items() if k == method.target_kind]
+            raise ValueError(f"method {type(method).__name__} learns from {method.target_kind} targets but "
+                             f"data.target={source.target!r} is {kind}; use one of {', '.join(valid)}")
+
+
+def train_stream(cfg: DataConfig, sources: list[TrainSource], *, micro_batch: int, seed: int, step: int):
+    """Infinite iterator of micro-batches for this rank from (``seed``, ``step``); rank and worker are
+    mixed in below, so a run resumed at ``step`` sees exactly the patches the uninterrupted run saw."""
+    return iter(train_batches(sources, batch_size=micro_batch, patch_size=cfg.patch_size_px,
+                              patches_per_sequence=cfg.patches_per_sequence, shuffle_buffer=cfg.shuffle_buffer,
+                              num_workers=cfg.num_workers, seed=derived_seed(seed, step) % (2**31),
+                              on_corrupt=cfg.on_corrupt, verify=cfg.verify))

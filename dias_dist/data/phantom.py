@@ -1,24 +1,29 @@
-"""Synthetic DSA sequences that look and behave like DIAS data (issue 2 §3).
+"""Synthetic DSA sequences that behave like the DIAS release (arterial phase of a carotid injection).
 
-Model, in order:
-1. **Tree.** A branching 2D projected arterial tree grown breadth-first from a trunk entering at
-   the image border. Trunk radius ~8-10 px at 800x800 (scaled mildly with the image size), each
-   bifurcation splits radius r0 into r1, r2 with Murray's law r0^3 = r1^3 + r2^3 (random
-   asymmetry), Murray-optimal branching angles plus noise, and branches stop below ~0.8 px.
-   Centrelines are tortuous (direction = integrated, smoothed random curvature) and sampled every
-   1 px. Branches are spread over three depth layers whose projections add, so vessels cross and
-   overlap.
-2. **Contrast transport.** Each centreline point gets an arrival time proportional to its path
-   length from the root; its opacity follows a gamma-variate bolus curve. Frames sample a window
-   that starts early (only proximal vessels filled) and ends late (proximal vessels washed out,
-   distal ones filled), so no single frame shows the whole tree. T is drawn in [4, 14].
-3. **Image formation.** Projected thickness of each vessel (chord length through a cylinder)
-   times opacity gives the line integral; Beer-Lambert ``I = I_bg exp(-mu L)`` makes vessels dark on
-   a bright background as in DSA. Added: a slowly varying low-frequency subtraction residue,
-   quantum noise (std proportional to sqrt(I)), a mild detector blur and optional sub-pixel
-   inter-frame motion. Frames are quantised to uint8.
-4. **Ground truth** = union of the vessels opacified (peak opacity >= 0.5) in any frame, each
-   pixel within max(radius, 0.75 px) of the centreline.
+Model, in order (docs/PHANTOM.md has the reasoning and the measured behaviour):
+
+1. **Tree.** A branching 2D projected arterial tree grown breadth-first from an internal carotid
+   trunk entering from the lower border (radius 6.5-8.5 px at 800x800, i.e. ICA 13-17 px wide at
+   ~0.3 mm/px). Each bifurcation splits r0 into r1, r2 with Murray's law r0^3 = r1^3 + r2^3 (random
+   asymmetry) at Murray-optimal angles plus noise; branches stop below 0.8 px. Centrelines are
+   tortuous and sampled every 1 px, spread over three depth layers whose projections add.
+2. **Haemodynamics.** Flow ~ r^3 (Murray), so mean velocity ~ r: a segment of length L and radius r
+   delays the bolus by L / (v_ica * r / r_ica), the front moving at the centreline velocity (twice
+   the mean in Poiseuille flow). Large proximal vessels fill within about a frame,
+   thin distal branches later. The injection (1-2 s) reaches each point as a plateau, convolved with
+   an exponential dispersion whose time constant grows with the delay; wash-out after the plateau.
+3. **Framing.** A fixed frame rate (default 4 frames/s, as the release). As in the release, the
+   pre-contrast frames are dropped: the first frame is the first acquisition in which the ICA (the
+   trunk segment in view) is opaque along its length, the last the first one at which the most distal branch (in view) is opaque, so the number
+   of frames T follows from the transit time (clipped to [min_frames, max_frames]).
+4. **Image formation (log domain, as DSA subtracts logs).** Live minus mask = vessels (-mu x line
+   integral x opacity, overlaps add) + the textured skull/soft-tissue image moved by a small patient
+   motion (shift + rotation) minus the unmoved one (edge-like misregistration) + a contrast-filled
+   catheter in the proximal ICA (dark, not labelled). Quantum noise (std ~ sqrt of the attenuation)
+   plus electronic noise, a mild detector blur, window/level and 8-bit quantisation.
+   Optional (``late_phase=True``): capillary blush and early veins in the last frames, not labelled.
+5. **Ground truth** = the union over frames of the vessel pixels whose opacity is >= 0.5 in that
+   frame (``visible``), each pixel within max(radius, 0.75 px) of a centreline.
 
 Everything is drawn from one ``numpy.random.Generator``: one seed, one sequence, bit for bit.
 """
@@ -30,28 +35,36 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-REFERENCE_SIZE = 800  # the geometry constants below are for 800x800 frames
+REFERENCE_SIZE = 800  # the geometry constants below are for 800x800 frames (~0.3 mm per px)
+MM_PER_PX = 0.3
 NUM_LAYERS = 3
 MIN_RADIUS_PX = 0.8
 MAX_POINTS = 60000  # cap on centreline samples (keeps the generator fast)
-OPACIFIED = 0.5  # peak opacity above which a vessel counts as shown (ground truth)
-VISIBLE_ATTENUATION = 0.05  # mu * line integral at which a pixel counts as visible in a frame
+OPACIFIED = 0.5  # opacity at which a vessel pixel counts as shown in a frame (ground truth)
+ICA_VELOCITY_MM_S = (300.0, 500.0)  # mean ICA velocity during injection
+FRONT_FACTOR = 2.0  # the contrast front travels at the centreline velocity: 2 x mean (Poiseuille)
+INJECTION_S = (1.0, 2.0)
+DISPERSION_S = 0.06  # rise time constant at the root; grows by DISPERSION_PER_S per second of delay
+DISPERSION_PER_S = 0.12
+WASHOUT_S = (0.3, 0.6)  # decay time constant after the plateau
 
 
 @dataclass
 class PhantomSequence:
     """One synthetic sequence.
 
-    frames    uint8 (T, H, W), T in [min_frames, max_frames]
-    label     uint8 {0,1} (H, W): union of vessels opacified in any frame
-    frame_times float (T,): sampling times of the frames (bolus units, root arrival = 0)
-    visible   bool (T, H, W): pixels whose vessels attenuate >= 5 % in that frame (before noise)
+    frames      uint8 (T, H, W), T in [min_frames, max_frames]; vessels dark on a grey background
+    label       uint8 {0,1} (H, W): union of ``visible`` over frames
+    frame_times float (T,): acquisition times in s after the contrast reaches the trunk
+    visible     bool (T, H, W): vessel pixels whose opacity is >= 0.5 in that frame
+    radius      float32 (H, W): radius in px of the (widest) vessel covering the pixel, 0 elsewhere
     """
 
     frames: np.ndarray
     label: np.ndarray
     frame_times: np.ndarray
     visible: np.ndarray
+    radius: np.ndarray
 
 
 @dataclass
@@ -59,6 +72,7 @@ class _Tree:
     xy: np.ndarray  # float (N, 2) centreline points (x, y)
     radius: np.ndarray  # float (N,)
     path_length: np.ndarray  # float (N,) px from the root along the tree
+    delay: np.ndarray  # float (N,) sum of ds * r_root / r along the path (px at trunk velocity)
     layer: np.ndarray  # int (N,)
 
 
@@ -75,34 +89,35 @@ def _tortuous_path(start, angle, length, rng, curvature_std):
 
 
 def grow_tree(size: int, rng: np.random.Generator) -> _Tree:
-    """Grow one arterial tree for a ``size`` x ``size`` frame (see module doc, step 1)."""
+    """Grow one arterial tree for a ``size`` x ``size`` frame (see module doc, steps 1-2)."""
     scale = size / REFERENCE_SIZE
-    trunk_radius = rng.uniform(8.0, 10.0) * float(np.clip(scale, 0.3, 1.0)) ** 0.5
-    side = rng.integers(4)  # trunk enters from a random border, heading inwards
-    offset = rng.uniform(0.3, 0.7) * size
-    start, angle = {0: ((offset, -2.0), math.pi / 2), 1: ((offset, size + 1.0), -math.pi / 2),
-                    2: ((-2.0, offset), 0.0), 3: ((size + 1.0, offset), math.pi)}[int(side)]
-    angle += rng.uniform(-0.3, 0.3)
-    queue = [(np.array(start, float), angle, trunk_radius, 0.0, int(rng.integers(NUM_LAYERS)), 0)]
-    xy, radius, path, layer = [], [], [], []
+    trunk_radius = rng.uniform(6.5, 8.5) * float(np.clip(scale, 0.3, 1.0)) ** 0.5
+    # the ICA starts near the lower border heading up; the catheter runs below it (the CCA, not opacified)
+    start = np.array((rng.uniform(0.35, 0.65) * size, size * rng.uniform(0.82, 0.95)), float)
+    angle = -math.pi / 2 + rng.uniform(-0.35, 0.35)
+    queue = [(start, angle, trunk_radius, 0.0, 0.0, int(rng.integers(NUM_LAYERS)), 0)]
+    xy, radius, path, delay, layer = [], [], [], [], []
     total = 0
     head = 0
     while head < len(queue) and total < MAX_POINTS:
-        start, angle, r0, path0, lay, depth = queue[head]
+        start, angle, r0, path0, delay0, lay, depth = queue[head]
         head += 1
         length = (rng.uniform(25, 45) + rng.uniform(6, 12) * r0) * max(scale, 0.15)
         points, end_angle = _tortuous_path(start, angle, length, rng, curvature_std=0.035)
         n = len(points)
+        r = np.linspace(r0, r0 * 0.93, n)
         xy.append(points)
-        radius.append(np.linspace(r0, r0 * 0.93, n))
+        radius.append(r)
         path.append(path0 + np.arange(n, dtype=float))
+        seg_delay = delay0 + np.concatenate([[0.0], np.cumsum(trunk_radius / r[1:])])  # velocity ~ r
+        delay.append(seg_delay)
         layer.append(np.full(n, lay))
         total += n
         end = points[-1]
         if not (-0.1 * size < end[0] < 1.1 * size and -0.1 * size < end[1] < 1.1 * size):
             continue  # left the field of view
         r_end = r0 * 0.93
-        ratio = rng.uniform(0.35, 1.0)  # asymmetry r2 / r1
+        ratio = rng.uniform(0.55 if depth < 2 else 0.35, 1.0)  # asymmetry r2 / r1 (ICA -> MCA/ACA: similar)
         r1 = r_end / (1.0 + ratio ** 3) ** (1.0 / 3.0)  # Murray: r_end^3 = r1^3 + r2^3
         r2 = ratio * r1
         cos1 = (r_end ** 4 + r1 ** 4 - r2 ** 4) / (2 * r_end ** 2 * r1 ** 2)
@@ -114,103 +129,190 @@ def grow_tree(size: int, rng: np.random.Generator) -> _Tree:
             if child_r < MIN_RADIUS_PX:
                 continue
             child_layer = int(rng.integers(NUM_LAYERS)) if depth < 3 else lay
-            queue.append((end, child_angle, child_r, path0 + n, child_layer, depth + 1))
-    return _Tree(np.concatenate(xy), np.concatenate(radius), np.concatenate(path), np.concatenate(layer))
+            queue.append((end, child_angle, child_r, path0 + n, seg_delay[-1], child_layer, depth + 1))
+    return _Tree(np.concatenate(xy), np.concatenate(radius), np.concatenate(path), np.concatenate(delay),
+                 np.concatenate(layer))
 
 
-def gamma_variate(t: np.ndarray, time_to_peak: float, alpha: float = 4.0) -> np.ndarray:
-    """Bolus opacity in [0, 1] at time ``t`` after arrival (0 before arrival, 1 at the peak)."""
-    x = np.clip(t / time_to_peak, 0.0, None)
-    return x ** alpha * np.exp(alpha * (1.0 - x))
+def bolus_opacity(since_arrival: np.ndarray, injection_s: float, rise_s: np.ndarray | float,
+                  washout_s: float) -> np.ndarray:
+    """Opacity in [0, 1] of a 1-2 s injection seen ``since_arrival`` s after it reaches a point.
+
+    The injection is a plateau of ``injection_s`` convolved with an exponential dispersion of time
+    constant ``rise_s``; after the plateau it decays with ``washout_s``. 0 before arrival.
+    Broadcasts its array arguments.
+    """
+    s = np.asarray(since_arrival, dtype=np.float64)
+    rise = np.asarray(rise_s, dtype=np.float64)
+    filling = 1.0 - np.exp(-np.clip(s, 0.0, None) / rise)
+    plateau_end = 1.0 - np.exp(-injection_s / rise)
+    washing = plateau_end * np.exp(-np.clip(s - injection_s, 0.0, None) / washout_s)
+    return np.where(s <= 0, 0.0, np.where(s < injection_s, filling, washing))
 
 
-def _low_frequency_field(size, rng, cycles=3.0, components=6):
-    """float32 (size, size) smooth random field in [-1, 1]: a sum of plane waves of <= ``cycles`` periods."""
-    coords = np.arange(size, dtype=np.float32) / size
-    field = np.zeros((size, size), dtype=np.float32)
-    for _ in range(components):
-        fy, fx = rng.uniform(-cycles, cycles, 2) * 2 * np.pi
-        phase = rng.uniform(0, 2 * np.pi)
-        amplitude = rng.uniform(0.3, 1.0)
-        wave_y, wave_x = fy * coords + phase, fx * coords  # cos(a + b) = cos a cos b - sin a sin b
-        field += amplitude * (np.outer(np.cos(wave_y), np.cos(wave_x)) - np.outer(np.sin(wave_y), np.sin(wave_x)))
-    return field / max(float(np.abs(field).max()), 1e-6)
+def time_to_opacity(level: float, rise_s: np.ndarray | float) -> np.ndarray:
+    """Seconds after arrival at which ``bolus_opacity`` first reaches ``level`` (< plateau)."""
+    return -np.asarray(rise_s) * math.log(1.0 - level)
 
 
-def _shift_bilinear(image, dy, dx):
-    """Shift float (H, W) by (dy, dx) px with bilinear interpolation and edge extension."""
+def _smooth_noise(size: int, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """float32 (size, size) Gaussian-filtered white noise, scaled to unit std."""
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size), dtype=np.float32), sigma, mode="wrap")
+    return field / max(float(field.std()), 1e-6)
+
+
+def anatomy(size: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 (size, size) log attenuation of skull and soft tissue (0 = least dense): a skull band
+    with trabecular texture, soft-tissue variation and fine texture. Its misregistration makes the
+    subtraction artefacts."""
+    scale = size / REFERENCE_SIZE
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    cx, cy = size * rng.uniform(0.4, 0.6), size * rng.uniform(0.45, 0.65)
+    ax, ay = size * rng.uniform(0.45, 0.6), size * rng.uniform(0.5, 0.65)
+    rho = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
+    thickness = rng.uniform(0.05, 0.09)
+    skull = ((rho > 1.0) & (rho < 1.0 + thickness)).astype(np.float32)
+    skull = ndimage.gaussian_filter(skull, max(1.5 * scale, 0.5))
+    texture = _smooth_noise(size, rng, max(3.0 * scale, 0.7))
+    soft = _smooth_noise(size, rng, max(60.0 * scale, 3.0))
+    bone = rng.uniform(0.3, 0.5) * skull * (1.0 + 0.3 * texture)
+    return (bone + 0.15 * soft + 0.04 * _smooth_noise(size, rng, max(6.0 * scale, 1.0))).astype(np.float32)
+
+
+def _rigid_warp(image: np.ndarray, dy: float, dx: float, theta: float) -> np.ndarray:
+    """Sample float (H, W) at a small rotation ``theta`` (rad) about the centre plus (dy, dx) px; bilinear."""
     height, width = image.shape
-    pad = int(np.ceil(max(abs(dy), abs(dx)))) + 1
-    padded = np.pad(image, pad, mode="edge")
-    iy, ix = int(np.floor(-dy)), int(np.floor(-dx))
-    fy, fx = -dy - iy, -dx - ix
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    cos, sin = math.cos(theta), math.sin(theta)
+    src_y = cy + cos * (yy - cy) - sin * (xx - cx) - dy
+    src_x = cx + sin * (yy - cy) + cos * (xx - cx) - dx
+    return ndimage.map_coordinates(image, [src_y, src_x], order=1, mode="nearest").astype(np.float32)
 
-    def window(oy, ox):
-        return padded[pad + iy + oy:pad + iy + oy + height, pad + ix + ox:pad + ix + ox + width]
 
-    return ((1 - fy) * ((1 - fx) * window(0, 0) + fx * window(0, 1))
-            + fy * ((1 - fx) * window(1, 0) + fx * window(1, 1)))
+def _catheter(size: int, tree: _Tree, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Centreline float (n, 2) and radius of a catheter from the lower border to its tip in the ICA."""
+    root = tree.xy[0]
+    tip_index = int(rng.uniform(0.2, 0.6) * np.argmax(tree.radius < tree.radius[0] * 0.94))
+    tip = tree.xy[max(tip_index, 1)]
+    entry = np.array((root[0] + rng.uniform(-0.08, 0.08) * size, size + 2.0))
+    below = np.linspace(entry, root, max(int(np.hypot(*(root - entry))), 2))
+    inside = tree.xy[:max(tip_index, 1)] + rng.uniform(-0.3, 0.3, 2) * tree.radius[0]
+    return np.concatenate([below, inside]), max(1.2 * (size / REFERENCE_SIZE) ** 0.5, 0.6)
+
+
+def _draw_tubes(size: int, xy: np.ndarray, radius: np.ndarray):
+    """Pixels near a set of centreline points: flat pixel ids (M,), nearest point (M,) and chord (M,)."""
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < size) & (xy[:, 1] >= 0) & (xy[:, 1] < size)
+    mine = np.flatnonzero(inside)
+    if mine.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    cols = np.clip(np.round(xy[mine, 0]).astype(int), 0, size - 1)
+    rows = np.clip(np.round(xy[mine, 1]).astype(int), 0, size - 1)
+    order = np.argsort(radius[mine], kind="stable")  # wider vessels win shared pixels
+    index_map = np.full((size, size), -1, dtype=np.int64)
+    index_map[rows[order], cols[order]] = mine[order]
+    reach = float(radius[mine].max()) + 1.5
+    dist, (near_r, near_c) = ndimage.distance_transform_edt(index_map < 0, return_indices=True)
+    cand = np.flatnonzero(dist.ravel() <= reach)
+    point = index_map[near_r.ravel()[cand], near_c.ravel()[cand]]
+    pr, pc = np.divmod(cand, size)
+    d = np.hypot(pc - xy[point, 0], pr - xy[point, 1])
+    r_eff = np.maximum(radius[point], 0.75)
+    chord = 2.0 * np.sqrt(np.clip(r_eff ** 2 - d ** 2, 0.0, None))
+    keep = chord > 0
+    return cand[keep], point[keep], chord[keep]
 
 
 def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 4, max_frames: int = 14,
-                      motion_px: float = 0.5, noise: float = 0.02) -> PhantomSequence:
-    """One synthetic DSA sequence of ``size`` x ``size`` frames; see ``PhantomSequence``."""
+                      frame_rate: float = 4.0, motion_px: float = 0.5, noise: float = 0.02,
+                      late_phase: bool = False) -> PhantomSequence:
+    """One synthetic DSA sequence of ``size`` x ``size`` frames; see the module doc and ``PhantomSequence``.
+
+    ``motion_px``: typical patient motion between mask and live frames (0 = perfect registration);
+    ``noise``: quantum noise std (log units) at the least dense anatomy; ``late_phase``: capillary
+    blush and early veins in the last frames (not labelled, hard negatives).
+    """
     if size < 32:
         raise ValueError(f"phantom size must be >= 32 px, got {size}")
     if not 1 <= min_frames <= max_frames:
         raise ValueError(f"phantom frame range must satisfy 1 <= min <= max, got [{min_frames}, {max_frames}]")
+    if not 0 < frame_rate <= 30:
+        raise ValueError(f"phantom frame rate must be in (0, 30] frames/s, got {frame_rate}")
     tree = grow_tree(size, rng)
-    num_frames = int(rng.integers(min_frames, max_frames + 1))
-    arrival = tree.path_length / max(tree.path_length.max(), 1.0)  # 0 at the root, 1 at the farthest tip
-    time_to_peak = rng.uniform(0.25, 0.35)
-    first, last = rng.uniform(0.08, 0.22), rng.uniform(1.0, 1.2)
-    frame_times = np.linspace(first, last, num_frames) if num_frames > 1 else np.array([rng.uniform(0.4, 0.9)])
-    opacity = gamma_variate(frame_times[None, :] - arrival[:, None], time_to_peak)  # (N, T)
-    opacified = opacity.max(axis=1) >= OPACIFIED
+    length_scale = max(size / REFERENCE_SIZE, 0.15)  # px of this image per px at 800
+    velocity = FRONT_FACTOR * rng.uniform(*ICA_VELOCITY_MM_S) / MM_PER_PX * length_scale  # trunk front, px/s
+    arrival = tree.delay / velocity  # s
+    rise = DISPERSION_S + DISPERSION_PER_S * arrival
+    injection, washout = rng.uniform(*INJECTION_S), rng.uniform(*WASHOUT_S)
+    shown_at = arrival + time_to_opacity(OPACIFIED, rise)  # first time each point is opaque
+    in_view = (tree.xy[:, 0] >= 0) & (tree.xy[:, 0] < size) & (tree.xy[:, 1] >= 0) & (tree.xy[:, 1] < size)
+    period = 1.0 / frame_rate
+    trunk = np.flatnonzero((tree.path_length == np.arange(len(tree.path_length))) & in_view)  # first segment
+    ica_shown = float(shown_at[trunk].max()) if trunk.size else float(shown_at[0])
+    first = ica_shown + float(rng.uniform(0.0, period))  # first acquisition with the whole ICA in view opaque
+    last_needed = float(shown_at[in_view].max()) if in_view.any() else first
+    num_frames = int(np.clip(math.ceil((last_needed - first) / period - 1e-9) + 1, min_frames, max_frames))
+    frame_times = first + period * np.arange(num_frames)
+    opacity = bolus_opacity(frame_times[None, :] - arrival[:, None], injection, rise[:, None], washout)  # (N, T)
 
     pixels = size * size
     line_integral = np.zeros((num_frames, pixels), dtype=np.float32)
-    label = np.zeros(pixels, dtype=bool)
-    inside = (tree.xy[:, 0] >= 0) & (tree.xy[:, 0] < size) & (tree.xy[:, 1] >= 0) & (tree.xy[:, 1] < size)
-    cols = np.clip(np.round(tree.xy[:, 0]).astype(int), 0, size - 1)
-    rows = np.clip(np.round(tree.xy[:, 1]).astype(int), 0, size - 1)
+    visible = np.zeros((num_frames, pixels), dtype=bool)
+    radius_map = np.zeros(pixels, dtype=np.float32)
     for lay in range(NUM_LAYERS):
-        mine = np.flatnonzero((tree.layer == lay) & inside)
+        mine = np.flatnonzero(tree.layer == lay)
         if mine.size == 0:
             continue
-        index_map = np.full((size, size), -1, dtype=np.int64)
-        index_map[rows[mine], cols[mine]] = mine
-        reach = float(tree.radius[mine].max()) + 1.5
-        dist, (near_r, near_c) = ndimage.distance_transform_edt(index_map < 0, return_indices=True)
-        cand = np.flatnonzero(dist.ravel() <= reach)
-        point = index_map[near_r.ravel()[cand], near_c.ravel()[cand]]
-        pr, pc = np.divmod(cand, size)
-        d = np.hypot(pc - tree.xy[point, 0], pr - tree.xy[point, 1])
-        r_eff = np.maximum(tree.radius[point], 0.75)
-        chord = 2.0 * np.sqrt(np.clip(r_eff ** 2 - d ** 2, 0.0, None))
-        keep = chord > 0
-        cand, point, chord = cand[keep], point[keep], chord[keep]
+        cand, local, chord = _draw_tubes(size, tree.xy[mine], tree.radius[mine])
+        point = mine[local]
         line_integral[:, cand] += (chord[:, None] * opacity[point]).T.astype(np.float32)
-        label[cand[opacified[point]]] = True
+        visible[:, cand] |= (opacity[point] >= OPACIFIED).T
+        np.maximum.at(radius_map, cand, tree.radius[point].astype(np.float32))
+    label = visible.any(axis=0)
+    radius_map[~label] = 0.0
 
-    line_integral = line_integral.reshape(num_frames, size, size)
-    if motion_px > 0 and num_frames > 1:
-        shifts = np.cumsum(rng.normal(0.0, motion_px / 2, (num_frames, 2)), axis=0)
-        shifts = np.clip(shifts - shifts[0], -motion_px * 2, motion_px * 2)
-        for f in range(1, num_frames):
-            line_integral[f] = _shift_bilinear(line_integral[f], *shifts[f])
-    mu = rng.uniform(0.12, 0.18)  # attenuation per px of fully opacified vessel
-    background = np.float32(rng.uniform(0.6, 0.78)) + np.float32(0.05) * _low_frequency_field(size, rng, 1.5)
-    residue_a, residue_b = _low_frequency_field(size, rng, 5.0), _low_frequency_field(size, rng, 5.0)
-    weights = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)[:, None, None]
-    visible = mu * line_integral >= VISIBLE_ATTENUATION
-    intensity = background[None] * np.exp(np.float32(-mu) * line_integral)
-    intensity = ndimage.gaussian_filter(intensity, sigma=(0, 0.6, 0.6), mode="nearest")
-    intensity += 0.025 * ((1 - weights) * residue_a[None] + weights * residue_b[None])
-    intensity += rng.standard_normal(intensity.shape, dtype=np.float32) * (
-        np.float32(noise) * np.sqrt(np.clip(intensity, 0.0, None)))
-    frames = np.clip(np.rint(intensity * np.float32(255.0)), 0, 255).astype(np.uint8)
-    return PhantomSequence(frames, label.reshape(size, size).astype(np.uint8), frame_times, visible)
+    # patient motion: live frame t is the mask moved by (dy, dx, theta)_t; mild, drifting
+    drift = np.cumsum(rng.normal(0.0, motion_px / 2, (num_frames, 3)), axis=0) + rng.normal(0, motion_px / 2, 3)
+    drift[:, 2] *= 1.0 / max(size, 1)  # rotation (rad) that moves the border by ~ the shift
+    body = anatomy(size, rng)
+    mu = rng.uniform(0.12, 0.18)  # log attenuation per px of fully opacified vessel
+    vessels = mu * line_integral.reshape(num_frames, size, size)
+    cath_xy, cath_r = _catheter(size, tree, rng)
+    cand, _, chord = _draw_tubes(size, cath_xy, np.full(len(cath_xy), cath_r))
+    catheter = np.zeros(pixels, np.float32)
+    np.maximum.at(catheter, cand, (mu * rng.uniform(0.8, 1.2) * chord).astype(np.float32))  # contrast-filled
+    catheter = catheter.reshape(size, size)
+    if late_phase:
+        late = np.clip((frame_times - frame_times[-1]) * frame_rate + 2.0, 0.0, 2.0)[:, None, None] / 2.0
+        blush = np.clip(_smooth_noise(size, rng, max(20.0 * size / REFERENCE_SIZE, 2.0)), 0, None)
+        veins = generate_sequence_veins(size, rng)
+        vessels = vessels + late * (0.08 * blush + veins)[None]
+    level = rng.uniform(0.62, 0.75)  # window/level: the display grey of zero difference
+    frames = np.empty((num_frames, size, size), dtype=np.uint8)
+    quantum = noise * np.exp(0.5 * body)  # photon noise grows with the attenuation it passed
+    for t in range(num_frames):
+        # DSA subtracts logs: live (contrast + moved anatomy) minus mask (anatomy, catheter without contrast)
+        live = body + catheter + vessels[t]
+        if motion_px > 0:
+            live = _rigid_warp(live, *drift[t])
+        log_diff = body - live + rng.standard_normal((size, size), dtype=np.float32) * quantum
+        intensity = ndimage.gaussian_filter(level * np.exp(log_diff), 0.6, mode="nearest")
+        intensity += rng.standard_normal((size, size), dtype=np.float32) * np.float32(0.006)  # electronic
+        frames[t] = np.clip(np.rint(intensity * 255.0), 0, 255).astype(np.uint8)
+    return PhantomSequence(frames, label.reshape(size, size).astype(np.uint8), frame_times,
+                           visible.reshape(num_frames, size, size), radius_map.reshape(size, size))
+
+
+def generate_sequence_veins(size: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 (size, size) log attenuation of a few thin early-draining veins (late phase, not labelled)."""
+    out = np.zeros(size * size, np.float32)
+    for _ in range(int(rng.integers(2, 5))):
+        start = rng.uniform(0.1, 0.9, 2) * size
+        points, _ = _tortuous_path(start, rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.5) * size, rng, 0.02)
+        cand, _, chord = _draw_tubes(size, points, np.full(len(points), rng.uniform(1.0, 2.5)))
+        np.maximum.at(out, cand, (0.1 * chord).astype(np.float32))
+    return out.reshape(size, size)
 
 
 def sequence_rng(seed: int, seq_id: int, *stream: int) -> np.random.Generator:

@@ -1,4 +1,4 @@
-"""Preprocessing exactly as the DIAS reference (DIAS-CODE.md §1 "Sequence length 8").
+"""Preprocessing exactly as the DIAS reference (docs/REFERENCE.md §2).
 
 1. frames uint8 -> float64 / 255, shape (T, H, W), T variable (1..n).
 2. Resample time to T = 8 with ``skimage.transform.resize(seq, (8, H, W), order=3, mode="edge",

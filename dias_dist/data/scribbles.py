@@ -1,4 +1,4 @@
-"""Scribble generators: RDFA (METHODS.md §11) and SALE-like manual strokes.
+"""Scribble generators: RDFA (docs/REFERENCE.md §9) and SALE-like manual strokes.
 
 Output encoding everywhere: uint8 (H, W) with 0 = background scribble, 1 = vessel scribble,
 255 = not annotated.
@@ -44,7 +44,7 @@ def _skeleton(mask: np.ndarray, erosion_range, erosion_min_area, rng) -> tuple[n
 
 
 def _random_walk(skeleton: np.ndarray, component_masks: list[np.ndarray], rng) -> np.ndarray:
-    """Iterative RDFA walk (METHODS.md §11 step 4b-d) on a 1-px padded skeleton; returns bool marks."""
+    """Iterative RDFA walk (docs/REFERENCE.md §9) on a 1-px padded skeleton; returns bool marks."""
     marks = np.zeros_like(skeleton, dtype=bool)
     snapshot = None
     bifurcations: list[tuple[int, int]] = []

@@ -2,7 +2,7 @@
 
 Reads ``training/labels/label_s{ID}.png`` (binarised at >= 100) and writes
 ``training/scribble_labels/RDFA/label_s{ID}.png`` ({0 bg, 1 vessel, 255 unannotated}) with the
-METHODS.md §11 generator. Deterministic per ``--seed`` and sequence ID.
+docs/REFERENCE.md §9 generator. Deterministic per ``--seed`` and sequence ID.
 """
 from __future__ import annotations
 

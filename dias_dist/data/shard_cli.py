@@ -8,7 +8,7 @@ from .shards import write_shards
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src_dir", help="folder in the DIAS release layout (real release or `dias phantom` output)")
+    parser.add_argument("src_dir", help="folder in the DIAS release layout (the real release or the output of dias phantom)")
     parser.add_argument("out_dir", help="shard set folder to write, e.g. shards/demo")
     parser.add_argument("--shard-size-mb", type=float, default=256, help="start a new shard past this size")
     parser.add_argument("--min-shards", type=int, default=1,

@@ -1,4 +1,4 @@
-"""WebDataset tar shards of preprocessed sequences + a manifest (issue 2 §5).
+"""WebDataset tar shards of preprocessed sequences + a manifest.
 
 Layout (``shards/README.md`` documents the sample schema)::
 
@@ -31,6 +31,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..progress import bar
 from . import dias
 from .preprocess import PARAMS, preprocess_sequence
@@ -195,10 +196,9 @@ def write_samples(samples: Iterable[dict], out_dir: str | Path, split: str, *, n
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
-    """Atomically (temporary file, then rename) write ``out_dir/manifest.json``."""
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.replace(out_dir / MANIFEST)
+    """Atomically write ``out_dir/manifest.json``."""
+    with atomic_write(out_dir / MANIFEST) as handle:
+        handle.write(json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def _carry_over(old_dir: Path, new_dir: Path, rewritten: list[str], drop_others: bool) -> None:

@@ -1,4 +1,4 @@
-"""Strong data augmentation for pseudo-labelled RPST patches (paper §IV-C, METHODS.md §10).
+"""Strong data augmentation for pseudo-labelled RPST patches (paper §IV-C, docs/REFERENCE.md §8).
 
 Applied *after* the weak pipeline (crop, flips, rot90) in this order, as the reference's
 ``strong_seq_DA``: per-frame random contrast -> elastic deformation -> Cutout -> Gaussian blur ->
@@ -15,13 +15,17 @@ the same augmentation sequence; seeding here from the caller's generator avoids 
 Deviation from the reference (documented, switchable): the reference Cutout fires when
 ``U(0,1) > 0.2``, i.e. 80 % of the time although its parameter reads "prob=0.2". We apply it with
 probability 0.2; ``faithful_cutout=True`` restores the reference's 80 %.
+
+Label maps under the elastic deformation follow the reference (``label_interp="any"``): bilinear
+interpolation, then every positive value is vessel (its BlobsToMask), so thin vessels survive the
+warp; ``"linear"`` (threshold 0.5) and ``"nearest"`` are the alternatives.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-# Parameters of the reference strong pipeline (METHODS.md §10, DIAS-CODE.md §7).
+# Parameters of the reference strong pipeline (docs/REFERENCE.md §8).
 CONTRAST_PROB = 0.5
 CONTRAST_ALPHA_RANGE = (0.5, 1.5)
 CONTRAST_CLIP = (-1.0, 1.0)
@@ -36,7 +40,7 @@ BLUR_SIGMA_RANGE = (0.1, 2.0)
 NOISE_PROB = 0.1
 NOISE_STD_RANGE = (0.0, 0.1)
 
-LABEL_INTERPOLATIONS = ("linear", "nearest")
+LABEL_INTERPOLATIONS = ("any", "linear", "nearest")  # bilinear then > 0 | bilinear then >= 0.5 | nearest
 BINARY_VALUES = (0, 1)
 
 
@@ -61,12 +65,12 @@ def elastic_displacement(shape_HW: tuple[int, int], rng: np.random.Generator, *,
 
 
 def warp_with_field(image_THW: np.ndarray, maps: dict[str, np.ndarray], dy_HW: np.ndarray, dx_HW: np.ndarray, *,
-                    label_interp: str = "linear") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                    label_interp: str = "any") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Sample every frame and every map at (y + dy, x + dx) with reflect padding.
 
     Frames: cubic spline (order 3), the same field for every frame (no motion across time).
-    Maps with values in {0, 1}: ``label_interp="linear"`` = bilinear then threshold 0.5, or
-    ``"nearest"``. Maps with other values (scribbles holding 255 = unannotated) always use nearest,
+    Maps with values in {0, 1}: ``label_interp="any"`` = bilinear, then any positive value is 1 (the
+    reference), ``"linear"`` = bilinear then threshold 0.5, or ``"nearest"``. Maps with other values (scribbles holding 255 = unannotated) always use nearest,
     because interpolating between 1 and 255 has no meaning.
     Returns float32 (T, P, P) and a new dict of uint8 (P, P) maps.
     """
@@ -82,9 +86,9 @@ def warp_with_field(image_THW: np.ndarray, maps: dict[str, np.ndarray], dy_HW: n
     warped_maps = {}
     for name, map_HW in maps.items():
         is_binary = bool(np.isin(map_HW, BINARY_VALUES).all())
-        if is_binary and label_interp == "linear":
+        if is_binary and label_interp in ("any", "linear"):
             soft = ndimage.map_coordinates(map_HW.astype(np.float32), coords, order=1, mode="reflect")
-            warped_maps[name] = (soft >= 0.5).astype(np.uint8)
+            warped_maps[name] = ((soft > 0) if label_interp == "any" else (soft >= 0.5)).astype(np.uint8)
         else:
             warped_maps[name] = ndimage.map_coordinates(map_HW, coords, order=0, mode="reflect").astype(np.uint8)
     return warped, warped_maps
@@ -124,7 +128,7 @@ def additive_noise(image_THW: np.ndarray, rng: np.random.Generator, *, prob: flo
 
 
 def strong_augment(image_THW: np.ndarray, maps: dict[str, np.ndarray] | list[np.ndarray], rng: np.random.Generator,
-                   *, faithful_cutout: bool = False, label_interp: str = "linear",
+                   *, faithful_cutout: bool = False, label_interp: str = "any",
                    ) -> tuple[np.ndarray, dict[str, np.ndarray] | list[np.ndarray]]:
     """The RPST strong pipeline on one weakly augmented patch; inputs are not modified.
 
@@ -132,7 +136,8 @@ def strong_augment(image_THW: np.ndarray, maps: dict[str, np.ndarray] | list[np.
     name -> map or as a list (as the loader passes them); the same kind is returned.
     rng: the caller's numpy Generator (seeded per rank and worker by the loader).
     faithful_cutout: apply Cutout 80 % of the time as the reference code does (default: 20 %, as documented).
-    label_interp: "linear" (bilinear + threshold 0.5) or "nearest" for {0, 1} maps under elastic deformation.
+    label_interp: "any" (bilinear, any positive value is vessel: the reference), "linear" (bilinear +
+    threshold 0.5) or "nearest" for {0, 1} maps under elastic deformation.
     Returns (float32 (T, P, P), maps as given: dict or list of uint8 (P, P)).
     """
     if image_THW.ndim != 3:

@@ -4,9 +4,11 @@
   gloo on CPU). One process: the bare model, same code path otherwise.
 - Gradient accumulation: micro-batches before the last one run under ``no_sync()`` so the
   all-reduce happens once per optimizer step.
-- bf16 autocast (no GradScaler needed for bf16) on CUDA when ``cfg.train.amp``, on CPU when
-  ``cfg.train.cpu_bf16`` (``TrainConfig.bf16_autocast``).
-- ``channels_last`` memory format on CUDA when ``cfg.train.channels_last`` (for 4-D convs).
+- bf16 autocast (no GradScaler needed for bf16) when ``settings.amp`` (the trainer resolves it
+  with ``TrainConfig.bf16_autocast``: ``train.amp`` on CUDA, ``train.cpu_bf16`` on CPU).
+- SyncBatchNorm for models with BatchNorm when world size > 1 on GPU (``dist.sync_batchnorm``);
+  the ``sync_batchnorm`` run tag says whether it is on.
+- ``channels_last`` memory format on CUDA when ``settings.channels_last`` (for 4-D convs).
 """
 from __future__ import annotations
 
@@ -17,27 +19,31 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dias_dist import dist
-from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm
-from dias_dist.schedule import build_optimizer
+from dias_dist.config import DistConfig
+
+from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm, sync_batchnorm
 
 
 class DDPEngine:
     """See module docstring. ``step()`` returns the global L2 gradient norm (0-d tensor) before clipping."""
 
-    def __init__(self, model: nn.Module, cfg, *, device: torch.device):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, cfg: DistConfig,
+                 settings: StepSettings, *, device: torch.device):
         self.device = device
-        self.grad_clip = cfg.optim.grad_clip
-        self.use_amp = cfg.train.bf16_autocast(device)
-        self.channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
-        model = model.to(device)
+        self.grad_clip = settings.grad_clip
+        self.use_amp = settings.amp
+        self.channels_last = settings.channels_last and device.type == "cuda"
+        model, sync_bn = sync_batchnorm(model, cfg.sync_batchnorm, world_size=dist.world_size(), device=device)
+        self.tags = {"sync_batchnorm": sync_bn}
+        model = model.to(device)  # in place: the optimizer's parameters stay the model's
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self._module = model
-        self.optimizer, self.schedule = build_optimizer(model, cfg)
+        self.optimizer, self.schedule = optimizer, schedule
         if dist.world_size() > 1:
             self.model: nn.Module = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=cfg.dist.find_unused_parameters)
+                find_unused_parameters=cfg.find_unused_parameters)
         else:
             self.model = model
 

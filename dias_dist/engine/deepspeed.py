@@ -1,16 +1,17 @@
 """DeepSpeed engine (ZeRO stage 0/1/2, optional bf16): the only module that imports deepspeed.
 
 Same protocol as ``DDPEngine`` (ARCHITECTURE.md), so the training loop does not change:
-- ``deepspeed.initialize`` gets the client AdamW and the ``WarmupCosine`` schedule built by
-  ``dias_dist.schedule.build_optimizer`` (DeepSpeed's own "Adam" JIT-compiles a C++ op, STACK.md §3).
-- The JSON at ``cfg.dist.deepspeed_config`` holds only the DeepSpeed-specific part (ZeRO stage,
-  bf16, bucket sizes, optional gradient_clipping). Batch geometry comes from ``cfg.train`` and the
-  optimizer/scheduler from ``cfg.optim``: the JSON may not set them (``ValueError``).
+- ``deepspeed.initialize`` gets the client AdamW and the ``WarmupCosine`` schedule the trainer built
+  (DeepSpeed's own "Adam" JIT-compiles a C++ op, docs/REFERENCE.md §10).
+- The JSON at ``dist.deepspeed_config`` holds only the DeepSpeed-specific part (ZeRO stage,
+  bf16, bucket sizes, optional gradient_clipping). Batch geometry and clipping come from the
+  ``StepSettings`` (``train.*``, ``optim.grad_clip``), the optimizer/scheduler from the trainer: the
+  JSON may not set them (``ValueError``).
 - Gradient accumulation: ``backward(loss, sync)`` marks the accumulation boundary itself
   (``set_gradient_accumulation_boundary``) and does not rescale the loss, like DDP's ``no_sync``.
 - bf16 (``"bf16": {"enabled": true}``) keeps bf16 weights with fp32 master copies in the optimizer;
-  ``prepare_input`` casts float inputs to bf16 then. Without it, bf16 autocast follows ``cfg.train.amp`` (CUDA)
-  and ``cfg.train.cpu_bf16`` (CPU) exactly as the DDP engine does.
+  ``prepare_input`` casts float inputs to bf16 then. Without it, bf16 autocast follows ``settings.amp``
+  exactly as the DDP engine does.
 
 Checkpoints (``state_dict`` is COLLECTIVE under ZeRO 1/2: every rank must call it; rank 0 gets the
 complete state and writes it, the other ranks get ``{}``):
@@ -32,22 +33,23 @@ import torch
 from torch import nn
 
 from dias_dist import dist
-from dias_dist.engine import SHARDED_FORMAT, bf16_autocast, grad_norm, micro_batch_size
-from dias_dist.schedule import build_optimizer
+from dias_dist.config import DistConfig, config_file
+
+from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm, micro_batch_size, sync_batchnorm
 
 # Keys the engine fills from cfg.train / cfg.optim; a JSON that sets them would be a second source of truth.
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
               "optimizer", "scheduler")
 
 
-def read_deepspeed_config(path: str | Path, cfg) -> dict:
-    """The DeepSpeed JSON at ``path`` completed from ``cfg`` (batch geometry, clipping).
+def read_deepspeed_config(path: str | Path, settings: StepSettings) -> dict:
+    """The DeepSpeed JSON at ``path`` completed from ``settings`` (batch geometry, clipping).
 
     Raises ``ValueError`` naming the file and key for a missing file, bad JSON, an owned key,
     a ZeRO stage outside 0..2, or a clipping value that contradicts ``optim.grad_clip``, and
     when ``train.batch_size`` does not divide over the ranks and ``train.grad_accum``.
     """
-    path = Path(path)
+    path = config_file(path)  # the default configs/deepspeed/zero1.json also from an installed package
     if not path.is_file():
         raise ValueError(f"dist.deepspeed_config: {path} does not exist")
     try:
@@ -62,12 +64,12 @@ def read_deepspeed_config(path: str | Path, cfg) -> dict:
     if stage not in (0, 1, 2):
         raise ValueError(f"{path}: zero_optimization.stage = {stage!r}; this engine supports 0, 1, 2")
     clip_json = float(ds_config.get("gradient_clipping", 0.0))
-    clip_cfg = float(cfg.optim.grad_clip)
+    clip_cfg = float(settings.grad_clip)
     if clip_json > 0 and clip_cfg > 0 and clip_json != clip_cfg:
         raise ValueError(f"{path}: gradient_clipping = {clip_json} contradicts optim.grad_clip = {clip_cfg}; "
                          f"set one of them")
-    ds_config.update(train_batch_size=cfg.train.batch_size, gradient_accumulation_steps=cfg.train.grad_accum,
-                     train_micro_batch_size_per_gpu=micro_batch_size(cfg),
+    ds_config.update(train_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
+                     train_micro_batch_size_per_gpu=micro_batch_size(settings.batch_size, settings.grad_accum),
                      gradient_clipping=max(clip_json, clip_cfg))
     ds_config.setdefault("zero_allow_untested_optimizer", True)  # the client torch AdamW
     return ds_config
@@ -81,7 +83,7 @@ def _free_port() -> int:
 
 def _ensure_rendezvous_env() -> None:
     """A plain single process (no torchrun) has no RANK/WORLD_SIZE; deepspeed would then try MPI
-    discovery and fail on the missing mpi4py (STACK.md §3). Describe a one-process group instead."""
+    discovery and fail on the missing mpi4py (docs/REFERENCE.md §10). Describe a one-process group instead."""
     if "WORLD_SIZE" in os.environ or dist.is_distributed():
         return
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
@@ -91,24 +93,27 @@ def _ensure_rendezvous_env() -> None:
 class DeepSpeedEngine:
     """See module docstring. ``step()`` returns the global L2 gradient norm (0-d tensor) before clipping."""
 
-    def __init__(self, model: nn.Module, cfg, *, device: torch.device):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, cfg: DistConfig,
+                 settings: StepSettings, *, device: torch.device):
         import deepspeed
 
         self.device = device
-        self.ds_config = read_deepspeed_config(cfg.dist.deepspeed_config, cfg)
+        self.ds_config = read_deepspeed_config(cfg.deepspeed_config, settings)
         self.bf16 = bool(self.ds_config.get("bf16", {}).get("enabled", False))
         self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
-        self.use_amp = cfg.train.bf16_autocast(device) and not self.bf16
-        self.channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
+        self.use_amp = settings.amp and not self.bf16
+        self.channels_last = settings.channels_last and device.type == "cuda"
         if device.type == "cpu":
             # Otherwise init_distributed JIT-compiles the shm comm op with g++ (~1-2 min); gloo suffices.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         _ensure_rendezvous_env()
         deepspeed.init_distributed(dist_backend="gloo" if device.type == "cpu" else "nccl")
-        model = model.to(device)
+        model, sync_bn = sync_batchnorm(model, cfg.sync_batchnorm, world_size=dist.world_size(), device=device)
+        self.tags = {"sync_batchnorm": sync_bn}
+        model = model.to(device)  # in place: the optimizer's parameters stay the model's
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer, self.schedule = build_optimizer(model, cfg)
+        self.schedule = schedule
         self.model, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=self.schedule, config=self.ds_config)
         self._client_optimizer = optimizer

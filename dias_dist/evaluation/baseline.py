@@ -35,7 +35,7 @@ def minip_probability(image_THW) -> np.ndarray:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("shard_dir", metavar="SHARD_DIR", help="shard set written by `dias shard`")
+    parser.add_argument("shard_dir", metavar="SHARD_DIR", help="shard set written by dias shard")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--out", default=None, help="output folder for tables, probability maps and overlays")
     parser.add_argument("--dti", action="store_true", help="dual-threshold (0.5/0.3) post-processing")

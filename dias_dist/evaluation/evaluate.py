@@ -1,4 +1,4 @@
-"""The paper's test protocol over a split of a shard set, spread over ranks (DIAS-CODE.md §5).
+"""The paper's test protocol over a split of a shard set, spread over ranks (docs/REFERENCE.md §5).
 
 Each rank evaluates its own disjoint share of the sequences (``dias_dist.data.loader.eval_sequences``
 splits them), the per-image rows are gathered on every rank, and rank 0 alone writes:
@@ -147,6 +147,13 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
     if not rows:
         raise ValueError(f"split {split!r} of shard set {shard_dir} holds no sequences")
     return rows
+
+
+def evaluate_summary(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig,
+                     **kwargs) -> tuple[list[dict], dict]:
+    """``evaluate_split`` (same arguments) and its summary: (rows, {metric: (mean, population std)})."""
+    rows = evaluate_split(model, shard_dir, split, eval_cfg, **kwargs)
+    return rows, summarize(rows)
 
 
 def print_summary(rows: list[dict], title: str) -> None:

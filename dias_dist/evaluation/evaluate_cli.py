@@ -25,17 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from dias_dist.evaluation.evaluate import evaluate_split, print_summary
-    from dias_dist.methods import build_method
+    from dias_dist.methods import build_network
 
     payload = checkpoint.load(args.checkpoint)
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")
     cfg = from_dict(Config, apply_overrides(payload["config"], list(args.overrides)),
                     f"{args.checkpoint} config" + (" + overrides" if args.overrides else ""))
-    device = dist.init(cfg.dist.backend, cfg.train.device)
+    device = dist.init(cfg.dist, cfg.train.device)
     try:
-        method = build_method(cfg.method.name, **cfg.method.params)
-        model = method.build_model(cfg.model.name, dict(cfg.model.params))
+        _, model = build_network(cfg.model, cfg.method)
         model.load_state_dict(payload["model"])
         model.to(device).eval()
         out_dir = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval" / args.split

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dias_dist.atomic import atomic_write
+
 TP_COLOUR = (255, 255, 255)
 FN_COLOUR = (255, 0, 0)
 FP_COLOUR = (0, 255, 0)
@@ -28,19 +30,12 @@ def error_overlay(pred_bin: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def write_png(array: np.ndarray, path: str | Path) -> None:
-    """Write uint8 (H, W) or (H, W, 3) as PNG, atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-    tmp.replace(path)
+    """Write uint8 (H, W) or (H, W, 3) as PNG, atomically."""
+    with atomic_write(path, "wb") as handle:
+        Image.fromarray(np.ascontiguousarray(array)).save(handle, format="PNG")
 
 
 def write_probability(prob: np.ndarray, path: str | Path) -> None:
-    """Write a float32 (H, W) probability map as ``.npy`` (what ``dias score`` reads back)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    """Write a float32 (H, W) probability map as ``.npy`` (what ``dias score`` reads back), atomically."""
+    with atomic_write(path, "wb") as handle:
         np.save(handle, np.asarray(prob, dtype=np.float32))
-    tmp.replace(path)

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from dias_dist.atomic import atomic_write
 from dias_dist.metrics import METRIC_NAMES, METRIC_TITLES
 
 
@@ -63,24 +64,19 @@ def summary_markdown(summary: dict[str, tuple[float, float]], label: str = "mean
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_write(path) as handle:
+        handle.write(text)
 
 
 def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = None) -> None:
     """Write dict rows as CSV (columns default: the first row's keys); full float precision."""
     path = Path(path)
     columns = list(columns or (rows[0].keys() if rows else []))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_write(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    tmp.replace(path)
 
 
 def write_summary(summary: dict[str, tuple[float, float]], out_dir: str | Path, stem: str = "summary") -> list[Path]:

@@ -1,4 +1,4 @@
-"""Sliding-window inference exactly as the DIAS tester (DIAS-CODE.md §5).
+"""Sliding-window inference exactly as the DIAS tester (docs/REFERENCE.md §5).
 
 The z-scored sequence (T, H, W) is zero-padded at the right and bottom by
 ``stride - (H - patch) % stride`` (800 -> 832 for patch 64 / stride 32: a full extra stride even

@@ -16,8 +16,8 @@ Arithmetic runs in float32 (float64 for float64 inputs, so ``gradcheck`` can tes
 outputs take the promoted dtype of the inputs, as eager PyTorch would.
 
 Triton runs on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``
-set before triton is imported), which is how CI checks these kernels without a GPU. Importing this
-module registers ``IMPLS["triton"]`` in ``dias_dist.models.convgru``.
+set before triton is imported), which is how CI checks these kernels without a GPU. ``dias_dist.models.convgru``
+puts ``gru_gates`` / ``gru_update`` into its ``IMPLS["triton"]`` when Triton is asked for.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# The interpreter costs ~5 ms per program instance whatever BLOCK is (STACK.md §4): few, big blocks.
+# The interpreter costs ~5 ms per program instance whatever BLOCK is (docs/REFERENCE.md §10): few, big blocks.
 BLOCK_SIZE = 16384 if INTERPRETED else 1024
 NUM_WARPS = 4
 
@@ -237,11 +237,3 @@ def gru_update(x_n: torch.Tensor, h_n: torch.Tensor, z: torch.Tensor, h: torch.T
     h_new = (1 - z) * tanh(x_n + h_n) + z * h."""
     return _UpdateFunction.apply(x_n, h_n, z, h)
 
-
-def register() -> None:
-    """Add ``IMPLS["triton"]`` to ``dias_dist.models.convgru`` (run on import)."""
-    from dias_dist.models import convgru
-
-    convgru.IMPLS["triton"] = (gru_gates, gru_update)
-
-register()

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import inspect
 
+from torch import nn
+
+from dias_dist.config import MethodConfig, ModelConfig
+
 from .base import IGNORE_INDEX, Method
 
 METHODS: dict[str, type[Method]] = {}
@@ -41,4 +45,11 @@ def build_method(name: str, **params) -> Method:
     return cls(**params)
 
 
-__all__ = ["IGNORE_INDEX", "METHODS", "Method", "build_method"]
+def build_network(model: ModelConfig, method: MethodConfig) -> tuple[Method, nn.Module]:
+    """The method of the ``method`` section and the network it trains, built from the ``model`` section
+    (a method may add heads or a second network: ``Method.build_model``)."""
+    built = build_method(method.name, **method.params)
+    return built, built.build_model(model.name, dict(model.params))
+
+
+__all__ = ["IGNORE_INDEX", "METHODS", "Method", "build_method", "build_network"]

@@ -1,4 +1,4 @@
-"""DMPLS (Luo et al. 2022): dual-decoder network with dynamically mixed pseudo labels (METHODS.md §6).
+"""DMPLS (Luo et al. 2022): dual-decoder network with dynamically mixed pseudo labels (docs/REFERENCE.md §6.5).
 
 The model (``unet_cct``) returns (main, aux) logits in training mode and the main decoder's logits
 in eval mode. Per iteration, with p = softmax over all C channels and one β ~ U(0, 1) + 1e-10:
@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Method
-from .pce import HEAD_CHOICES, build_with_head, check_choice, check_number
+from .base import HEAD_CHOICES, Method, build_with_head, check_choice, check_number
 from .weak_losses import partial_cross_entropy, pseudo_label_dice
 
 BETA_EPS = 1e-10
@@ -32,6 +31,7 @@ class DMPLS(Method):
 
     target_kind = "scribble"
     name = "dmpls"
+    statistics = ("beta",)  # the mixing weight drawn this step, logged as ``beta``
 
     def __init__(self, weight: float = 0.5, num_classes: int = 2):
         self.weight = check_number(self.name, "weight", weight)

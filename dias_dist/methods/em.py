@@ -1,4 +1,4 @@
-"""EM: pCE (+ partial Dice) plus entropy minimisation over all pixels (METHODS.md §3).
+"""EM: pCE (+ partial Dice) plus entropy minimisation over all pixels (docs/REFERENCE.md §6.2).
 
 L = sup + weight · mean_pixels(−Σ_c p_c log(p_c + 1e-6)) / log 2, constant weight: 5 in the DIAS
 reference (0.1 in WSL4MIS). The entropy is over all C channels, normalised by log 2 as the reference.
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .pce import PCE, check_number
+from .base import check_number
+from .pce import PCE
 from .weak_losses import entropy
 
 

@@ -1,4 +1,4 @@
-"""SSCR's per-branch intensity augmentation (DIAS ``separate_DA``, METHODS.md §8/§10), in torch.
+"""SSCR's per-branch intensity augmentation (DIAS ``separate_DA``, docs/REFERENCE.md §8), in torch.
 
 Applied on the device to a batch of z-scored frames x (B, T, H, W) float, independently per
 sample, in this order:

@@ -1,4 +1,4 @@
-"""IVM: pCE (+ partial Dice) plus the reference's inter/intra-class intensity term (METHODS.md §5).
+"""IVM: pCE (+ partial Dice) plus the reference's inter/intra-class intensity term (docs/REFERENCE.md §6.4).
 
 L = sup + weight · (inter − intra), weight 0.01 constant (DIAS). The intensity image is the
 minimum-intensity projection of the frames (min over T, the intended quantity); ``intensity: argmin``
@@ -8,20 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from dias_dist.models import as_frames
-
-from .pce import PCE, check_choice, check_number
-from .weak_losses import inter_intra_class_term
-
-INTENSITY_CHOICES = ("minip", "argmin")
-
-
-def intensity_image(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """(B, H, W) float intensity map from model input in either layout: MinIP or argmin frame index."""
-    frames_BTHW = as_frames(x)
-    if kind == "minip":
-        return frames_BTHW.amin(dim=1).float()
-    return frames_BTHW.argmin(dim=1).float()
+from .base import check_choice, check_number
+from .pce import PCE
+from .weak_losses import INTENSITY_CHOICES, intensity_image, inter_intra_class_term
 
 
 class IVM(PCE):

@@ -1,7 +1,7 @@
 """pCE: partial cross-entropy on the scribbled pixels (+ the reference's partial Dice term).
 
 The DIAS "pCE" baseline (``wsl_train_pcedice.py``) is pCE + partial soft Dice with weights 1:1
-(METHODS.md §2, disagreement #6); ``dice: false`` gives the plain pCE of the paper's name.
+(docs/REFERENCE.md §6.1); ``dice: false`` gives the plain pCE of the paper's name.
 EM, RLoss and IVM add one regulariser to this loss and subclass ``PCE``.
 """
 from __future__ import annotations
@@ -9,38 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Method
+from .base import HEAD_CHOICES, Method, build_with_head, check_choice
 from .weak_losses import partial_cross_entropy, partial_soft_dice
-
-HEAD_CHOICES = (2, 3)
-
-
-def check_choice(method: str, key: str, value, choices) -> None:
-    """ValueError naming ``method.params.key`` when ``value`` is not one of ``choices``."""
-    bool_choices = all(isinstance(c, bool) for c in choices)
-    if isinstance(value, bool) != bool_choices or value not in choices:
-        raise ValueError(f"method {method!r}: method.params.{key} must be one of {list(choices)}, got {value!r}")
-
-
-def check_number(method: str, key: str, value, minimum: float = 0.0) -> float:
-    """ValueError naming ``method.params.key`` unless ``value`` is a number >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ValueError(f"method {method!r}: method.params.{key} must be a number >= {minimum}, got {value!r}")
-    return float(value)
-
-
-def build_with_head(method: str, name: str, params: dict, num_classes: int) -> nn.Module:
-    """Build registered model ``name`` with ``num_classes`` output channels from the method.
-
-    ``model.params.num_classes`` may repeat the method's value but not contradict it.
-    """
-    from dias_dist.models import build_model
-
-    given = params.get("num_classes", num_classes)
-    if given != num_classes:
-        raise ValueError(f"model.params.num_classes = {given!r} contradicts method {method!r} "
-                         f"method.params.num_classes = {num_classes}; set only the method's")
-    return build_model(name, **{**params, "num_classes": num_classes})
 
 
 class PCE(Method):

@@ -1,4 +1,4 @@
-"""RLoss: pCE (+ partial Dice) plus the gated CRF loss (METHODS.md §4).
+"""RLoss: pCE (+ partial Dice) plus the gated CRF loss (docs/REFERENCE.md §6.3).
 
 L = sup + weight · GatedCRF(softmax over all C), radius 5, Potts compatibility, normalised by B·H·W.
 Kernels: the DIAS reference's spatial-only ``[{weight: 0.1, xy: 6}]`` by default; WSL4MIS's
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .ivm import intensity_image
-from .pce import PCE, check_number
-from .weak_losses import SPATIAL_ONLY_KERNELS, check_kernels, gated_crf_loss
+from .base import check_number
+from .pce import PCE
+from .weak_losses import SPATIAL_ONLY_KERNELS, check_kernels, gated_crf_loss, intensity_image
 
 
 class RLoss(PCE):

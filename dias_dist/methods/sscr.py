@@ -1,4 +1,4 @@
-"""SSCR (DIAS): scribble supervision + cross pseudo supervision + consistency (METHODS.md §8).
+"""SSCR (DIAS): scribble supervision + cross pseudo supervision + consistency (docs/REFERENCE.md §6.6).
 
 Two networks A and B of the same backbone, independently initialised, live in one ``DualNet``
 module (one process group, one optimiser over both, one checkpoint; AdamW is per-parameter, so
@@ -21,9 +21,8 @@ from torch import nn
 
 from dias_dist.models import as_frames, vessel_probability
 
-from .base import Method
+from .base import HEAD_CHOICES, Method, build_with_head, check_choice, check_number
 from .intensity_aug import augment_intensity
-from .pce import HEAD_CHOICES, build_with_head, check_choice, check_number
 from .weak_losses import limited_argmax, overwrite_with_scribbles, partial_cross_entropy, partial_soft_dice
 
 

@@ -1,4 +1,4 @@
-"""Loss terms for learning from scribbles (METHODS.md §2-6); pure functions, no state.
+"""Loss terms for learning from scribbles (docs/REFERENCE.md §6); pure functions, no state.
 
 Shape legend: B batch, C channels (2 or 3; channel 0 background, 1 vessel, 2 the unused extra
 channel of the reference's 3-channel heads), T frames, H/W height/width. Logits are float
@@ -13,10 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from dias_dist.losses import DICE_SMOOTH, soft_dice_term
+from dias_dist.models import as_frames
 
 from .base import IGNORE_INDEX
 
 ENTROPY_EPS = 1e-6
+INTENSITY_CHOICES = ("minip", "argmin")  # the intensity maps of IVM and RLoss
+
+
+def intensity_image(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, H, W) float intensity map from model input in either layout: MinIP or argmin frame index."""
+    frames_BTHW = as_frames(x)
+    if kind == "minip":
+        return frames_BTHW.amin(dim=1).float()
+    return frames_BTHW.argmin(dim=1).float()
 
 
 def partial_cross_entropy(logits_BCHW: torch.Tensor, target_BHW: torch.Tensor,
@@ -132,7 +142,7 @@ def gated_crf_loss(logits_BCHW: torch.Tensor, kernels, radius: int = 5,
 
 
 def inter_intra_class_term(logits_BCHW: torch.Tensor, intensity_BHW: torch.Tensor) -> torch.Tensor:
-    """The reference IVM regulariser R = inter − intra (to be minimised), METHODS.md §5.
+    """The reference IVM regulariser R = inter − intra (to be minimised), docs/REFERENCE.md §6.4.
 
     Q_c = I ⊙ p_c (p = softmax over all C); intra = mean_{b,c} std_{h,w}(Q_c);
     inter = mean_b std_c(mean_{h,w} Q_c); std is unbiased (n − 1), as torch.std.

@@ -18,7 +18,7 @@ from torch import nn
 
 MODELS: dict[str, type[nn.Module]] = {}
 
-# Explicit imports, one line per model file (added as models land).
+# Explicit imports, one line per model file.
 from .vss_net import VSSNet  # noqa: E402
 from .fr_unet import FRUNet  # noqa: E402
 from .unet import UNet  # noqa: E402

@@ -1,6 +1,6 @@
 """Attention U-Net 2D baseline of Table II (frames as input channels), 8.73 M.
 
-DIAS-CODE.md §4: widths 32..512 (``width`` = the first; reference scale_factor 2), double
+docs/REFERENCE.md §4: widths 32..512 (``width`` = the first; reference scale_factor 2), double
 Conv3x3(bias)-BN-ReLU blocks, 2x2 max-pool downs, ups by nearest 2x upsampling + Conv3x3-BN-ReLU,
 and an additive attention gate on every skip: psi = sigmoid(BN(conv1x1(ReLU(BN(W_g g) + BN(W_x x)))))
 with F_int = C/2, skip x multiplied by psi before concatenation. 1x1 head. PyTorch default init.

@@ -1,4 +1,4 @@
-"""Attention-UNet-3D baseline of Table II, DR head (DIAS-CODE.md §4, 23.60 M).
+"""Attention-UNet-3D baseline of Table II, DR head (docs/REFERENCE.md §4, 23.60 M).
 
 Widths 32..512 (64..1024 / ``feature_scale``, default 2); double Conv3d(3)-BN-ReLU blocks; first
 max-pool (1, 2, 2), then (2, 2, 2). A 1x1x1 gating signal from the bottleneck drives additive grid

@@ -1,7 +1,7 @@
 """Building blocks shared by several models: weight init, input checks, the double conv,
 FR-UNet's grid block.
 
-FR-UNet block (DIAS-CODE.md §3), used by ``fr_unet.FRUNet`` and ``vss_net.VSSNet``'s decoder:
+FR-UNet block (docs/REFERENCE.md §3), used by ``fr_unet.FRUNet`` and ``vss_net.VSSNet``'s decoder:
 feature fuse (1x1 + 3x3 + dilated 3x3, no bias, summed, BN) when the channel count changes, a
 residual conv block, then optional up (ConvT 2x2 s2, C -> C/2) and down (Conv 2x2 s2, C -> 2C).
 """

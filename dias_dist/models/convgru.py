@@ -1,6 +1,6 @@
 """Convolutional GRU for VSS-Net's SFEM: batched input path, stepped hidden path, swappable pointwise math.
 
-A ConvGRU cell with hidden size C and 3x3 kernels (DIAS-CODE.md §3):
+A ConvGRU cell with hidden size C and 3x3 kernels (docs/REFERENCE.md §3):
 ```
 z  = sigmoid(W_z * [x, h]),  r = sigmoid(W_r * [x, h])
 n  = tanh(W_n * [x, r*h])
@@ -17,8 +17,8 @@ The pointwise math of a step is two functions, chosen by name from ``IMPLS``:
 gru_gates(x_zr, h_zr, h)   -> (z, rh)   x_zr, h_zr: (B, 2C, H, W) z channels first, then r
 gru_update(x_n, h_n, z, h) -> h_new     all (B, C, H, W)
 ```
-``IMPLS = {"torch": ...}`` here; ``dias_dist/kernels/convgru_triton.py`` adds ``IMPLS["triton"]``
-when imported. ``set_impl("torch" | "triton" | "auto")`` sets the process default; a module built
+``IMPLS = {"torch": ...}`` here; this module adds ``IMPLS["triton"]`` itself from
+``dias_dist/kernels/convgru_triton.py`` the first time Triton is asked for (importing it imports triton). ``set_impl("torch" | "triton" | "auto")`` sets the process default; a module built
 with ``impl="torch"`` or ``"triton"`` overrides it, ``impl="auto"`` follows it. ``"auto"`` resolves to
 Triton for CUDA tensors when the kernels import, else to PyTorch. Arguments handed to the functions
 may be batch slices of bigger tensors (only the batch stride differs from contiguous).
@@ -26,10 +26,15 @@ may be batch slices of bigger tensors (only the batch stride differs from contig
 ``ConvGRUReference`` computes the cell the way the reference code does (concatenate [x_t, h] and run
 three convs at every step); ``ConvGRU.load_reference_weights`` copies its weights so the two can be
 compared (tests, benchmark).
+
+Initialisation (``init="unsplit"``, the default): fan-in based initialisers (PyTorch's default,
+Kaiming) would see a fan-in of 9C on the split convs instead of the reference's 18C, i.e. weights
+sqrt(2) times too large. ``reset_parameters(weight_init)`` therefore initialises three unsplit
+(2C -> C) convs and copies them in, so training starts where the reference starts. ``init="split"``
+keeps the per-piece initialisation (docs/DECISIONS.md).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
@@ -56,7 +61,7 @@ def gru_update(x_n: torch.Tensor, h_n: torch.Tensor, z: torch.Tensor, h: torch.T
 
 IMPLS: dict[str, tuple[GatesFn, UpdateFn]] = {"torch": (gru_gates, gru_update)}
 IMPL_CHOICES = ("auto", "torch", "triton")
-TRITON_MODULE = "dias_dist.kernels.convgru_triton"  # registers IMPLS["triton"] on import
+INIT_CHOICES = ("unsplit", "split")  # fan-in of the reference's (2C -> C) convs | of each split piece
 
 _default_impl = "auto"
 
@@ -81,15 +86,16 @@ def get_impl() -> str:
 
 
 def _load_triton(required: bool) -> bool:
-    """Import the Triton kernels (which register themselves); True when IMPLS has 'triton'."""
+    """Fill ``IMPLS["triton"]`` from the Triton kernels on first use; True when they are available."""
     if "triton" not in IMPLS:
         try:
-            importlib.import_module(TRITON_MODULE)
+            from dias_dist.kernels import convgru_triton
         except ImportError as err:
             if required:
                 raise ValueError(f"ConvGRU implementation 'triton' is not available: {err}") from None
             return False
-    return "triton" in IMPLS
+        IMPLS["triton"] = (convgru_triton.gru_gates, convgru_triton.gru_update)
+    return True
 
 
 def resolve_impl(name: str, device: torch.device) -> str:
@@ -112,15 +118,28 @@ class ConvGRU(nn.Module):
     The input-to-hidden convolutions of all frames are one call; only the hidden path is stepped.
     """
 
-    def __init__(self, channels: int, impl: str = "auto"):
+    def __init__(self, channels: int, impl: str = "auto", init: str = "unsplit"):
         super().__init__()
         _check_impl_name(impl)
+        if init not in INIT_CHOICES:
+            raise ValueError(f"unknown ConvGRU init {init!r}; valid: {', '.join(INIT_CHOICES)}")
         self.channels = channels
         self.impl = impl
         # Output channel order [z | r | n]; the biases of the reference convs live here.
         self.input_conv = nn.Conv2d(channels, 3 * channels, 3, padding=1, bias=True)
         self.hidden_zr = nn.Conv2d(channels, 2 * channels, 3, padding=1, bias=False)
         self.hidden_n = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        if init == "unsplit":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, weight_init: Callable[[nn.Module], None] | None = None) -> None:
+        """Initialise as the reference's three unsplit (2C -> C) 3x3 convs: PyTorch's default init, or
+        ``weight_init`` applied to them (e.g. ``blocks.init_kaiming``), then copied into the split layout."""
+        reference = ConvGRUReference(self.channels)
+        if weight_init is not None:
+            reference.apply(weight_init)
+        self.load_reference_weights(reference)
 
     def forward(self, x_BTCHW: torch.Tensor, h0_BCHW: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         B, T, C, H, W = x_BTCHW.shape
@@ -183,7 +202,7 @@ class ConvGRUReference(nn.Module):
 
 
 class BiConvGRU(nn.Module):
-    """One SFEM stage (DIAS-CODE.md §3): optional weight-shared strided downsampling (WSD) of
+    """One SFEM stage (docs/REFERENCE.md §3): optional weight-shared strided downsampling (WSD) of
     [raw frames | features], forward + backward ConvGRU, tanh fusion, global max pooling over time.
 
     forward(x_BTCHW, raw_BT1HW=None) -> (y_BTCHW, pooled_BCHW)
@@ -195,7 +214,7 @@ class BiConvGRU(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, downsample: bool = True,
-                 dropout: float = 0.2, impl: str = "auto"):
+                 dropout: float = 0.2, impl: str = "auto", gru_init: str = "unsplit"):
         super().__init__()
         if not downsample and in_channels != out_channels:
             raise ValueError(f"BiConvGRU without downsampling needs in_channels == out_channels, "
@@ -209,8 +228,8 @@ class BiConvGRU(nn.Module):
                 nn.Dropout2d(dropout),
                 nn.LeakyReLU(0.1, inplace=True),
             )
-        self.forward_gru = ConvGRU(out_channels, impl)
-        self.backward_gru = ConvGRU(out_channels, impl)
+        self.forward_gru = ConvGRU(out_channels, impl, init=gru_init)
+        self.backward_gru = ConvGRU(out_channels, impl, init=gru_init)
         self.fusion = nn.Conv2d(2 * out_channels, out_channels, 3, padding=1)
 
     def forward(self, x_BTCHW: torch.Tensor, raw_BT1HW: torch.Tensor | None = None):

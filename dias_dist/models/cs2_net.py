@@ -1,6 +1,6 @@
 """CS2-Net (CSNet) 2D baseline of Table II (frames as input channels), 8.93 M.
 
-DIAS-CODE.md §4: widths 32..512 (``width`` = the first). Residual encoders
+docs/REFERENCE.md §4: widths 32..512 (``width`` = the first). Residual encoders
 (ReLU(BN(conv3x3)) x 2 + conv1x1 shortcut, ReLU), 2x2 max-pool downs, an affinity attention at the
 bottleneck (spatial self-attention with 1x3 / 3x1 query/key projections to C/8 + channel attention,
 each scaled by a learned gamma that starts at 0), output bottleneck + attention, ConvTranspose2d

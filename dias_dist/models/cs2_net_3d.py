@@ -1,4 +1,4 @@
-"""CS2-Net-3D baseline of Table II, DR head (DIAS-CODE.md §4, 23.83 M).
+"""CS2-Net-3D baseline of Table II, DR head (docs/REFERENCE.md §4, 23.83 M).
 
 Widths 32, 64, 128, 256, 512 (``width`` = the first). Residual encoders (two Conv3d(3)-BN-ReLU plus
 a 1x1x1 projection), first max-pool (1, 2, 2) then (2, 2, 2); at the bottleneck the affinity

@@ -1,6 +1,6 @@
 """The DR ("dimension reduction") head of the 3D baselines and helpers shared by the 3D models.
 
-DR head (DIAS-CODE.md §4, ``models/d3/DRM.py`` in the reference): at the full-resolution decoder
+DR head (docs/REFERENCE.md §4, ``models/d3/DRM.py`` in the reference): at the full-resolution decoder
 output (B, C, T, H, W) a ``Conv3d(C -> 1, k=1)`` mixes channels, the channel axis is squeezed to
 (B, T, H, W), and a ``Conv2d(T -> num_classes, k=1)`` mixes the frames into 2D logits.
 

@@ -1,6 +1,6 @@
 """FR-UNet (full-resolution UNet), 2D with the T frames as input channels ("DR + 2D", Table II).
 
-DIAS-CODE.md §3 (FR-UNet baseline): widths [w, 2w, 4w, 8w] with w = 32; a grid of ``FRBlock``s in
+docs/REFERENCE.md §3 (FR-UNet baseline): widths [w, 2w, 4w, 8w] with w = 32; a grid of ``FRBlock``s in
 which every level keeps its resolution and exchanges features with its neighbours through
 ConvT/strided-conv up/down blocks; five 1x1 heads on the full-resolution nodes whose logits are
 averaged (no deep supervision, no final activation). Full size: 7,378,774 parameters with 8 input

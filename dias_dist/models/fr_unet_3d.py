@@ -1,4 +1,4 @@
-"""FR-UNet-3D baseline of Table II, five DR heads (DIAS-CODE.md §4, 20.57 M).
+"""FR-UNet-3D baseline of Table II, five DR heads (docs/REFERENCE.md §4, 20.57 M).
 
 The FR-UNet grid (full-resolution and multi-scale horizontal/vertical paths) in 3D. Widths 32, 64,
 128, 256 (64..512 / ``feature_scale``; the reference's code default 4 gives 5.15 M, Table II used

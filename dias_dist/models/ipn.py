@@ -1,4 +1,4 @@
-"""IPN (image projection network) baseline of Table II, a 3D->2D network (DIAS-CODE.md §4, 6.36 M).
+"""IPN (image projection network) baseline of Table II, a 3D->2D network (docs/REFERENCE.md §4, 6.36 M).
 
 The sequence is first resized trilinearly along time to 32 frames (the reference resizes the whole
 volume to (32, 64, 64); on the 64x64 training patches this is the same, and keeping H, W lets the

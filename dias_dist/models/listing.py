@@ -1,6 +1,6 @@
 """``dias models``: every registered model with its input layout and full-size parameter count.
 
-One model a line: ``name  layout  params``. The full-size (default) configuration of each model is
+A header, then one model a line: ``name  layout  parameters``. The full-size (default) configuration of each model is
 built on the ``meta`` device, so counting even the 100 M-parameter models allocates no memory.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     rows = model_table()
-    name_width = max(len(name) for name, _, _ in rows)
+    name_width = max(len(name) for name, _, _ in rows + [("model", "", 0)])
+    print(f"{'model':<{name_width}}  {'layout':<8}  {'parameters':>10}")
     for name, layout, count in rows:
         print(f"{name:<{name_width}}  {layout:<8}  {count:>10}")
     return 0

@@ -1,6 +1,6 @@
 """MAA-Net 2D baseline of Table II (frames as input channels), 5.80 M.
 
-DIAS-CODE.md §4: widths 32, 64, 128, 256 (``width`` = the first; reference feature_scale 2),
+docs/REFERENCE.md §4: widths 32, 64, 128, 256 (``width`` = the first; reference feature_scale 2),
 dropout 0.1, decoders with channel-position attention (CPAM) and a multi-scale aggregation head
 (MAS). Structure (from the lab's public MAA-Net code; re-implemented):
 - stem: Conv1x1 (no bias) - BN - LReLU, T -> w; three encoder levels: residual conv block

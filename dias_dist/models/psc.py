@@ -1,4 +1,4 @@
-"""PSC baseline of Table II, a 3D->2D network (DIAS-CODE.md §4, 6.43 M).
+"""PSC baseline of Table II, a 3D->2D network (docs/REFERENCE.md §4, 6.43 M).
 
 Widths 32, 64, 128, 256 (64..512 / ``feature_scale``, default 2). Residual Conv3d blocks, learned
 downsamplings Conv3d(k2, s2) in all dimensions; every skip is average-pooled over all of its frames

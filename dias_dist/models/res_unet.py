@@ -1,6 +1,6 @@
 """Res-UNet 2D baseline of Table II (frames as input channels), 9.37 M.
 
-DIAS-CODE.md §4: widths 64, 128, 256, 512 (``width`` = the first; reference feature_scale 1),
+docs/REFERENCE.md §4: widths 64, 128, 256, 512 (``width`` = the first; reference feature_scale 1),
 residual conv blocks, three learned downsamplings Conv2x2 stride 2 - BN - LReLU, mirrored
 ConvTranspose2x2 stride 2 - BN - LReLU ups, skip concatenation, 1x1 head. Kaiming init (a=0.02).
 

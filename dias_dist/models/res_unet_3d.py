@@ -1,4 +1,4 @@
-"""Res-UNet-3D baseline of Table II (DIAS-CODE.md §4, 26.38 M with ``feature_scale=1``).
+"""Res-UNet-3D baseline of Table II (docs/REFERENCE.md §4, 26.38 M with ``feature_scale=1``).
 
 Widths 64, 128, 256, 512 divided by ``feature_scale`` (the reference's code default 2 gives 6.60 M;
 Table II used 1, our default). Three learned downsamplings Conv3d(k2, s2)-BN-LReLU in all three

@@ -1,4 +1,4 @@
-"""ST-UNet baseline of Table II, a 3D->2D network (DIAS-CODE.md §4, 104.37 M).
+"""ST-UNet baseline of Table II, a 3D->2D network (docs/REFERENCE.md §4, 104.37 M).
 
 Five encoder stages, widths 64..1024 (``width`` = the first). A stage applies a double
 Conv2d(3, no bias)-InstanceNorm-ReLU to every frame (weights shared over frames, one batched call),

@@ -1,4 +1,4 @@
-"""SVS-Net baseline of Table II, a 3D->2D network (DIAS-CODE.md §4, 8.48 M).
+"""SVS-Net baseline of Table II, a 3D->2D network (docs/REFERENCE.md §4, 8.48 M).
 
 Seven encoder stages, widths 8..512 (``width`` = the first): stage 1 a Conv3d(1x1x1), stages 2-7 a
 spatial (1, 2, 2)-strided Conv3d-BN-ReLU (Dropout3d 0.5 before it on stages 6-7); stages 1-6 end

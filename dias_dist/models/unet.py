@@ -1,6 +1,6 @@
 """U-Net 2D baseline of Table II ("DR + 2D": the T frames are the input channels), 31.04 M.
 
-DIAS-CODE.md §4: widths 64..1024 (``width`` = the first), double Conv3x3(no bias)-BN-ReLU blocks,
+docs/REFERENCE.md §4: widths 64..1024 (``width`` = the first), double Conv3x3(no bias)-BN-ReLU blocks,
 2x2 max-pool downs, ConvTranspose2d(2x2, stride 2, C -> C/2, bias) ups (not bilinear), skip
 concatenation, 1x1 output conv. PyTorch default initialisation (as the reference).
 """

@@ -1,4 +1,4 @@
-"""UNet-3D baseline of Table II: the sequence as a volume, DR head (DIAS-CODE.md §4, 90.27 M).
+"""UNet-3D baseline of Table II: the sequence as a volume, DR head (docs/REFERENCE.md §4, 90.27 M).
 
 Encoder widths 64, 128, 256, 512, 1024 (``width`` scales them); each level is a double
 Conv3d(3, no bias)-BN-ReLU. The first max-pool is (1, 2, 2) so the top level keeps all T frames,

@@ -1,4 +1,4 @@
-"""UNet_CCT: the dual-decoder U-Net of DMPLS (DIAS-CODE.md §6, METHODS.md §6), frames as channels.
+"""UNet_CCT: the dual-decoder U-Net of DMPLS (docs/REFERENCE.md §6.5), frames as channels.
 
 Shared encoder with widths 16, 32, 64, 128, 256 (``width`` = the first) and per-level dropout
 0.05, 0.1, 0.2, 0.3, 0.5: each level is Conv2d(3)-BN-LeakyReLU-Dropout-Conv2d(3)-BN-LeakyReLU

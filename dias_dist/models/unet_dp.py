@@ -1,4 +1,4 @@
-"""UNet_DP: SSCR's default backbone (DIAS-CODE.md §6, METHODS.md §1, §6), frames as channels.
+"""UNet_DP: SSCR's default backbone (docs/REFERENCE.md §6.6), frames as channels.
 
 A U-Net with widths 64..1024 (``width`` = the first), double Conv2d(3, no bias)-BN-ReLU blocks
 with Dropout(``dropout``, default 0.2) after the first conv's ReLU in every block, max-pool downs,

@@ -1,6 +1,6 @@
 """UNet++ (nested U-Net) 2D baseline of Table II (frames as input channels), 9.05 M.
 
-DIAS-CODE.md §4: widths 32..512 (``width`` = the first; reference feature_scale 2). Encoder nodes
+docs/REFERENCE.md §4: widths 32..512 (``width`` = the first; reference feature_scale 2). Encoder nodes
 X_i0 are double Conv3x3(bias)-BN-ReLU after a 2x2 max-pool; decoder nodes X_ij (j >= 1) take
 ConvTranspose2d(2x2, s2)(X_(i+1)(j-1)) concatenated with X_i0..X_i(j-1) and apply a double
 Conv3x3(bias)-ReLU without norm (BN in the encoder only). Deep supervision: the output is the

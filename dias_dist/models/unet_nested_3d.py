@@ -1,4 +1,4 @@
-"""UNet++-3D (nested U-Net) baseline of Table II, DR heads (DIAS-CODE.md §4, 26.17 M).
+"""UNet++-3D (nested U-Net) baseline of Table II, DR heads (docs/REFERENCE.md §4, 26.17 M).
 
 Widths 32..512 (64..1024 / ``feature_scale``, default 2). Encoder nodes X_i0 are double
 Conv3d(3)-BN-ReLU; decoder nodes X_ij (j >= 1) take ConvTranspose3d(X_(i+1)(j-1)) concatenated with

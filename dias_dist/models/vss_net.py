@@ -1,4 +1,4 @@
-"""VSS-Net: sequence feature extraction (SFEM) + FR-UNet decoder, exactly as DIAS-CODE.md §3.
+"""VSS-Net: sequence feature extraction (SFEM) + FR-UNet decoder, exactly as docs/REFERENCE.md §3.
 
 SFEM, with widths [w, 2w, 4w, 8w] (w = 32 full size) and InstanceNorm (no affine), LReLU(0.1),
 Dropout2d:
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .blocks import ResidualConv, check_sequence_input, init_kaiming
-from .convgru import IMPL_CHOICES, BiConvGRU
+from .convgru import IMPL_CHOICES, INIT_CHOICES, BiConvGRU, ConvGRU
 from .fr_unet import FRUNetGrid
 
 FRAME_CHOICES = ("all", "first", "last", "first_last", "mean", "min")
@@ -68,28 +68,35 @@ class VSSNet(nn.Module):
 
     Args: ``frames`` (see module docstring), ``width`` base channels (32 = reference feature_scale 2;
     4 or 8 for tests), ``dropout`` (0.2 everywhere), ``gru_impl`` ('auto' | 'torch' | 'triton', see
-    ``convgru``).
+    ``convgru``), ``gru_init`` ('unsplit': the eight GRUs start with the reference cell's Kaiming std,
+    fan-in 18C; 'split': Kaiming per split conv, fan-in 9C, std x sqrt(2)).
     """
 
     input_layout = "sequence"
 
     def __init__(self, num_frames: int = 8, num_classes: int = 2, frames: str = "all", width: int = 32,
-                 dropout: float = 0.2, gru_impl: str = "auto"):
+                 dropout: float = 0.2, gru_impl: str = "auto", gru_init: str = "unsplit"):
         super().__init__()
         if frames not in FRAME_CHOICES:
             raise ValueError(f"VSSNet: unknown frames option {frames!r}; valid: {', '.join(FRAME_CHOICES)}")
         if gru_impl not in IMPL_CHOICES:
             raise ValueError(f"VSSNet: unknown gru_impl {gru_impl!r}; valid: {', '.join(IMPL_CHOICES)}")
+        if gru_init not in INIT_CHOICES:
+            raise ValueError(f"VSSNet: unknown gru_init {gru_init!r}; valid: {', '.join(INIT_CHOICES)}")
         self.num_frames = num_frames
         self.frames = frames
         w = width
         self.inc = FrameStem(w, dropout)
-        self.en1 = BiConvGRU(w, w, downsample=False, dropout=dropout, impl=gru_impl)
-        self.en2 = BiConvGRU(w, 2 * w, dropout=dropout, impl=gru_impl)
-        self.en3 = BiConvGRU(2 * w, 4 * w, dropout=dropout, impl=gru_impl)
-        self.en4 = BiConvGRU(4 * w, 8 * w, dropout=dropout, impl=gru_impl)
+        self.en1 = BiConvGRU(w, w, downsample=False, dropout=dropout, impl=gru_impl, gru_init=gru_init)
+        self.en2 = BiConvGRU(w, 2 * w, dropout=dropout, impl=gru_impl, gru_init=gru_init)
+        self.en3 = BiConvGRU(2 * w, 4 * w, dropout=dropout, impl=gru_impl, gru_init=gru_init)
+        self.en4 = BiConvGRU(4 * w, 8 * w, dropout=dropout, impl=gru_impl, gru_init=gru_init)
         self.decoder = FRUNetGrid(w, num_classes, dropout, updown_dropout=dropout, own_encoder=False)
         self.apply(init_kaiming)
+        if gru_init == "unsplit":  # apply() saw the split convs; redo the GRUs with the reference's fan-in
+            for module in self.modules():
+                if isinstance(module, ConvGRU):
+                    module.reset_parameters(init_kaiming)
 
     def forward(self, x_B1THW: torch.Tensor) -> torch.Tensor:
         check_sequence_input("VSSNet", x_B1THW, self.num_frames, 8)

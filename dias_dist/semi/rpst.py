@@ -1,4 +1,4 @@
-"""Random-patch self-training (RPST, paper §IV-C, Algorithm 1; METHODS.md §9, DIAS-CODE.md §7).
+"""Random-patch self-training (RPST, paper §IV-C, Algorithm 1; docs/REFERENCE.md §7).
 
 Stages of one job, in order (``stage_names(rounds)``)::
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from dias_dist import dist
+from dias_dist.atomic import atomic_write
 from dias_dist.config import Config, derive, flatten, to_dict
 
 STATE_FILE = "rpst_state.json"
@@ -106,11 +107,8 @@ def load_state(cfg: Config, job: str) -> dict:
 def save_state(cfg: Config, state: dict) -> None:
     """Rank 0 writes the state atomically."""
     if dist.is_main():
-        path = job_dir(cfg, state["job"]) / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state, indent=1))  # stage order = run order
-        tmp.replace(path)
+        with atomic_write(job_dir(cfg, state["job"]) / STATE_FILE) as handle:
+            handle.write(json.dumps(state, indent=1))  # stage order = run order
     dist.barrier()
 
 
@@ -131,7 +129,8 @@ def open_parent(cfg: Config, state: dict):
 
     parent_cfg = derive(cfg, {"track.tags": {**cfg.track.tags, "rpst.job": state["job"],
                                              "rpst.num_labeled": str(cfg.data.num_labeled)}})
-    tracker = make_tracker(parent_cfg, state["job"], is_main=dist.is_main(), resume_run_id=state["parent_run_id"])
+    tracker = make_tracker(parent_cfg.track, state["job"], run_root=cfg.train.run_dir, method=cfg.method.name,
+                           is_main=dist.is_main(), resume_run_id=state["parent_run_id"])
     if dist.is_main() and tracker.run_id and not state["parent_run_id"]:
         tracker.log_params(flatten(to_dict(cfg)))
     state["parent_run_id"] = dist.broadcast_object(tracker.run_id)
@@ -184,24 +183,24 @@ def teacher_stage(cfg: Config, state: dict, *, report=None) -> dict:
 
 def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
     """Label ``rpst.unlabeled_split`` with the final checkpoint of the previous training stage (a nested run)."""
-    from dias_dist import train_support
-    from dias_dist.methods import build_method
+    from dias_dist.checkpoint import broadcast_model_state
+    from dias_dist.methods import build_network
     from dias_dist.semi.pseudo_label import pseudo_label_split
     from dias_dist.track import make_tracker
 
     source_stage = "teacher" if k == 1 else f"round{k - 1}"
     source = _finished(state, source_stage, f"pseudo{k}")
     # idempotent (an existing group is reused): gives this rank's device, also when run_stage runs standalone
-    device = dist.init(cfg.dist.backend, cfg.train.device)
-    method = build_method(cfg.method.name, **cfg.method.params)
-    model = method.build_model(cfg.model.name, dict(cfg.model.params))
-    model.load_state_dict(train_support.broadcast_model_state(Path(source["checkpoint"])))
+    device = dist.init(cfg.dist, cfg.train.device)
+    _, model = build_network(cfg.model, cfg.method)
+    model.load_state_dict(broadcast_model_state(Path(source["checkpoint"])))
     model.to(device)
     out_dir = job_dir(cfg, state["job"]) / "pseudo" / f"round{k}"
     provenance = {"rpst_job": state["job"], "round": k, "labelled_by_stage": source_stage,
                   "teacher_run_id": source["run_id"], "checkpoint": str(Path(source["checkpoint"]).resolve())}
     stage_cfg = stage_config(cfg, state, f"pseudo{k}", 0)
-    tracker = make_tracker(stage_cfg, stage_cfg.train.run_name, is_main=dist.is_main())
+    tracker = make_tracker(stage_cfg.track, stage_cfg.train.run_name, run_root=cfg.train.run_dir,
+                           method=cfg.method.name, is_main=dist.is_main())
     status = "FAILED"
     try:
         stats = pseudo_label_split(model, cfg.data.shards, cfg.rpst.unlabeled_split, out_dir, cfg.eval,
@@ -297,7 +296,7 @@ def run_rpst(cfg: Config, report: Callable[[dict], None] | None = None) -> dict:
     (``val_dsc`` ...) and final metrics (Ray Tune passes ``tune.report``).
     """
     validate(cfg)
-    dist.init(cfg.dist.backend, cfg.train.device)
+    dist.init(cfg.dist, cfg.train.device)
     state = load_state(cfg, job_name(cfg))
     parent = open_parent(cfg, state)
     status = "FAILED"

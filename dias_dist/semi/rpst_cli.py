@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
         if args.stage == "all":
             state = rpst.run_rpst(cfg)
         else:
-            dist.init(cfg.dist.backend, cfg.train.device)
+            dist.init(cfg.dist, cfg.train.device)
             state = rpst.load_state(cfg, rpst.job_name(cfg))
             rpst.run_stage(cfg, args.stage, state=state)  # validates cfg before any work
     finally:
