@@ -38,7 +38,7 @@ def train(shards, run_dir, *extra, timeout=300):
 
 
 def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("dias train: error:")]
+    lines = [line for line in stderr.splitlines() if ": error: " in line]  # `dias train` or `python -m dias_dist.train`
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
 
@@ -123,12 +123,14 @@ def test_full_disk_keeps_what_was_saved_and_resume_finishes(tiny_shards, tmp_pat
 
     real_save, calls = torch.save, []
 
-    def filling_up(obj, path, *args, **kwargs):
-        calls.append(path)
+    def filling_up(obj, target, *args, **kwargs):  # target: a path or the open temporary file
+        calls.append(target)
         if len(calls) == 3:  # steps 1 and 2 are saved, the third save finds the disk full
-            Path(path).write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(obj, path, *args, **kwargs)
+            name = getattr(target, "name", target)
+            if hasattr(target, "write"):
+                target.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(name))
+        return real_save(obj, target, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.torch, "save", filling_up)
     assert run_cli(tiny_shards, tmp_path, "train.steps_per_epoch=4", "eval.val_every_epochs=5") == 2
