@@ -93,6 +93,29 @@ def worker_pids(agent_pid: int, rank: int) -> list[int]:
     return found
 
 
+def kill_job(agent_pid: int) -> None:
+    """SIGKILL the torchrun agent and every process below it at once. torchrun starts each worker in a
+    session of its own, so killing the agent's process group would leave the workers running (orphans)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [agent_pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_elastic_restart_continues_the_same_run(tiny_shards, tmp_path, straight):
     job = subprocess.Popen(torchrun(tiny_shards, tmp_path, restarts=1), env=env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
@@ -105,8 +128,8 @@ def test_elastic_restart_continues_the_same_run(tiny_shards, tmp_path, straight)
         os.kill(victims[0], signal.SIGKILL)
         assert job.wait(timeout=600) == 0
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+        if job.poll() is None:  # only a live agent: a reaped pid may belong to someone else by now
+            kill_job(job.pid)
             job.wait()
     runs = [p for p in tmp_path.iterdir() if (p / "checkpoints").is_dir()]
     assert len(runs) == 1 and runs[0].name.startswith("vss_net-supervised-")  # one folder, named by the job
@@ -129,13 +152,14 @@ def test_chaos_kills_and_resumes_end_like_an_uninterrupted_run(tiny_shards, tmp_
                     time.sleep(0.02)
                 time.sleep(rng.uniform(0.0, 1.5))  # anywhere: a step, a validation, a checkpoint write
                 if job.poll() is None:
-                    os.killpg(job.pid, signal.SIGKILL)
+                    kill_job(job.pid)  # agent and workers: nothing of this attempt runs on
                     kills.append(newest_step(tmp_path))
             _, stderr = job.communicate(timeout=600)
         finally:
             if job.poll() is None:
-                os.killpg(job.pid, signal.SIGKILL)
+                kill_job(job.pid)
                 job.wait()
+        assert b"is in use by a running training" not in stderr, f"seed {seed}: a killed attempt lived on"
         if attempt == 3 or job.returncode == 0:
             assert job.returncode == 0, f"seed {seed}: {stderr.decode()[-3000:]}"
             break
