@@ -137,7 +137,7 @@ class TrackConfig:
 
     enabled: bool = True
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
-    experiment: str = ""  # "" = dias-<method>
+    experiment: str = ""  # "" = dias-<study>: supervised | weak | semi (see dias_dist.track)
     parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
     tags: dict = field(default_factory=dict)
 
@@ -314,11 +314,11 @@ def derive(cfg: Config, updates: dict[str, Any], source: str = "derived config")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; used for MLflow params."""
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; an empty mapping yields no key (nothing to log)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(flatten(value, name + "."))
         else:
             out[name] = value
