@@ -215,8 +215,8 @@ def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> di
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` (rank 0). ``truncate_after(step)`` drops lines of a killed run's
-    steps beyond the checkpoint it resumes from, so the file matches an uninterrupted run."""
+    """Append-only ``metrics.jsonl`` (rank 0). A resumed run does not write again what a killed run
+    logged after its checkpoint (``dias_dist.run_history.skip_logged``)."""
 
     def __init__(self, path: str | Path, enabled: bool):
         self.path = Path(path)
@@ -230,14 +230,8 @@ class MetricsLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        if not self.enabled or not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
-
     def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        """Every record; a torn last line is dropped with a warning, other bad lines name file:line."""
+        from dias_dist.run_history import read_records
+
+        return read_records(self.path)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from dias_dist import checkpoint, dist
+from dias_dist import checkpoint, dist, elastic, run_history, run_lock
 from dias_dist.config import Config, derive, to_dict
 from dias_dist.curves import plot_curves
 from dias_dist.data import loader
@@ -26,7 +26,7 @@ from dias_dist.predict.mlflow_model import log_trained_model
 from dias_dist.progress import Progress
 from dias_dist.run_params import resolved_params
 from dias_dist.schedule import build_optimizer
-from dias_dist.track import MetricsLog, Tracker, make_tracker, run_tags, with_study
+from dias_dist.track import MetricsLog, Tracker, make_tracker, run_tags, tracking_uri, with_study
 
 
 @dataclass
@@ -66,8 +66,10 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     """
     device = dist.init(cfg.dist, cfg.train.device)
     micro_batch = micro_batch_size(cfg.train.batch_size, cfg.train.grad_accum)
+    cfg = elastic.continue_job(cfg)  # under torchrun --max-restarts: the same run name, resume after a restart
     name, run_dir, resume_from = checkpoint.resolve_run(cfg.train, f"{cfg.model.name}-{cfg.method.name}")
     cfg = with_study(derive(cfg, {"train.run_name": name}, "resolved config"))
+    folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s())
     t = cfg.train
     torch.backends.cudnn.benchmark = not t.deterministic  # the reference sets benchmark=True
     if t.deterministic:
@@ -89,9 +91,10 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     if not dry_run:
         checkpoint.prepare_run_folder(cfg, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=writes)
-    log.truncate_after(state.step)
     tracker = make_tracker(cfg.track, t.run_name, run_root=t.run_dir, method=cfg.method.name, is_main=writes,
                            resume_run_id=state.run_id)
+    log, tracker = run_history.skip_logged(log, tracker, state.step,
+                                           tracking_uri(cfg.track, t.run_dir) if cfg.track.enabled else "")
     if writes and not state.run_id:
         tracker.log_params(resolved_params(cfg, method, model, semi=cfg.track.tags["study"] == "semi"))
         tracker.set_tags({**run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)), **engine.tags})
@@ -109,6 +112,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     finally:
         progress.close()
         tracker.close(status)
+        folder.release(status)
 
 
 def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:

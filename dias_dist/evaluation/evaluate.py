@@ -23,6 +23,7 @@ from torch import nn
 
 from dias_dist import dist
 from dias_dist.config import EvalConfig
+from dias_dist.data.shards import check_key
 from dias_dist.evaluation.overlay import (anatomy_overlay, write_overlay_figure, write_probability,
                                          write_probability_figure)
 from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv, write_summary
@@ -84,6 +85,7 @@ def _write_images_on_main(local_images: list, out_dir: Path) -> None:
             if gathered is None:
                 continue
             key, prob, overlay, dsc = gathered
+            key = check_key(key, f"writing into {out_dir}")  # keys become file names
             write_probability(prob, out_dir / "prob" / f"{key}.npy")
             write_probability_figure(prob, out_dir / "prob_png" / f"{key}.png", f"{key}: vessel probability")
             if overlay is not None:
