@@ -13,6 +13,7 @@ from dias_dist import __version__, report, train_cli
 from dias_dist.data import phantom_cli, scribbles_cli, shard_cli
 from dias_dist.evaluation import baseline, evaluate_cli, score
 from dias_dist.models import listing
+from dias_dist.predict import cli as predict_cli
 from dias_dist.semi import rpst_cli
 
 COMMANDS: dict[str, tuple[ModuleType, str, str]] = {
@@ -32,6 +33,8 @@ COMMANDS: dict[str, tuple[ModuleType, str, str]] = {
               "dias train configs/debug.yaml train.max_steps=2"),
     "evaluate": (evaluate_cli, "evaluate a checkpoint on a split",
                  "dias evaluate runs/debug/NAME/checkpoints/best.pt --split test"),
+    "predict": (predict_cli, "vessel masks for your own series (frames, DICOM, .npy)",
+                "dias predict runs:/RUN_ID/model my_series.dcm --out pred/"),
     "report": (report, "Table II/III-style comparison of finished MLflow runs",
                "dias report dias-supervised --metric dsc"),
     "rpst": (rpst_cli, "semi-supervised random-patch self-training (teacher + rounds)",

@@ -40,6 +40,7 @@ class DataConfig:
     num_labeled: int = 0  # >0: use only the first N training sequences (RPST teacher)
     augment: str = "weak"  # weak | none
     on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
+    verify: bool = True  # sha256 of each shard checked against the manifest at its first use (per process)
 
 
 @dataclass(kw_only=True)
@@ -92,6 +93,7 @@ class TrainConfig:
     run_dir: str = "runs"
     run_name: str = ""  # "" = <model>-<method>-<timestamp>
     resume: str = "never"  # never | auto | PATH to a checkpoint
+    overwrite: bool = False  # true: an existing run folder of the same name is emptied first (resume must be never)
     progress: bool = True
 
     def bf16_autocast(self, device: torch.device | str) -> bool:
@@ -136,9 +138,10 @@ class TrackConfig:
 
     enabled: bool = True
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
-    experiment: str = ""  # "" = dias-<method>
+    experiment: str = ""  # "" = dias-<study>: supervised | weak | semi (see dias_dist.track)
     parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
     tags: dict = field(default_factory=dict)
+    register_as: str = ""  # register the logged model under this name in the MLflow model registry
 
 
 @dataclass(kw_only=True)
@@ -211,6 +214,15 @@ def _check_type(value: Any, annotation: Any, where: str, source: str) -> Any:
     raise ValueError(f"{source}: {where} must be {name}, got {type(value).__name__} {value!r}")
 
 
+# Lower bounds of numeric keys: a bad value is named here, not by the function that would trip on it.
+MINIMUMS = {
+    "data.patch_size_px": 1, "data.patches_per_sequence": 1, "data.shuffle_buffer": 0, "data.num_workers": 0,
+    "data.num_labeled": 0, "train.epochs": 1, "train.steps_per_epoch": 1, "train.batch_size": 1,
+    "train.grad_accum": 1, "train.max_steps": 0, "train.log_every_steps": 1, "train.checkpoint_every_steps": 0,
+    "eval.patch_size_px": 1, "eval.stride_px": 1, "eval.batch_size": 1, "eval.val_every_epochs": 1,
+}
+
+
 def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict; strict about keys and types."""
     if not isinstance(data, dict):
@@ -234,6 +246,9 @@ def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):
             kwargs[f.name] = from_dict(annotation, value or {}, source, prefix + f.name + ".")
         else:
             kwargs[f.name] = _check_type(value, annotation, prefix + f.name, source)
+            low = MINIMUMS.get(prefix + f.name)
+            if low is not None and kwargs[f.name] < low:
+                raise ValueError(f"{source}: {prefix + f.name} must be >= {low}, got {kwargs[f.name]!r}")
     return cls(**kwargs)
 
 
@@ -301,11 +316,11 @@ def derive(cfg: Config, updates: dict[str, Any], source: str = "derived config")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; used for MLflow params."""
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; an empty mapping yields no key (nothing to log)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):
             out.update(flatten(value, name + "."))
         else:
             out[name] = value

@@ -1,11 +1,13 @@
 """The README's main command (``bash scripts/demo.sh``): synthetic data -> shards -> baseline ->
 2-process CPU training of a reduced-width VSS-Net -> test table, then the same model fed only the
-first frame and only the last frame (the paper's Table VI input ablation) for comparison.
+first frame and only the last frame (the paper's Table VI input ablation) for comparison, and
+finally ``dias predict`` on the unlabelled phantom series through the model training logged to
+MLflow (``runs:/<id>/model``).
 
 Every step is the public command line (``dias phantom``, ``dias shard``, ``dias baseline``,
 ``torchrun launch/train.py``), run as a subprocess from the repository root, so the demo shows
 exactly what a user types. Outputs: ``data/demo``, ``shards/demo``, ``runs/demo-*`` (tables,
-overlays, probability maps, checkpoints), MLflow store ``runs/mlflow.db``.
+overlays, probability maps, checkpoints, ``predict/``), MLflow store ``runs/mlflow.db``.
 """
 from __future__ import annotations
 
@@ -36,6 +38,21 @@ def _summary(run_dir: Path) -> dict[str, tuple[float, float]]:
         return {row["metric"]: (float(row["mean"]), float(row["std"])) for row in csv.DictReader(handle)}
 
 
+def _predict_unlabelled(python: str, run_dir: Path, number: int) -> Path:
+    """``dias predict runs:/<id>/model`` on the unlabelled phantom series (the model training logged
+    to MLflow); returns the series' output folder."""
+    from dias_dist import checkpoint
+
+    run_id = checkpoint.load(run_dir / "checkpoints" / "final.pt").get("mlflow_run_id", "")
+    if not run_id:
+        raise SystemExit(f"{run_dir}: no MLflow run id in final.pt (was tracking off?)")
+    out = run_dir / "predict"
+    _run([python, "-m", "dias_dist.cli", "predict", f"runs:/{run_id}/model", "data/demo/unlabeled_DSA", "--out",
+          str(out.relative_to(ROOT)), "--tracking-uri", "sqlite:///runs/mlflow.db"],
+         f"{number}. an unlabelled series through the logged MLflow model")
+    return out / "unlabeled_DSA"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128, help="phantom frame side in px")
@@ -50,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     torchrun = str(Path(python).with_name("torchrun"))
     stamp = time.strftime("%y%m%d_%H%M%S")
     _run([python, "-m", "dias_dist.cli", "phantom", "data/demo", "--size", str(args.size), "--train", str(args.train),
-          "--val", "4", "--test", "8", "--unlabeled", "0", "--seed", "0", "--preview"], "1. synthetic DSA sequences")
+          "--val", "4", "--test", "8", "--unlabeled", "1", "--seed", "0", "--preview"], "1. synthetic DSA sequences")
     _run([python, "-m", "dias_dist.cli", "shard", "data/demo", "shards/demo", "--min-shards", str(args.nproc)],
          "2. WebDataset shards")
     _run([python, "-m", "dias_dist.cli", "baseline", "shards/demo", "--split", "test", "--no-images",
@@ -70,10 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         for label, (_, summary) in results.items():
             print(f"  {label:<18} DSC {summary['dsc'][0]:.4f} ± {summary['dsc'][1]:.4f}   Sen {summary['sen'][0]:.4f}"
                   f"   AUC {summary['auc'][0]:.4f}   (paper DSC {PAPER_DSC[label]:.4f})")
+    predicted = _predict_unlabelled(python, run_dir, len(results) + 4)
     print(f"\noverlays (TP white, FN red, FP green): {run_dir / 'eval' / 'test' / 'overlay'}")
-    print(f"probability maps: {run_dir / 'eval' / 'test' / 'prob'}")
+    print(f"probability maps: {run_dir / 'eval' / 'test' / 'prob'} (.npy), {run_dir / 'eval' / 'test' / 'prob_png'}")
     print(f"MLflow store: {ROOT / 'runs' / 'mlflow.db'}  (open: .venv/bin/mlflow ui --backend-store-uri "
-          f"sqlite:///runs/mlflow.db, experiment dias-demo)")
+          f"sqlite:///runs/mlflow.db, experiment dias-demo; README 'Comparing runs')")
+    print("comparison table of the demo's runs: .venv/bin/dias report dias-demo")
+    print(f"unlabelled series predicted through the MLflow model: mask {predicted / 'mask.png'}, "
+          f"overlay {predicted / 'overlay.png'}")
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 

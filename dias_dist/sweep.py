@@ -31,7 +31,8 @@ COORDINATOR_CPU = 0.01  # the Tune function that only drives a TorchTrainer; its
 
 
 def _trial_overrides(spec: dict, params: dict, trial_name: str) -> list[str]:
-    overrides = list(spec["overrides"])
+    # a trial restored after an error continues its own run folder (the user's overrides may say otherwise)
+    overrides = ["train.resume=auto", *spec["overrides"]]
     overrides += [f"{key}={json.dumps(value)}" for key, value in sorted(params.items())]
     overrides += [
         f"track.parent_run_id={spec['parent_run_id']}",

@@ -9,9 +9,14 @@ The tracker gets the ``track`` section, the runs' root folder (``train.run_dir``
 name, not the whole config. Store: ``track.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///<train.run_dir>/mlflow.db``. Experiments are created by ``experiment_id`` only: in a
 SQLite store their artifacts go to ``mlartifacts/`` next to the database file (never to ``./mlruns``
-in whatever directory the process runs in); a server keeps its own artifact root. Experiment:
-``track.experiment`` or ``dias-<method>``, so every run of one method lines up in one MLflow
-table. With ``track.parent_run_id`` the run is nested under that run (RPST rounds, Tune sweeps).
+in whatever directory the process runs in); a server keeps its own artifact root.
+
+Studies: every run carries a ``study`` tag and, unless ``track.experiment`` names one, goes to the
+experiment ``dias-<study>``, so runs that the paper compares in one table share one MLflow
+experiment: ``supervised`` (dense labels, Tables II and VI), ``weak`` (scribble methods, Table III)
+and ``semi`` (random-patch self-training stages, which tag themselves). A ``study`` entry in
+``track.tags`` wins. With ``track.parent_run_id`` the run is nested under that run (RPST rounds,
+Tune sweeps).
 """
 from __future__ import annotations
 
@@ -77,8 +82,30 @@ def tracking_uri(track: TrackConfig, run_root: str | Path) -> str:
     return f"sqlite:///{Path(run_root).resolve()}/mlflow.db"
 
 
+STUDY_OF_TARGET = {"dense": "supervised", "scribble": "weak"}  # by the method's ``target_kind``
+
+
+def study_of(track: TrackConfig, method: str) -> str:
+    """``track.tags["study"]`` if set, else the study of method ``method``'s kind of targets."""
+    if track.tags.get("study"):
+        return str(track.tags["study"])
+    from dias_dist.methods import METHODS
+
+    return STUDY_OF_TARGET.get(getattr(METHODS.get(method), "target_kind", ""), method)
+
+
 def experiment_name(track: TrackConfig, method: str) -> str:
-    return track.experiment or f"dias-{method}"
+    """``track.experiment``, else ``dias-<study>``."""
+    return track.experiment or f"dias-{study_of(track, method)}"
+
+
+def with_study(cfg):
+    """``cfg`` with ``track.experiment`` and ``track.tags["study"]`` filled in (saved with the run)."""
+    from dias_dist.config import derive
+
+    study = study_of(cfg.track, cfg.method.name)
+    return derive(cfg, {"track.experiment": experiment_name(cfg.track, cfg.method.name),
+                        "track.tags": {**cfg.track.tags, "study": study}}, "resolved config")
 
 
 def artifact_location(uri: str) -> str | None:
@@ -121,7 +148,7 @@ class MLflowTracker:
             self.run_id, self._client = resume_run_id, client
             return
         exp_id = experiment_id(client, experiment_name(track, method), uri)
-        tags = {str(k): str(v) for k, v in track.tags.items()}
+        tags = {"study": study_of(track, method), **{str(k): str(v) for k, v in track.tags.items()}}
         if track.parent_run_id:
             tags["mlflow.parentRunId"] = track.parent_run_id
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
@@ -187,35 +214,9 @@ def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> di
             "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"}
 
 
-def plot_curves(records: list[dict], out_dir: Path) -> None:
-    """Rank 0: loss curves and validation metric curves from metrics.jsonl records, PNGs in ``out_dir``."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for kind, title, file_name in (("train", "training loss", "loss_curve.png"), ("val", "validation", "val_curve.png")):
-        records_of_kind = [r for r in records if r["kind"] == kind]
-        keys = sorted({k for r in records_of_kind for k in r if k.startswith(("loss", "val_"))})
-        if not keys:
-            continue
-        # unbounded VC (a ratio of component counts) gets its own panel: the [0, 1] metrics stay readable
-        unbounded = [k for k in keys if k.endswith("_vc")]
-        panels = [[k for k in keys if k not in unbounded]] + ([unbounded] if unbounded else [])
-        fig = Figure(figsize=(6 * len(panels), 4))
-        axes = fig.subplots(1, len(panels), squeeze=False)
-        for ax, panel in zip(axes[0], panels):
-            for key in panel:
-                steps, values = zip(*[(r["step"], r[key]) for r in records_of_kind if key in r])
-                ax.plot(steps, values, label=key, marker="." if kind == "val" else None)
-            ax.set_xlabel("step")
-            ax.set_title(title + (" (VC: closer to 1 is better)" if panel is not panels[0] else ""))
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / file_name, dpi=100)
-
-
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` (rank 0). ``truncate_after(step)`` drops lines of a killed run's
-    steps beyond the checkpoint it resumes from, so the file matches an uninterrupted run."""
+    """Append-only ``metrics.jsonl`` (rank 0). A resumed run does not write again what a killed run
+    logged after its checkpoint (``dias_dist.run_history.skip_logged``)."""
 
     def __init__(self, path: str | Path, enabled: bool):
         self.path = Path(path)
@@ -229,14 +230,8 @@ class MetricsLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        if not self.enabled or not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
-
     def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        """Every record; a torn last line is dropped with a warning, other bad lines name file:line."""
+        from dias_dist.run_history import read_records
+
+        return read_records(self.path)

@@ -9,6 +9,7 @@ import argparse
 
 from dias_dist import dist
 from dias_dist.config import load_config
+from dias_dist.run_lock import describe_os_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         result = run(cfg, dry_run=args.dry_run)
+    except OSError as err:  # a full disk or an unwritable folder: one line naming path and cause
+        raise ValueError(describe_os_error(err)) from None
     finally:
         dist.teardown()
     if dist.is_main():

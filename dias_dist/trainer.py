@@ -13,17 +13,20 @@ from typing import Callable
 
 import torch
 
-from dias_dist import checkpoint, dist
-from dias_dist.config import Config, derive, flatten, to_dict
+from dias_dist import checkpoint, dist, elastic, run_history, run_lock
+from dias_dist.config import Config, derive, to_dict
+from dias_dist.curves import plot_curves
 from dias_dist.data import loader
 from dias_dist.engine import Engine, StepSettings, build_engine, micro_batch_size
 from dias_dist.evaluation import evaluate
 from dias_dist.evaluation.tables import flat_metrics
 from dias_dist.methods import Method, build_network
 from dias_dist.models import count_parameters, input_layout, to_layout
+from dias_dist.predict.mlflow_model import log_trained_model
 from dias_dist.progress import Progress
+from dias_dist.run_params import resolved_params
 from dias_dist.schedule import build_optimizer
-from dias_dist.track import MetricsLog, Tracker, make_tracker, plot_curves, run_tags
+from dias_dist.track import MetricsLog, Tracker, make_tracker, run_tags, tracking_uri, with_study
 
 
 @dataclass
@@ -58,12 +61,15 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     sources: ``TrainSource`` list replacing the one built from ``cfg.data`` (RPST).
     init_from: checkpoint whose model weights initialise the model (RPST students).
     dry_run: build everything, run one optimizer step, write nothing; returns the step's losses.
-    Returns ``{"run_dir", "run_id", "step", "best_<select_metric>", "test_<metric>", "test_<metric>_std"...}``.
+    Returns ``{"run_dir", "run_id", "step", "best_val_score" (of ``eval.select_metric``), "test_<metric>",
+    "test_<metric>_std"...}``.
     """
     device = dist.init(cfg.dist, cfg.train.device)
     micro_batch = micro_batch_size(cfg.train.batch_size, cfg.train.grad_accum)
+    cfg = elastic.continue_job(cfg)  # under torchrun --max-restarts: the same run name, resume after a restart
     name, run_dir, resume_from = checkpoint.resolve_run(cfg.train, f"{cfg.model.name}-{cfg.method.name}")
-    cfg = derive(cfg, {"train.run_name": name}, "resolved config")
+    cfg = with_study(derive(cfg, {"train.run_name": name}, "resolved config"))
+    folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s())
     t = cfg.train
     torch.backends.cudnn.benchmark = not t.deterministic  # the reference sets benchmark=True
     if t.deterministic:
@@ -85,11 +91,12 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     if not dry_run:
         checkpoint.prepare_run_folder(cfg, run_dir)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=writes)
-    log.truncate_after(state.step)
     tracker = make_tracker(cfg.track, t.run_name, run_root=t.run_dir, method=cfg.method.name, is_main=writes,
                            resume_run_id=state.run_id)
+    log, tracker = run_history.skip_logged(log, tracker, state.step,
+                                           tracking_uri(cfg.track, t.run_dir) if cfg.track.enabled else "")
     if writes and not state.run_id:
-        tracker.log_params(flatten(to_dict(cfg)))
+        tracker.log_params(resolved_params(cfg, method, model, semi=cfg.track.tags["study"] == "semi"))
         tracker.set_tags({**run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)), **engine.tags})
         tracker.log_artifact(run_dir / "config.yaml")
     parts = Parts(cfg, run_dir, method, engine, micro_batch,
@@ -105,6 +112,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     finally:
         progress.close()
         tracker.close(status)
+        folder.release(status)
 
 
 def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:
@@ -230,7 +238,7 @@ def _validate(parts: Parts, state: TrainState, epoch: int, report) -> bool:
     score = summary[e.select_metric][0]
     if improved := epoch < e.select_from_epoch or score > state.best:
         state.best = score
-    values[f"best_val_{e.select_metric}"] = state.best
+    values["best_val_score"] = state.best  # of eval.select_metric; one name whatever the metric
     parts.log.write("val", state.step, {"epoch": epoch, **values})
     parts.tracker.log_metrics(values, state.step)
     if report is not None:
@@ -244,7 +252,7 @@ def _finish(parts: Parts, state: TrainState) -> dict:
     e = parts.cfg.eval
     _save(parts, state, "final.pt")
     result = {"run_dir": str(parts.run_dir), "run_id": parts.tracker.run_id, "step": state.step,
-              f"best_val_{e.select_metric}": state.best}
+              "best_val_score": state.best}
     if e.test_split:
         weights = parts.run_dir / "checkpoints" / f"{e.test_checkpoint}.pt"
         if not dist.broadcast_object(weights.is_file()):
@@ -263,4 +271,5 @@ def _finish(parts: Parts, state: TrainState) -> dict:
     if parts.writes:
         plot_curves(parts.log.read(), parts.run_dir / "plots")
         parts.tracker.log_artifact(parts.run_dir / "plots", "plots")
+        log_trained_model(parts.cfg, parts.run_dir, parts.tracker)  # the selected model as an MLflow pyfunc
     return result

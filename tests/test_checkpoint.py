@@ -50,12 +50,16 @@ def test_rng_states_round_trip_through_a_file(tmp_path):
     assert random.random() == expected[2]
 
 
-def test_metrics_log_truncates_steps_after_a_resume_point(tmp_path):
+def test_metrics_log_does_not_rewrite_steps_after_a_resume_point(tmp_path):
+    from dias_dist.run_history import skip_logged
+
     log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True)
     for step in range(1, 6):
         log.write("train", step, {"loss_total": 1.0 / step})
-    log.truncate_after(3)
-    assert [r["step"] for r in log.read()] == [1, 2, 3]
+    resumed, _ = skip_logged(log, NullTracker(), 3)
+    for step in range(4, 8):  # the resumed run replays 4 and 5, then goes on
+        resumed.write("train", step, {"loss_total": 1.0 / step})
+    assert [r["step"] for r in log.read()] == [1, 2, 3, 4, 5, 6, 7]
     silent = MetricsLog(tmp_path / "other.jsonl", enabled=False)
     silent.write("train", 1, {"loss": 1.0})
     assert not (tmp_path / "other.jsonl").exists()

@@ -164,3 +164,11 @@ def test_preview_panels_are_frames_minip_label_and_scribbles_each_captioned():
     minip_panel = len(seq.frames)
     y, x = (minip_panel // 4) * (64 + caption + 4) + caption, (minip_panel % 4) * (64 + 4)
     assert np.array_equal(image[y:y + 64, x:x + 64, 0], seq.frames.min(axis=0))
+
+
+def test_every_phantom_option_is_documented():
+    from dias_dist import cli
+
+    _, commands = cli.build_parser()
+    undocumented = [a.dest for a in commands["phantom"]._actions if not a.help]
+    assert undocumented == []

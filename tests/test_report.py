@@ -9,11 +9,14 @@ from dias_dist.metrics import METRIC_NAMES
 mlflow = pytest.importorskip("mlflow")
 
 
-def _log_run(client, experiment_id, name, model, values, *, num_params=1_000_000, tags=None, finish=True):
+def _log_run(client, experiment_id, name, model, values, *, num_params=1_000_000, tags=None, finish=True,
+             params=None):
     run = client.create_run(experiment_id, run_name=name, tags={"num_params": str(num_params), **(tags or {})})
     run_id = run.info.run_id
     client.log_param(run_id, "model.name", model)
     client.log_param(run_id, "method.name", "supervised")
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, value)
     for metric, (mean, std) in values.items():
         client.log_metric(run_id, f"test_{metric}", mean)
         client.log_metric(run_id, f"test_{metric}_std", std)
@@ -82,7 +85,7 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
     assert by_name["vss"]["model"] == "vss_net" and float(by_name["vss"]["dsc_std"]) == pytest.approx(0.05)
 
     markdown = (out / "report.md").read_text()
-    assert "| vss | vss_net | supervised | 18.69 | **0.8000±0.0500** |" in markdown
+    assert "| vss | vss_net | supervised | - | 18.69 | **0.8000±0.0500** |" in markdown
     assert "**53.90±9.00**" in markdown and "**70.00" not in markdown
     assert (out / "report_dsc.png").stat().st_size > 1000 and (out / "rpst_curve.png").stat().st_size > 1000
     curve = list(csv.DictReader(open(out / "rpst_curve.csv")))
@@ -90,8 +93,13 @@ def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys)
     assert (curve[3]["num_labeled"], curve[3]["variant"], curve[3]["stage"]) == ("10", "no SDA", "round1")
     assert len(curve) == 7 and float(curve[6]["test_dsc"]) == pytest.approx(0.755)
 
-    report_runs = client.search_runs([experiment_id], filter_string="tags.`dias.report` = 'true'")
+    # the report run lives in its own experiment, never among the runs it compares
+    assert not client.search_runs([experiment_id], filter_string="tags.`dias.report` = 'true'")
+    reports = client.get_experiment_by_name("dias-reports")
+    report_runs = client.search_runs([reports.experiment_id],
+                                     filter_string=f"tags.`report.experiments` = '{experiment}'")
     assert len(report_runs) == 1 and report_runs[0].info.status == "FINISHED"
+    assert report_runs[0].data.params["num_runs"] == "10"
     artifacts = {a.path for a in client.list_artifacts(report_runs[0].info.run_id, "report")}
     assert {"report/report.md", "report/report.csv", "report/report_dsc.png", "report/rpst_curve.png"} <= artifacts
 
@@ -110,3 +118,41 @@ def test_report_user_errors(store, capsys):
     assert "no FINISHED runs with test metrics" in capsys.readouterr().err
     assert cli.main(["report", experiment, "--tracking-uri", uri, "--metric", "f1"]) == 2
     assert "'f1' is not a metric" in capsys.readouterr().err
+
+
+def test_report_filter_across_experiments_and_settings_column(tmp_path, mlflow_store):
+    """A Table III-style selection: two experiments, narrowed by an MLflow filter; the rows are told
+    apart by the parameters whose values differ (model.params.frames), not by shared ones."""
+    uri, client, root = mlflow_store
+    ids = [client.create_experiment(name, artifact_location=(root / name).as_uri()) for name in ("study-a", "study-b")]
+    common = {"data.target": "scribble_rdfa", "optim.lr": "0.001"}
+    _log_run(client, ids[0], "all", "vss_net", _values(0.80, 0.9, 1.5), params={**common, "model.params.frames": "all"})
+    _log_run(client, ids[1], "first", "vss_net", _values(0.70, 0.9, 1.5),
+             params={**common, "model.params.frames": "first"})
+    _log_run(client, ids[1], "sale", "vss_net", _values(0.90, 0.9, 1.5),
+             params={**common, "data.target": "scribble_sale", "model.params.frames": "all"})
+
+    out = tmp_path / "filtered"
+    assert cli.main(["report", "study-a", "study-b", "--tracking-uri", uri, "--out", str(out),
+                     "--filter", "params.data.target = 'scribble_rdfa'"]) == 0
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert [(r["run_name"], r["settings"]) for r in rows] == [("all", "model.params.frames=all"),
+                                                              ("first", "model.params.frames=first")]
+    assert "study-a + study-b where params.data.target = 'scribble_rdfa'" in (out / "report.md").read_text()
+
+    # a filter alone searches every experiment (here: the three runs' two), never the reports' own
+    assert cli.main(["report", "--tracking-uri", uri, "--out", str(out / "all"), "--no-log",
+                     "--filter", "params.`model.params.frames` = 'all'"]) == 0
+    rows = list(csv.DictReader(open(out / "all" / "report.csv")))
+    assert [(r["run_name"], r["settings"]) for r in rows] == [("sale", "data.target=scribble_sale"),
+                                                              ("all", "data.target=scribble_rdfa")]
+
+
+def test_report_selection_errors(mlflow_store, capsys):
+    uri, client, root = mlflow_store
+    assert cli.main(["report", "--tracking-uri", uri]) == 2
+    assert "name an EXPERIMENT" in capsys.readouterr().err
+    assert cli.main(["report", "--tracking-uri", uri, "--filter", "params.x ==== 1"]) == 2
+    assert "is not an MLflow search expression" in capsys.readouterr().err
+    assert cli.main(["report", "dias-reports", "--tracking-uri", uri]) == 2
+    assert "holds report runs" in capsys.readouterr().err

@@ -77,5 +77,5 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_shards, tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{killed}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1 and runs[0].info.run_id == b["mlflow_run_id"] and runs[0].info.status == "FINISHED"
-    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss_total")})
+    steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss_total"))  # no step twice
     assert steps == list(range(1, TOTAL_STEPS + 1))

@@ -1,4 +1,5 @@
 """Shards: byte-exact round trip, manifest, shard counts, corrupt shards and members."""
+import hashlib
 import io
 import json
 import re
@@ -103,6 +104,13 @@ def _corrupt_copy(shard_set, tmp_path, mutate):
     url = shard_urls(target, "training")[0]
     data = bytearray(open(url, "rb").read())
     open(url, "wb").write(mutate(data))
+    # the manifest's hash follows the file: these tests are about faults inside a shard written that
+    # way (sha256 verification, which would catch them first, is tested in test_shard_integrity.py)
+    manifest = read_manifest(target)
+    for shard in manifest["splits"]["training"]["shards"]:
+        if str(target / shard["name"]) == url:
+            shard["sha256"] = hashlib.sha256(open(url, "rb").read()).hexdigest()
+    (target / "manifest.json").write_text(json.dumps(manifest))
     return target, url
 
 

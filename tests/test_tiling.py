@@ -101,9 +101,33 @@ def test_model_predict_fn_equals_whole_image_forward(model_cls):
     torch.testing.assert_close(got, direct, rtol=1e-5, atol=1e-6)
 
 
+def test_small_images_are_padded_and_patch_zero_is_one_whole_image_tile():
+    from dias_dist.models import build_model, input_layout
+
+    model = build_model("unet", num_frames=2, width=4).eval()
+    predict = model_predict_fn(model, "cpu", input_layout(model), amp=False)
+    image = torch.randn(2, 10, 70)
+    seen = []
+
+    def recording(tiles):
+        seen.append(tuple(tiles.shape))
+        return predict(tiles)
+
+    small = sliding_window_probability(recording, image, patch=16, stride=8)
+    assert small.shape == (10, 70) and seen[0][2:] == (16, 16)
+    seen.clear()
+    whole = sliding_window_probability(recording, image, patch=0, stride=1)
+    assert seen == [(1, 2, 128, 128)]  # 70 rounded up to a multiple of 64, one tile
+    padded = torch.nn.functional.pad(image, (0, 128 - 70, 0, 128 - 10))
+    with torch.no_grad():
+        from dias_dist.models import to_layout, vessel_probability
+        direct = vessel_probability(model(to_layout(padded[None], input_layout(model))))[0, :10, :70]
+    torch.testing.assert_close(whole, direct, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="smaller than"):
-        sliding_window_probability(_torch_position_dependent, np.zeros((2, 10, 70), np.float32), patch=16, stride=8)
+    with pytest.raises(ValueError, match="0 < stride <= patch"):
+        sliding_window_probability(_torch_position_dependent, np.zeros((2, 10, 70), np.float32), patch=-1, stride=8)
     with pytest.raises(ValueError, match=r"\(T, H, W\)"):
         sliding_window_probability(_torch_position_dependent, np.zeros((70, 70), np.float32), patch=16, stride=8)
     with pytest.raises(ValueError, match="predict_fn returned"):

@@ -249,12 +249,12 @@ def test_best_checkpoint_holds_its_own_score_and_resumes_selecting(tmp_path, fak
     best = torch.load(tmp_path / "t" / "checkpoints" / "best.pt", weights_only=True)
     vals = [r for r in MetricsLog(tmp_path / "t" / "metrics.jsonl", True).read() if r["kind"] == "val"]
     assert [r["val_auc"] for r in vals] == [0.3, 0.7]
-    assert best["best"] == max(r["val_auc"] for r in vals) == result["best_val_auc"] == 0.7
+    assert best["best"] == max(r["val_auc"] for r in vals) == result["best_val_score"] == 0.7
     assert best["step"] == 8  # written at the second validation
 
     resumed = trainer.run(tiny_cfg(tmp_path, "train.epochs=4", "eval.val_every_epochs=1", "eval.select_from_epoch=0",
                                    f"train.resume={tmp_path / 't' / 'checkpoints' / 'best.pt'}"))
-    assert resumed["best_val_auc"] == 0.7  # 0.5 and 0.6 after the resume never beat 0.7
+    assert resumed["best_val_score"] == 0.7  # 0.5 and 0.6 after the resume never beat 0.7
     assert torch.load(tmp_path / "t" / "checkpoints" / "best.pt", weights_only=True)["step"] == 8
 
 

@@ -10,11 +10,17 @@ Layout::
 IDs are global across splits. Frames per sequence vary (4-14 in DIAS; 1 is accepted so that
 single-frame vessel data sets work too); frame numbers sort as integers (i10 after i9) and must
 run 0..T-1 without gaps. Labels are binarised at >= 100 (the reference preprocessing threshold).
-Every bad input raises ``ValueError`` naming the file and the fault.
+Every bad input raises ``ValueError`` naming the file and the fault; a frame or label named as
+above with another extension (``image_s0_i13.jpg``) is such a fault, never silently left out.
+
+Colour PNGs: a label whose channels differ (red vessels on black) is read channel-wise, a pixel is
+vessel when its brightest channel is >= 100 (a luminance conversion would turn pure red, 76, into
+background); frames in colour are converted to luminance. Both cases warn once per file.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +34,14 @@ SCRIBBLE_FOLDERS = {"rdfa": "RDFA", "sale": "SALE"}  # scribble name -> folder i
 
 _FRAME_RE = re.compile(r"^image_s(\d+)_i(\d+)\.png$")
 _LABEL_RE = re.compile(r"^label_s(\d+)\.png$")
+_EXTENSION_RE = re.compile(r"^(image_s\d+_i\d+|label_s\d+)\.(?!png$)[^.]+$")  # a frame/label name, not .png
+
+
+def _check_extension(path: Path) -> None:
+    """A file named like a frame or label but not ``.png`` would be left out of its sequence."""
+    if _EXTENSION_RE.match(path.name):
+        raise ValueError(f"{path}: frames and labels must be .png files (named {path.stem}.png); convert it, "
+                         f"or move it out of the folder")
 
 
 @dataclass
@@ -77,6 +91,7 @@ def _ids_in(folder: Path, pattern: re.Pattern) -> dict[int, Path]:
     out: dict[int, Path] = {}
     if folder.is_dir():
         for path in folder.iterdir():
+            _check_extension(path)
             match = pattern.match(path.name)
             if match:
                 out[int(match.group(1))] = path
@@ -95,6 +110,7 @@ def list_sequences(root: str | Path, split: str) -> list[SequenceFiles]:
         raise ValueError(f"{image_dir}: split {split!r} has no image folder")
     frames_by_id: dict[int, dict[int, Path]] = {}
     for path in image_dir.iterdir():
+        _check_extension(path)
         match = _FRAME_RE.match(path.name)
         if not match:
             continue
@@ -138,15 +154,29 @@ def list_sequences(root: str | Path, split: str) -> list[SequenceFiles]:
     return out
 
 
-def read_png_gray(path: str | Path) -> np.ndarray:
-    """8-bit grayscale PNG -> uint8 (H, W). Unreadable/truncated files and non-8-bit modes are ValueErrors."""
+def read_png_gray(path: str | Path, *, colour: str = "luminance") -> np.ndarray:
+    """8-bit PNG -> uint8 (H, W). Unreadable/truncated files and non-8-bit modes are ValueErrors.
+
+    colour: how an image whose colour channels differ becomes one channel, with a warning:
+    "luminance" (frames) or "max" (labels: the brightest channel, so coloured strokes stay strokes).
+    """
     try:
         with Image.open(path) as image:
             image.load()
             if image.mode == "L":
                 array = np.asarray(image)
             elif image.mode in ("RGB", "RGBA", "LA", "P"):
-                array = np.asarray(image.convert("L"))
+                rgb = np.asarray(image.convert("RGB"))  # alpha dropped, palette expanded
+                coloured = bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+                if not coloured:
+                    array = rgb[..., 0]
+                elif colour == "max":
+                    array = rgb.max(axis=-1)
+                    warnings.warn(f"{path}: colour label ({image.mode}); a pixel is vessel when its brightest "
+                                  f"channel is >= {LABEL_THRESHOLD}", stacklevel=2)
+                else:
+                    array = np.asarray(image.convert("L"))
+                    warnings.warn(f"{path}: colour frame ({image.mode}); converted to luminance", stacklevel=2)
             else:
                 raise ValueError(f"{path}: PNG mode {image.mode!r} is not 8-bit grayscale")
     except ValueError:
@@ -159,8 +189,9 @@ def read_png_gray(path: str | Path) -> np.ndarray:
 
 
 def read_label(path: str | Path) -> np.ndarray:
-    """Label PNG -> uint8 (H, W) in {0, 1}: pixel >= ``LABEL_THRESHOLD`` is vessel (as the reference)."""
-    return (read_png_gray(path) >= LABEL_THRESHOLD).astype(np.uint8)
+    """Label PNG -> uint8 (H, W) in {0, 1}: pixel >= ``LABEL_THRESHOLD`` is vessel (as the reference);
+    for a colour label, the brightest channel is compared (see the module docstring)."""
+    return (read_png_gray(path, colour="max") >= LABEL_THRESHOLD).astype(np.uint8)
 
 
 def read_sequence(files: SequenceFiles) -> Sequence:

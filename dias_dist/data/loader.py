@@ -105,16 +105,19 @@ class _Skips:
 
 
 class _ReaderCache:
-    def __init__(self, skips: _Skips):
+    def __init__(self, skips: _Skips, verify: bool = True):
         self.readers: dict[str, ShardReader | None] = {}
         self.skips = skips
+        self.verify = verify
 
     def get(self, path: str, entry: dict | None = None) -> ShardReader | None:
-        """The reader of ``path``, checked against its manifest ``entry`` (bytes, keys) when given."""
+        """The reader of ``path``, checked against its manifest ``entry`` (bytes, keys and, with
+        ``verify``, the sha256: hashed once per process at the shard's first use) when given."""
         if path not in self.readers:
             try:
                 entry = entry or {}
-                self.readers[path] = ShardReader(path, entry.get("bytes"), entry.get("keys"))
+                self.readers[path] = ShardReader(path, entry.get("bytes"), entry.get("keys"),
+                                                 entry.get("sha256") if self.verify else None)
             except ValueError as err:
                 self.skips.handle(err)
                 self.readers[path] = None
@@ -195,8 +198,8 @@ class PatchStream(IterableDataset):
     """Infinite stream of batches (see ``train_batches``); one instance per rank, copied per worker."""
 
     def __init__(self, sources, batch_size, patch_size, patches_per_sequence, shuffle_buffer, seed, on_corrupt,
-                 image_dtype=np.float32):
-        self.image_dtype = image_dtype
+                 image_dtype=np.float32, verify=True):
+        self.image_dtype, self.verify = image_dtype, verify
         self.sources = list(sources)
         if not self.sources:
             raise ValueError("train_batches needs at least one TrainSource")
@@ -215,7 +218,7 @@ class PatchStream(IterableDataset):
         slot, slots = self.rank * num_workers + worker, self.world * num_workers
         rng = np.random.default_rng([self.seed, self.rank, worker])
         skips = _Skips(self.on_corrupt)
-        cache = _ReaderCache(skips)
+        cache = _ReaderCache(skips, self.verify)
         streams = []
         for source, shards in zip(self.sources, self.shards):
             mine = shards[slot::slots] if len(shards) >= slots else shards
@@ -245,13 +248,14 @@ class PatchStream(IterableDataset):
 
 def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per_sequence: int = 64,
                   shuffle_buffer: int = 2048, num_workers: int = 2, seed: int = 0, on_corrupt: str = "raise",
-                  image_dtype: str = "float32"):
+                  image_dtype: str = "float32", verify: bool = True):
     """Infinite iterable of training batches on this rank.
 
     Yields {"image": float32 (B, T, P, P), "target": int64 (B, P, P), "is_pseudo": bool (B,)} with
     B = ``batch_size`` patches per batch on this rank. ``sources``: TrainSource or a list of them.
     ``image_dtype="float16"`` skips the float16 -> float32 conversion on the CPU (the shards hold
     float16; converting on the GPU is free); it is the largest single cost of the loader.
+    ``verify``: check each shard's sha256 against the manifest before its first use in each process.
     """
     if image_dtype not in ("float32", "float16"):
         raise ValueError(f"train_batches: image_dtype must be float32 or float16, got {image_dtype!r}")
@@ -262,11 +266,43 @@ def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per
                          f"patches_per_sequence={patches_per_sequence} shuffle_buffer={shuffle_buffer} "
                          f"num_workers={num_workers}")
     stream = PatchStream(sources, batch_size, patch_size, patches_per_sequence, shuffle_buffer, seed, on_corrupt,
-                         np.dtype(image_dtype))
+                         np.dtype(image_dtype), verify)
     if num_workers == 0:
         return stream
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=True,
-                      prefetch_factor=4)
+    return _Reraising(DataLoader(_CarryErrors(stream), batch_size=None, num_workers=num_workers,
+                                 persistent_workers=True, prefetch_factor=4))
+
+
+_ERROR = "__dias_loader_error__"
+
+
+class _CarryErrors(IterableDataset):
+    """Runs ``dataset`` in a DataLoader worker; a ValueError (a data fault naming file and key)
+    travels to the main process as an item instead of being wrapped by torch into "Caught ValueError
+    in DataLoader worker process 0" plus the worker's traceback."""
+
+    def __init__(self, dataset: IterableDataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        try:
+            yield from self.dataset
+        except ValueError as err:
+            yield {_ERROR: str(err)}
+
+
+class _Reraising:
+    """Iterable over a DataLoader of ``_CarryErrors``: re-raises a worker's ValueError with its own
+    message (the first line the user sees)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        for item in self.loader:
+            if isinstance(item, dict) and _ERROR in item:
+                raise ValueError(item[_ERROR])
+            yield item
 
 
 class SequenceStream(IterableDataset):
@@ -315,7 +351,8 @@ class EvalSequences:
     def __iter__(self):
         if self.num_workers == 0:
             return iter(self.stream)
-        return iter(DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is))
+        return iter(_Reraising(DataLoader(_CarryErrors(self.stream), batch_size=None, num_workers=self.num_workers,
+                                          collate_fn=_as_is)))
 
     def __len__(self) -> int:
         workers = max(self.num_workers, 1)
@@ -370,4 +407,4 @@ def train_stream(cfg: DataConfig, sources: list[TrainSource], *, micro_batch: in
     return iter(train_batches(sources, batch_size=micro_batch, patch_size=cfg.patch_size_px,
                               patches_per_sequence=cfg.patches_per_sequence, shuffle_buffer=cfg.shuffle_buffer,
                               num_workers=cfg.num_workers, seed=derived_seed(seed, step) % (2**31),
-                              on_corrupt=cfg.on_corrupt))
+                              on_corrupt=cfg.on_corrupt, verify=cfg.verify))

@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlabeled", type=int, default=60, help="unlabelled sequences (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same data")
     parser.add_argument("--min-frames", type=int, default=4, help="fewest frames per sequence (default 4)")
-    parser.add_argument("--max-frames", type=int, default=14)
+    parser.add_argument("--max-frames", type=int, default=14, help="most frames per sequence (default 14)")
     parser.add_argument("--motion-px", type=float, default=0.5,
                         help="patient motion between mask and live frames, px (0 = perfect registration)")
     parser.add_argument("--frame-rate", type=float, default=4.0, help="frames per second (the release: 4)")

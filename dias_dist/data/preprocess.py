@@ -66,11 +66,20 @@ def preprocess_sequence(frames_thw_uint8: np.ndarray, num_frames: int = NUM_FRAM
     if frames_thw_uint8.ndim != 3 or frames_thw_uint8.dtype != np.uint8:
         raise ValueError(f"preprocess_sequence expects uint8 (T, H, W), got {frames_thw_uint8.dtype} "
                          f"{frames_thw_uint8.shape}")
-    scaled = frames_thw_uint8.astype(np.float64) / 255.0
+    return preprocess_scaled(frames_thw_uint8.astype(np.float64) / 255.0, num_frames)
+
+
+def preprocess_scaled(scaled_thw: np.ndarray, num_frames: int = NUM_FRAMES) -> tuple[np.ndarray, dict]:
+    """Steps 2-3 for frames already scaled to [0, 1] float (T, H, W): 8-bit frames / 255 (what
+    ``preprocess_sequence`` passes), or 16-bit / DICOM frames mapped to [0, 1] by their reader.
+    Returns what ``preprocess_sequence`` returns."""
+    scaled = np.asarray(scaled_thw, dtype=np.float64)
+    if scaled.ndim != 3 or scaled.shape[0] < 1:
+        raise ValueError(f"preprocess_scaled expects frames of shape (T, H, W) with T >= 1, got {scaled.shape}")
     mean = float(scaled.mean())
     std = float(scaled.std())
     resampled = resample_time(scaled, num_frames)
     normalised = (resampled - mean) / (std + ZSCORE_EPS)
-    meta = {"original_num_frames": int(frames_thw_uint8.shape[0]), "num_frames": num_frames,
+    meta = {"original_num_frames": int(scaled.shape[0]), "num_frames": num_frames,
             "mean": mean, "std": std}
     return normalised.astype(np.float16), meta

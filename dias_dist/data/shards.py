@@ -20,6 +20,9 @@ import hashlib
 import io
 import json
 import mmap
+import os
+import re
+import shutil
 import tarfile
 import warnings
 from pathlib import Path
@@ -36,10 +39,21 @@ from .preprocess import PARAMS, preprocess_sequence
 MANIFEST = "manifest.json"
 FORMAT = "dias_dist-shards-v1"
 BINARY_MAPS = ("label", "pseudo")  # stored 0/255, decoded to {0, 1}
+KEY_PATTERN = re.compile(r"s[0-9]{1,12}")  # what ``sample_key`` writes; keys become output file names
 
 
 def sample_key(seq_id: int) -> str:
     return f"s{int(seq_id):05d}"
+
+
+def check_key(key, where: str) -> str:
+    """``key`` when it looks like ``sample_key`` output (``s`` + digits), else ValueError naming ``where``.
+
+    Keys end up in output paths (``prob/<key>.npy``); a crafted shard must never direct a write
+    outside the output folder (``/424242``, ``../x``)."""
+    if not isinstance(key, str) or KEY_PATTERN.fullmatch(key) is None:
+        raise ValueError(f"{where}: sample key {key!r} is not 's' followed by digits (as `dias shard` writes)")
+    return key
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -84,6 +98,27 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Shards this process has hashed and found as the manifest says: (real path, size, mtime_ns, sha256).
+# Hashing runs at ~0.6 GB/s against ~3-5 GB/s for reading a cached file (docs/DECISIONS.md,
+# "Shard verification"), so every shard is hashed once per process, at its first use, not per read.
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
+def verify_shard(path: str | Path, sha256: str) -> None:
+    """ValueError naming ``path`` unless its sha256 is ``sha256``; a file already verified by this
+    process (same size and modification time) is not hashed again."""
+    stat = os.stat(path)
+    token = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, sha256)
+    if token in _VERIFIED:
+        return
+    actual = _sha256(Path(path))
+    if actual != sha256:
+        raise ValueError(f"{path}: sha256 is {actual[:16]}..., the manifest says {str(sha256)[:16]}... (the shard "
+                         f"changed after it was written; re-run `dias shard`, or set data.verify=false to use it "
+                         f"as it is)")
+    _VERIFIED.add(token)
 
 
 def _member_bytes(sample: dict) -> Iterator[tuple[str, bytes]]:
@@ -131,9 +166,7 @@ def write_samples(samples: Iterable[dict], out_dir: str | Path, split: str, *, n
         shards[-1].update(sha256=_sha256(path), bytes=path.stat().st_size, keys=list(keys))
 
     for sample in samples:
-        key = sample.get("__key__")
-        if not key or "." in key or "/" in key:
-            raise ValueError(f"split {split}: bad sample key {key!r} (needs a non-empty name without '.' or '/')")
+        key = check_key(sample.get("__key__"), f"split {split}")
         if key in seen:
             raise ValueError(f"split {split}: duplicate sample key {key!r}")
         seen.add(key)
@@ -168,43 +201,91 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
         handle.write(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _drop_stale_splits(out_dir: Path, keep: list[str]) -> None:
-    """Re-sharding a whole data set into an existing folder: splits the source no longer has would
-    otherwise stay in the manifest (and be trained or evaluated on); remove them and their shards."""
-    if not (out_dir / MANIFEST).is_file():
+def _carry_over(old_dir: Path, new_dir: Path, rewritten: list[str], drop_others: bool) -> None:
+    """Bring what a partial re-shard does not rewrite from ``old_dir`` into ``new_dir``: the other
+    splits (tars hard-linked where the file system allows, else copied; manifest entries merged)
+    and any other file. ``drop_others``: splits the source no longer has are left out (a whole
+    data set was re-sharded; keeping them would train or evaluate on stale data)."""
+    old_manifest = read_manifest(old_dir) if (old_dir / MANIFEST).is_file() else {"splits": {}}
+    manifest = read_manifest(new_dir)
+    for split, entry in sorted(old_manifest["splits"].items()):
+        if split in rewritten:
+            continue
+        if drop_others:
+            warnings.warn(f"{old_dir}: split {split!r} is not in the new source; its old shards are dropped")
+            continue
+        manifest["splits"][split] = entry
+    skip = {MANIFEST, *rewritten, *(s for s in old_manifest["splits"] if s not in manifest["splits"])}
+    for item in sorted(old_dir.iterdir()):
+        if item.name in skip:
+            continue
+        target = new_dir / item.name
+        if item.is_dir():
+            shutil.copytree(item, target, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(item, target)
+    write_manifest(new_dir, manifest)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _swap_in(stage: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the complete folder ``stage`` (two renames on one file system; the old
+    set is deleted only after the new one is in place)."""
+    if not out_dir.exists():
+        stage.rename(out_dir)
         return
-    manifest = read_manifest(out_dir)
-    stale = sorted(set(manifest.get("splits", {})) - set(keep))
-    for split in stale:
-        warnings.warn(f"{out_dir}: split {split!r} is not in the new source; removing its old shards")
-        for old in (out_dir / split).glob(f"{split}-*.tar"):
-            old.unlink()
-        del manifest["splits"][split]
-    if stale:
-        write_manifest(out_dir, manifest)
+    retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    out_dir.rename(retired)
+    try:
+        stage.rename(out_dir)
+    except OSError:
+        retired.rename(out_dir)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float = 256, min_shards: int = 1,
                  splits: Iterable[str] | None = None, progress: bool | None = None) -> dict:
     """Shard every split of a release-layout folder (``splits=None``: every split folder present).
 
+    All or nothing: the new set is written into ``.<name>.partial-<pid>`` beside ``out_dir`` and
+    swapped in only when every split is complete; any failure removes that folder and leaves an
+    existing set and its manifest untouched. Splits not named in ``splits`` are carried over from
+    the existing set; with ``splits=None`` splits the source no longer has are dropped (warned).
     ``progress``: a bar per split over its sequences (None: only on a terminal).
     """
-    src_root = Path(src_root)
-    if splits is None:
+    src_root, out_dir = Path(src_root), Path(out_dir)
+    whole = splits is None
+    if whole:
         splits = [s for s in dias.SPLITS if dias.split_dir(src_root, s).is_dir()]
         if not splits:
             raise ValueError(f"{src_root}: no split folders ({', '.join(dias.SPLITS[:3])}, unlabeled_DSA)")
-        _drop_stale_splits(Path(out_dir), keep=splits)
-    manifest = {}
-    for split in splits:
-        files = dias.list_sequences(src_root, split)
-        samples = (sequence_sample(dias.read_sequence(f))
-                   for f in bar(files, desc=f"shard {split}", unit="seq", enabled=progress))
-        manifest = write_samples(samples, out_dir, split, num_samples=len(files), shard_size_mb=shard_size_mb,
-                                 min_shards=min_shards, provenance={"source": str(src_root.resolve())},
-                                 manifest_fields={"preprocessing": PARAMS, "source": str(src_root.resolve())})
-    return manifest
+    splits = list(splits)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    files = {split: dias.list_sequences(src_root, split) for split in splits}  # layout faults before any write
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        for split in splits:
+            samples = (sequence_sample(dias.read_sequence(f))
+                       for f in bar(files[split], desc=f"shard {split}", unit="seq", enabled=progress))
+            write_samples(samples, stage, split, num_samples=len(files[split]), shard_size_mb=shard_size_mb,
+                          min_shards=min_shards, provenance={"source": str(src_root.resolve())},
+                          manifest_fields={"preprocessing": PARAMS, "source": str(src_root.resolve())})
+        if out_dir.is_dir():
+            _carry_over(out_dir, stage, splits, drop_others=whole)
+        _swap_in(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return read_manifest(out_dir)
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
@@ -225,7 +306,11 @@ def split_entry(shard_dir: str | Path, split: str) -> dict:
     manifest = read_manifest(shard_dir)
     if split not in manifest["splits"]:
         raise ValueError(f"{Path(shard_dir) / MANIFEST}: no split {split!r}; has {', '.join(manifest['splits'])}")
-    return manifest["splits"][split]
+    entry = manifest["splits"][split]
+    for shard in entry.get("shards", []):
+        for key in shard.get("keys", []):
+            check_key(key, f"{Path(shard_dir) / MANIFEST}: split {split!r} shard {shard.get('name')!r}")
+    return entry
 
 
 def shard_urls(shard_dir: str | Path, split: str) -> list[str]:
@@ -250,7 +335,8 @@ class ShardReader:
     (``label``, ``pseudo``), scribbles uint8 {0,1,255}, ``meta`` dict, ``key``, ``shard``.
     """
 
-    def __init__(self, path: str | Path, expected_bytes: int | None = None, expected_keys: list[str] | None = None):
+    def __init__(self, path: str | Path, expected_bytes: int | None = None, expected_keys: list[str] | None = None,
+                 expected_sha256: str | None = None):
         self.path = str(path)
         self._index: dict[str, dict[str, tuple[int, int]]] = {}
         try:
@@ -258,6 +344,8 @@ class ShardReader:
             if expected_bytes is not None and file_size != expected_bytes:
                 raise ValueError(f"{path}: shard is {file_size} bytes, the manifest says {expected_bytes} "
                                  f"(truncated or replaced)")
+            if expected_sha256 is not None:
+                verify_shard(path, expected_sha256)
             with tarfile.open(path, "r:") as tar:
                 for info in tar:
                     if not info.isfile():
@@ -265,6 +353,7 @@ class ShardReader:
                     key, _, member = info.name.partition(".")
                     if not member:
                         raise ValueError(f"{path}: tar entry {info.name!r} is not KEY.MEMBER")
+                    check_key(key, f"{path}: tar entry {info.name!r}")
                     if info.offset_data + info.size > file_size:
                         raise ValueError(f"{path}: key {key!r} member {member!r} is truncated")
                     self._index.setdefault(key, {})[member] = (info.offset_data, info.size)

@@ -6,7 +6,9 @@ splits them), the per-image rows are gathered on every rank, and rank 0 alone wr
     OUT/metrics.csv          one row per image (key, id, dsc ... vc), full precision
     OUT/summary.csv / .md    mean ± population std over images
     OUT/prob/<key>.npy       float32 (H, W) vessel probability (``dias score`` reads these back)
-    OUT/overlay/<key>.png    Fig. 7 colours: TP white, FN red, FP green
+    OUT/prob_png/<key>.png   the same map to look at (colour bar; image key in the title)
+    OUT/overlay/<key>.png    Fig. 7 colours (TP white, FN red, FP green, with a legend) on the
+                             sequence's minimum-intensity projection; the image's DSC in the title
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from torch import nn
 
 from dias_dist import dist
 from dias_dist.config import EvalConfig
-from dias_dist.evaluation.overlay import error_overlay, write_png, write_probability
+from dias_dist.data.shards import check_key
+from dias_dist.evaluation.overlay import (anatomy_overlay, write_overlay_figure, write_probability,
+                                         write_probability_figure)
 from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv, write_summary
 from dias_dist.evaluation.tiling import model_predict_fn, sliding_window_probability
 from dias_dist.metrics import METRIC_NAMES, binarize, binary_gt, image_metrics
@@ -53,8 +57,9 @@ def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict],
             row.update(image_metrics(prob, label, eval_cfg.threshold, eval_cfg.dti, pred_bin=pred_bin))
         local_rows.append(row)
         if out_dir is not None and write_images:
-            overlay = None if not overlays or label is None else error_overlay(pred_bin, binary_gt(label))
-            local_images.append((row["key"], prob, overlay))
+            overlay = None if not overlays or label is None else anatomy_overlay(sample["image"], pred_bin,
+                                                                                 binary_gt(label))
+            local_images.append((row["key"], prob, overlay, row.get("dsc")))
 
     rows = sorted((row for part in dist.all_gather_object(local_rows) for row in part), key=lambda r: r["key"])
     duplicates = sorted(key for key, count in Counter(row["key"] for row in rows).items() if count > 1)
@@ -70,7 +75,7 @@ def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict],
 def _write_images_on_main(local_images: list, out_dir: Path) -> None:
     """Rank 0 writes every rank's maps; one image per rank per round bounds the memory in flight.
 
-    local_images: (key, prob float32 (H, W), overlay uint8 (H, W, 3) or None) of this rank. Only
+    local_images: (key, prob float32 (H, W), overlay uint8 (H, W, 3) or None, DSC or None) of this rank. Only
     rank 0 receives them (``gather_object``); the round count is agreed on by every rank.
     """
     num_rounds = max(dist.all_gather_object(len(local_images)))
@@ -79,10 +84,12 @@ def _write_images_on_main(local_images: list, out_dir: Path) -> None:
         for gathered in dist.gather_object(item, dst=0) or []:
             if gathered is None:
                 continue
-            key, prob, overlay = gathered
+            key, prob, overlay, dsc = gathered
+            key = check_key(key, f"writing into {out_dir}")  # keys become file names
             write_probability(prob, out_dir / "prob" / f"{key}.npy")
+            write_probability_figure(prob, out_dir / "prob_png" / f"{key}.png", f"{key}: vessel probability")
             if overlay is not None:
-                write_png(overlay, out_dir / "overlay" / f"{key}.png")
+                write_overlay_figure(overlay, out_dir / "overlay" / f"{key}.png", f"{key}: DSC {dsc:.3f}")
 
 
 def _write_tables(rows: list[dict], out_dir: Path) -> None:

@@ -4,30 +4,36 @@ Rebuilds the model from the config stored in the checkpoint (overrides apply on 
 ``data.shards=shards/other`` or ``eval.batch_size=256``), evaluates the split with the paper's
 protocol (runs under torchrun too: images are spread over ranks, each evaluated once) and prints
 the mean ± std table. Outputs (per-image CSV, summary CSV/Markdown, overlays, probability maps)
-go to ``--out`` (default: ``<run folder>/eval/<split>``).
+go to ``--out`` (default: ``<run folder>/eval/<split>``; for an MLflow model URI
+``<train.run_dir>/eval-mlflow/<uri>/<split>``).
 """
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-from dias_dist import checkpoint, dist
+from dias_dist import dist
 from dias_dist.config import Config, apply_overrides, from_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a .pt file written by the trainer (best.pt, final.pt, last.pt)")
+    parser.add_argument("checkpoint", help="a .pt file written by the trainer (best.pt, final.pt, last.pt), or an "
+                                           "MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
     parser.add_argument("--split", default="test", help="training | validation | test (default: test)")
     parser.add_argument("--out", default="", help="output folder (default: <run folder>/eval/<split>)")
     parser.add_argument("--no-images", action="store_true", help="skip overlays and probability maps")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store of a runs:/ or models:/ URI "
+                                                            "(default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides such as data.shards=...")
 
 
 def main(args: argparse.Namespace) -> int:
     from dias_dist.evaluation.evaluate import evaluate_split, print_summary
     from dias_dist.methods import build_network
+    from dias_dist.predict.model import is_mlflow_uri, load_payload
 
-    payload = checkpoint.load(args.checkpoint)
+    payload, _ = load_payload(args.checkpoint, args.tracking_uri)
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")
     cfg = from_dict(Config, apply_overrides(payload["config"], list(args.overrides)),
@@ -37,7 +43,12 @@ def main(args: argparse.Namespace) -> int:
         _, model = build_network(cfg.model, cfg.method)
         model.load_state_dict(payload["model"])
         model.to(device).eval()
-        out_dir = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval" / args.split
+        if args.out:
+            out_dir = Path(args.out)
+        elif is_mlflow_uri(args.checkpoint):
+            out_dir = Path(cfg.train.run_dir) / "eval-mlflow" / re.sub(r"[^\w.-]+", "_", args.checkpoint) / args.split
+        else:
+            out_dir = Path(args.checkpoint).resolve().parent.parent / "eval" / args.split
         rows = evaluate_split(model, cfg.data.shards, args.split, cfg.eval, device=device, out_dir=out_dir,
                               write_images=not args.no_images, amp=cfg.train.bf16_autocast(device),
                               progress=None if dist.is_main() else False)

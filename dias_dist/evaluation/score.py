@@ -1,14 +1,26 @@
 """``dias score PRED_DIR LABEL_DIR``: score any tool's probability maps with the paper's metrics.
 
-Predictions: ``<name>.npy`` (2-D float in [0, 1]) or ``<name>.png`` (8-bit / 16-bit grayscale,
-divided by 255 / 65535). Labels: ``<name>.png`` 8-bit grayscale, matched by file name (stem).
-A label holding only the values {0, 1} is a 0/1 mask; otherwise vessel = value >= ``--label-threshold``
-(100, the DIAS release rule). Every prediction needs a label and every label a prediction.
-Writes a per-image CSV and prints the mean ± std table.
+Predictions, matched to labels by file name (stem):
+
+- ``<name>.npy``: 2-D float in [0, 1] (a NaN is an error that says how many there are);
+- ``<name>.npz``: an nnU-Net probability file, the class-1 channel of its ``probabilities`` array;
+- ``<name>.png`` (8- or 16-bit grayscale): only the values {0, 1} is a 0/1 mask; otherwise 8-bit is a
+  0-255 and 16-bit a 0-65535 probability. Values that fit neither (small integers such as {0, 1, 2}
+  that look like class ids, or a 16-bit file holding only 8-bit values) are an error;
+  ``--pred-scale S`` overrides the rule (probability = value / S).
+
+Labels: ``<name>.png`` 8- or 16-bit grayscale. Only {0, 1}: a 0/1 mask; otherwise vessel = value >=
+``--label-threshold`` (100, the DIAS release rule). A label with non-zero values that all lie below
+the threshold (class ids such as {0, 1, 2}) would be all background, so it is an error that names the
+values (``--label-threshold 1`` makes every non-zero id vessel). A label without any vessel pixel is
+scored with a warning (DSC, sensitivity and clDice of such an image are 0 or undefined).
+Every prediction needs a label and every label a prediction. Writes a per-image CSV and prints the
+mean ± std table.
 """
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +29,71 @@ from PIL import Image
 from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv
 from dias_dist.metrics import METRIC_NAMES, image_metrics
 
-PREDICTION_SUFFIXES = (".npy", ".png")
+PREDICTION_SUFFIXES = (".npy", ".npz", ".png")
+CLASS_ID_MAX = 16  # an 8-bit PNG whose values all lie below this (and are not just {0, 1}) looks like class ids
 
 
-def read_probability(path: str | Path) -> np.ndarray:
-    """A prediction file -> float32 (H, W) in [0, 1]; bad shapes, dtypes or ranges are ValueErrors."""
+def _checked_probability(prob: np.ndarray, path: Path) -> np.ndarray:
+    if prob.ndim != 2 or not np.issubdtype(prob.dtype, np.floating):
+        raise ValueError(f"{path}: expected a 2-D float array, got {prob.dtype} {prob.shape}")
+    nan = int(np.count_nonzero(np.isnan(prob)))
+    if nan:
+        raise ValueError(f"{path}: {nan} of {prob.size} probabilities are NaN")
+    if not np.all(np.isfinite(prob)) or prob.min() < 0 or prob.max() > 1:
+        raise ValueError(f"{path}: probabilities must be finite and in [0, 1], got range [{prob.min()}, {prob.max()}]")
+    return prob.astype(np.float32, copy=False)
+
+
+def read_probability(path: str | Path, pred_scale: float | None = None) -> np.ndarray:
+    """A prediction file -> float32 (H, W) in [0, 1] (rules: module docstring); bad shapes, dtypes,
+    values or ranges are ValueErrors naming the file."""
     path = Path(path)
     if path.suffix == ".npy":
         try:
             prob = np.load(path, allow_pickle=False)
         except ValueError as err:
             raise ValueError(f"{path}: not a plain numpy array ({err})") from None
-        if prob.ndim != 2 or not np.issubdtype(prob.dtype, np.floating):
-            raise ValueError(f"{path}: expected a 2-D float array, got {prob.dtype} {prob.shape}")
-        if not np.all(np.isfinite(prob)) or prob.min() < 0 or prob.max() > 1:
-            raise ValueError(f"{path}: probabilities must be finite and in [0, 1], "
-                             f"got range [{np.nanmin(prob)}, {np.nanmax(prob)}]")
-        return prob.astype(np.float32, copy=False)
+        return _checked_probability(prob, path)
+    if path.suffix == ".npz":
+        return _checked_probability(_nnunet_vessel_channel(path), path)
     if path.suffix == ".png":
         pixels = _read_gray_png(path)
-        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}[pixels.dtype]
+        if pred_scale is not None:
+            if pred_scale <= 0 or pixels.max(initial=0) > pred_scale:
+                raise ValueError(f"{path}: --pred-scale {pred_scale} must be > 0 and at least the largest "
+                                 f"value {pixels.max(initial=0)}")
+            return (pixels.astype(np.float64) / pred_scale).astype(np.float32)
+        values = np.unique(pixels)
+        if values.size and values.max() <= 1:
+            return pixels.astype(np.float32)  # a 0/1 mask
+        if pixels.dtype == np.uint8 and values.max() < CLASS_ID_MAX:
+            raise ValueError(f"{path}: values {values.tolist()[:10]} are neither a 0/1 mask nor a 0-255 "
+                             f"probability (class ids?); convert it or give --pred-scale")
+        if pixels.dtype == np.uint16 and values.max() <= 255:
+            raise ValueError(f"{path}: 16-bit PNG holding only values up to {values.max()}: neither a 0/1 mask "
+                             f"nor a 0-65535 probability; give --pred-scale (e.g. 255)")
+        scale = 255.0 if pixels.dtype == np.uint8 else 65535.0
         return (pixels.astype(np.float32) / scale).astype(np.float32)
-    raise ValueError(f"{path}: prediction must be .npy or .png")
+    raise ValueError(f"{path}: prediction must be .npy, .npz or .png")
+
+
+def _nnunet_vessel_channel(path: Path) -> np.ndarray:
+    """nnU-Net's ``probabilities`` (C, H, W) or (C, 1, H, W) -> channel 1 as float32 (H, W)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "probabilities" not in archive.files:
+                raise ValueError(f"{path}: no 'probabilities' array (keys: {', '.join(archive.files) or 'none'})")
+            prob = archive["probabilities"]
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 — a truncated or foreign archive
+        raise ValueError(f"{path}: not a readable .npz ({type(err).__name__}: {err})") from None
+    if prob.ndim == 4 and prob.shape[1] == 1:
+        prob = prob[:, 0]
+    if prob.ndim != 3 or prob.shape[0] < 2:
+        raise ValueError(f"{path}: 'probabilities' must be (classes >= 2, H, W) or (classes, 1, H, W), "
+                         f"got {prob.shape}")
+    return np.asarray(prob[1], dtype=np.float32)
 
 
 def _read_gray_png(path: Path) -> np.ndarray:
@@ -52,11 +107,20 @@ def _read_gray_png(path: Path) -> np.ndarray:
 
 
 def read_label(path: str | Path, label_threshold: int = 100) -> np.ndarray:
-    """A label PNG -> uint8 {0, 1} (H, W) (see module docstring for the rule)."""
+    """A label PNG -> uint8 {0, 1} (H, W) (see module docstring for the rules and the warning)."""
     path = Path(path)
     pixels = _read_gray_png(path)
-    if pixels.size and pixels.max() <= 1:
+    if not pixels.any():
+        warnings.warn(f"{path}: label has no vessel pixel (all zero); DSC, sensitivity and clDice of this "
+                      f"image are 0 or undefined", UserWarning, stacklevel=2)
         return pixels.astype(np.uint8)
+    if pixels.max() <= 1:
+        return pixels.astype(np.uint8)
+    if pixels.max() < label_threshold:
+        values = np.unique(pixels).tolist()
+        raise ValueError(f"{path}: label values {values[:10]} all lie below --label-threshold {label_threshold}, "
+                         f"so the whole label would be background (class ids?); give --label-threshold 1 to "
+                         f"count every non-zero value as vessel, or save a 0/1 or 0/255 mask")
     return (pixels >= label_threshold).astype(np.uint8)
 
 
@@ -74,7 +138,7 @@ def match_files(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
             predictions[path.stem] = path
     labels = {path.stem: path for path in sorted(label_dir.glob("*.png")) if path.is_file()}
     if not predictions:
-        raise ValueError(f"{pred_dir}: no .npy or .png predictions")
+        raise ValueError(f"{pred_dir}: no .npy, .npz or .png predictions")
     missing_labels = sorted(set(predictions) - set(labels))
     missing_predictions = sorted(set(labels) - set(predictions))
     if missing_labels or missing_predictions:
@@ -93,11 +157,11 @@ def _names(names: list[str], limit: int = 5) -> str:
 
 
 def score_folders(pred_dir: str | Path, label_dir: str | Path, *, threshold: float = 0.5, dti: bool = False,
-                  label_threshold: int = 100) -> list[dict]:
+                  label_threshold: int = 100, pred_scale: float | None = None) -> list[dict]:
     """Per-image rows ``{"name", dsc ... vc}`` for matched prediction / label files."""
     rows = []
     for name, pred_path, label_path in match_files(Path(pred_dir), Path(label_dir)):
-        prob = read_probability(pred_path)
+        prob = read_probability(pred_path, pred_scale)
         label = read_label(label_path, label_threshold)
         if prob.shape != label.shape:
             raise ValueError(f"size mismatch for {name!r}: prediction {pred_path} is {prob.shape[1]}x{prob.shape[0]}, "
@@ -107,12 +171,15 @@ def score_folders(pred_dir: str | Path, label_dir: str | Path, *, threshold: flo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pred_dir", metavar="PRED_DIR", help="folder of <name>.npy / <name>.png probability maps")
+    parser.add_argument("pred_dir", metavar="PRED_DIR",
+                        help="folder of <name>.npy / .npz (nnU-Net) / .png probability maps or masks")
     parser.add_argument("label_dir", metavar="LABEL_DIR", help="folder of <name>.png labels")
     parser.add_argument("--dti", action="store_true", help="dual-threshold iteration (0.5/0.3, 8-connected)")
     parser.add_argument("--threshold", type=float, default=0.5, help="binarisation threshold (default 0.5)")
     parser.add_argument("--label-threshold", type=int, default=100,
                         help="label pixel value counted as vessel, for non-0/1 labels (default 100)")
+    parser.add_argument("--pred-scale", type=float, default=None,
+                        help="PNG predictions: probability = value / this (overrides the 0/1 mask and 0-255 rule)")
     parser.add_argument("--out", default=None, help="per-image CSV (default: PRED_DIR/scores.csv)")
 
 
@@ -120,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
     if not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
     rows = score_folders(args.pred_dir, args.label_dir, threshold=args.threshold, dti=args.dti,
-                         label_threshold=args.label_threshold)
+                         label_threshold=args.label_threshold, pred_scale=args.pred_scale)
     out = Path(args.out) if args.out else Path(args.pred_dir) / "scores.csv"
     write_csv(rows, out, ["name", *METRIC_NAMES])
     print(f"{len(rows)} images scored; per-image metrics in {out}")

@@ -4,7 +4,9 @@ The z-scored sequence (T, H, W) is zero-padded at the right and bottom by
 ``stride - (H - patch) % stride`` (800 -> 832 for patch 64 / stride 32: a full extra stride even
 though 800 is aligned, as the reference does), cut into patch×patch tiles at ``stride``
 (25 × 25 = 625 tiles for 800×800), run through the model in batches, and the vessel probabilities
-of overlapping tiles are averaged and cropped back to (H, W).
+of overlapping tiles are averaged and cropped back to (H, W). An image smaller than the patch is
+padded up to it; ``patch=0`` is one tile over the whole image (its longer side padded to a multiple
+of ``WHOLE_IMAGE_MULTIPLE``, so that every network's down-sampling divides it).
 Legend: N tiles, T frames, P patch side, H/W image height/width.
 """
 from __future__ import annotations
@@ -19,10 +21,12 @@ from torch import nn
 from dias_dist.models import to_layout, vessel_probability
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
+WHOLE_IMAGE_MULTIPLE = 64
 
 
 def padded_size(size_px: int, patch: int, stride: int) -> int:
-    """Side length after the reference's right/bottom zero padding (800 -> 832 for 64/32)."""
+    """Side length after the reference's right/bottom zero padding (800 -> 832 for 64/32; a side
+    shorter than the patch becomes at least the patch: Python's % of a negative number is positive)."""
     return size_px + stride - (size_px - patch) % stride
 
 
@@ -31,18 +35,19 @@ def sliding_window_probability(predict_fn: PredictFn, image_THW, *, patch: int =
     """Overlap-averaged vessel probability of a whole sequence.
 
     predict_fn: tiles float32 (N, T, P, P) -> vessel probability (N, P, P) (any float dtype/device).
-    image_THW:  float32 (T, H, W) torch tensor or numpy array, z-scored frames; H, W >= patch.
+    image_THW:  float32 (T, H, W) torch tensor or numpy array, z-scored frames, any H, W.
+    patch: tile side, 0 = the whole image in one tile (``stride`` is then ignored).
     Returns float32 (H, W) on the device of predict_fn's outputs.
     """
-    if patch <= 0 or stride <= 0 or stride > patch or batch_size <= 0:
-        raise ValueError(f"tiling needs 0 < stride <= patch and batch_size > 0, got patch={patch}, "
-                         f"stride={stride}, batch_size={batch_size}")
     image = torch.as_tensor(np.asarray(image_THW) if not torch.is_tensor(image_THW) else image_THW)
     if image.dim() != 3:
         raise ValueError(f"expected one sequence of shape (T, H, W), got {tuple(image.shape)}")
     num_frames, height, width = image.shape
-    if height < patch or width < patch:
-        raise ValueError(f"image {height}x{width} is smaller than the {patch}x{patch} evaluation patch")
+    if patch == 0:
+        patch = stride = -(-max(height, width) // WHOLE_IMAGE_MULTIPLE) * WHOLE_IMAGE_MULTIPLE
+    if patch < 0 or stride <= 0 or stride > patch or batch_size <= 0:
+        raise ValueError(f"tiling needs 0 < stride <= patch (or patch 0: whole image) and batch_size > 0, "
+                         f"got patch={patch}, stride={stride}, batch_size={batch_size}")
     padded_h, padded_w = padded_size(height, patch, stride), padded_size(width, patch, stride)
     image = F.pad(image.float(), (0, padded_w - width, 0, padded_h - height))  # zero = the z-scored mean
 

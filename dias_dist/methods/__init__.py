@@ -10,6 +10,8 @@ from torch import nn
 
 from dias_dist.config import MethodConfig, ModelConfig
 
+from dias_dist.run_params import record_init_args
+
 from .base import IGNORE_INDEX, Method
 
 METHODS: dict[str, type[Method]] = {}
@@ -42,7 +44,7 @@ def build_method(name: str, **params) -> Method:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"method {name!r} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
-    return cls(**params)
+    return record_init_args(cls(**params), cls, params)  # what MLflow logs as method.params.*
 
 
 def build_network(model: ModelConfig, method: MethodConfig) -> tuple[Method, nn.Module]:

@@ -16,6 +16,8 @@ import inspect
 import torch
 from torch import nn
 
+from dias_dist.run_params import record_init_args
+
 MODELS: dict[str, type[nn.Module]] = {}
 
 # Explicit imports, one line per model file.
@@ -77,7 +79,7 @@ def build_model(name: str, **params) -> nn.Module:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"model {name!r} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
-    return cls(**params)
+    return record_init_args(cls(**params), cls, params)  # what MLflow logs as model.params.*
 
 
 def input_layout(model: nn.Module) -> str:

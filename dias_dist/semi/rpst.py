@@ -34,7 +34,7 @@ from typing import Callable
 
 from dias_dist import dist
 from dias_dist.atomic import atomic_write
-from dias_dist.config import Config, derive, flatten, to_dict
+from dias_dist.config import Config, derive
 
 STATE_FILE = "rpst_state.json"
 STUDENT_INITS = ("teacher", "fresh")
@@ -118,21 +118,22 @@ def save_state(cfg: Config, state: dict) -> None:
 
 def _tags(cfg: Config, stage: str) -> dict:
     """Stage tags; strong_augment / student_init / labeled_prob tell ablation variants of one N apart."""
-    return {"rpst.stage": stage, "rpst.round": str(stage_round(stage)), "rpst.num_labeled": str(cfg.data.num_labeled),
-            "rpst.strong_augment": str(cfg.rpst.strong_augment).lower(), "rpst.student_init": cfg.rpst.student_init,
-            "rpst.labeled_prob": str(cfg.rpst.labeled_prob)}
+    return {"study": "semi", "rpst.stage": stage, "rpst.round": str(stage_round(stage)),
+            "rpst.num_labeled": str(cfg.data.num_labeled), "rpst.strong_augment": str(cfg.rpst.strong_augment).lower(),
+            "rpst.student_init": cfg.rpst.student_init, "rpst.labeled_prob": str(cfg.rpst.labeled_prob)}
 
 
 def open_parent(cfg: Config, state: dict):
     """The job's parent run (created once, resumed later); nested under ``track.parent_run_id`` if set."""
+    from dias_dist.run_params import resolved_params
     from dias_dist.track import make_tracker
 
-    parent_cfg = derive(cfg, {"track.tags": {**cfg.track.tags, "rpst.job": state["job"],
+    parent_cfg = derive(cfg, {"track.tags": {**cfg.track.tags, "study": "semi", "rpst.job": state["job"],
                                              "rpst.num_labeled": str(cfg.data.num_labeled)}})
     tracker = make_tracker(parent_cfg.track, state["job"], run_root=cfg.train.run_dir, method=cfg.method.name,
                            is_main=dist.is_main(), resume_run_id=state["parent_run_id"])
     if dist.is_main() and tracker.run_id and not state["parent_run_id"]:
-        tracker.log_params(flatten(to_dict(cfg)))
+        tracker.log_params(resolved_params(cfg, semi=True))
     state["parent_run_id"] = dist.broadcast_object(tracker.run_id)
     return tracker
 

@@ -1,0 +1,132 @@
+"""A trained model for prediction: the network rebuilt from the config that travels with its
+weights, from a checkpoint file or an MLflow model URI, and the probability map of one series.
+
+``series_probability`` is the whole prediction path: the frames go through the training
+preprocessing (``preprocess_scaled``: resample to the model's T, z-score, float16 as in the
+shards) and the evaluation's sliding window (``model_probability_fn``, the function
+``dias evaluate`` uses), so a series predicted here gets the map ``dias evaluate`` computes for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dias_dist import checkpoint
+from dias_dist.config import Config, apply_overrides, from_dict
+from dias_dist.data.preprocess import NUM_FRAMES, preprocess_scaled
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+CHECKPOINT_ARTIFACT = "checkpoint.pt"  # the weights inside an MLflow model's artifacts/ folder
+
+
+@dataclass
+class TrainedModel:
+    """network: eval mode, on CPU until moved; cfg: the resolved training config."""
+
+    network: nn.Module
+    cfg: Config
+    source: str
+    step: int | None = None
+
+    @property
+    def num_frames(self) -> int:
+        """The T the network was trained on (frames are resampled to it)."""
+        return int(self.cfg.model.params.get("num_frames", NUM_FRAMES))
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return str(spec).startswith(MLFLOW_SCHEMES)
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the trainer's default store ``runs/mlflow.db`` (relative to
+    the current folder, as ``train.run_dir`` is)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+
+
+def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
+    """The checkpoint of MLflow model ``uri`` (``runs:/<id>/model``, ``models:/<name>/<version>``)
+    downloaded into ``dst``; ValueError naming the URI when it cannot be found."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
+    store = tracking_uri or default_tracking_uri()
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(store)  # models:/ URIs resolve through the registry, which follows these
+    mlflow.set_registry_uri(store)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except Exception as err:  # noqa: BLE001 — MLflow raises its own exception types
+        raise ValueError(f"MLflow model {uri}: cannot download it from {store} "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from None
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    found = sorted(local.rglob(CHECKPOINT_ARTIFACT))
+    if not found:
+        raise ValueError(f"MLflow model {uri} holds no {CHECKPOINT_ARTIFACT}; was it logged by dias_dist training?")
+    return found[0]
+
+
+def load_payload(spec: str, tracking_uri: str | None = None) -> tuple[dict, str]:
+    """(checkpoint payload, description) of a checkpoint path or an MLflow model URI."""
+    if is_mlflow_uri(spec):
+        with tempfile.TemporaryDirectory(prefix="dias-model-") as tmp:
+            return checkpoint.load(download_checkpoint(spec, tmp, tracking_uri)), spec
+    return checkpoint.load(spec), str(spec)
+
+
+def from_payload(payload: dict, source: str, overrides: list[str] | tuple = ()) -> TrainedModel:
+    """Rebuild the network of a checkpoint payload (``model`` weights + ``config``)."""
+    from dias_dist.methods import build_network
+
+    if "config" not in payload or "model" not in payload:
+        raise ValueError(f"{source} lacks 'config' or 'model'; was it written by dias_dist training?")
+    cfg = from_dict(Config, apply_overrides(payload["config"], list(overrides)),
+                    f"{source} config" + (" + overrides" if overrides else ""))
+    _, network = build_network(cfg.model, cfg.method)
+    network.load_state_dict(payload["model"])
+    step = payload.get("step")
+    return TrainedModel(network.eval(), cfg, source, None if step is None else int(step))
+
+
+def load_trained_model(spec: str, *, tracking_uri: str | None = None, overrides=()) -> TrainedModel:
+    """A checkpoint file (``best.pt``, ``final.pt``, DDP or DeepSpeed) or an MLflow model URI."""
+    payload, source = load_payload(spec, tracking_uri)
+    return from_payload(payload, source, overrides)
+
+
+def series_probability(model: TrainedModel, frames_thw: np.ndarray, *, device: torch.device | str = "cpu",
+                       tile: int | None = None, stride: int | None = None, batch_size: int | None = None,
+                       amp: bool = False) -> np.ndarray:
+    """Vessel probability float32 (H, W) of one series.
+
+    frames_thw: float (T, H, W), any T >= 1, any H, W; 8-bit frames / 255 as the readers give them
+    (the z-score makes any positive linear scale give the same map). tile / stride / batch_size:
+    sliding-window tiles (default: the model's ``eval`` settings, i.e. the paper's 64 / 32; tile 0
+    = the whole image at once). amp: bf16 autocast on ``device``.
+    """
+    from dias_dist.evaluation.evaluate import model_probability_fn
+
+    frames = np.asarray(frames_thw, dtype=np.float64)
+    if frames.ndim != 3 or 0 in frames.shape:
+        raise ValueError(f"a series must be a (T, H, W) array, got shape {frames.shape}")
+    if not np.all(np.isfinite(frames)):
+        raise ValueError(f"series holds {int(np.count_nonzero(~np.isfinite(frames)))} NaN or infinite values")
+    image, _ = preprocess_scaled(frames, model.num_frames)  # float16, as the shards store it
+    eval_cfg = model.cfg.eval
+    updates = {k: v for k, v in (("patch_size_px", tile), ("stride_px", stride), ("batch_size", batch_size))
+               if v is not None}
+    if tile == 0 and stride is None:
+        updates["stride_px"] = 1  # ignored by the whole-image tile
+    eval_cfg = dataclasses.replace(eval_cfg, **updates)
+    model.network.to(device)
+    with model_probability_fn(model.network, eval_cfg, device, amp) as probability:
+        return probability(image.astype(np.float32))

@@ -1,0 +1,218 @@
+"""Ownership of a run folder: one run at a time, and never over another run's files by accident.
+
+``claim(run_dir, ...)`` is called by the training loop before it writes anything:
+
+- The folder is locked by the run that owns it: a POSIX record lock (``fcntl.lockf``) on
+  ``<run>/.lock``, held by rank 0 for the run's life. The kernel drops it when the holder exits in
+  any way (SIGKILL and power loss included), so a crashed run never leaves a stale lock; the lock
+  is per process, so DataLoader workers forked by the holder do not keep it alive after the holder
+  died. The file holds the holder's host, pid, start time and command, which a second run that
+  finds the folder locked prints in its error.
+- Overwrite policy: a folder that holds files of an earlier run (finished or crashed) is
+  continued only with ``train.resume=auto`` (or a checkpoint path inside it) and replaced only
+  with ``train.overwrite=true``, which removes every file of the old run (``best.pt`` included).
+  ``resume=auto`` with nothing to resume from (the old run died before its first checkpoint)
+  starts afresh and removes the old files too, with a warning.
+- Temporary files of an interrupted atomic write (``.<name>.tmp<pid>``) are removed, as the lock
+  guarantees that no other process is writing them.
+- ``release(status)``: unlock; a run that failed before writing any checkpoint or metric in a
+  folder it created removes that folder (a failed start leaves nothing behind).
+
+Folder faults (``run_dir`` is a file, not writable, disk full) become ``RunFolderError``, a
+``ValueError`` whose one line names the path and the cause (``describe_os_error``).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+
+LOCK_NAME = ".lock"
+_TMP_NAME = re.compile(r"\.tmp[0-9]*$")  # checkpoint.save: .<name>.tmp<pid>; config / manifest: <name>.tmp
+_HELD: set[str] = set()  # folders locked by this process (POSIX locks do not conflict within a process)
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used: busy, not writable, a file, or the disk is full."""
+
+
+def describe_os_error(err: OSError, what: str = "") -> str:
+    """One line naming the path and the cause of an ``OSError`` (ENOSPC, EACCES, ENOTDIR ...)."""
+    path = err.filename or what or "?"
+    cause = err.strerror or type(err).__name__
+    hint = {errno.ENOSPC: "; the last complete checkpoint and metrics.jsonl are kept, free space and resume "
+                          "with train.resume=auto",
+            errno.EDQUOT: "; free space and resume with train.resume=auto",
+            errno.EACCES: "; choose a writable train.run_dir",
+            errno.EROFS: "; choose a writable train.run_dir",
+            errno.ENOTDIR: "; a file is in the way of train.run_dir",
+            errno.EEXIST: "; a file is in the way of train.run_dir"}.get(err.errno, "")
+    return f"{path}: {cause}{hint}"
+
+
+class RunFolder:
+    """The claim of one run folder (see the module docstring). ``release`` is idempotent."""
+
+    def __init__(self, path: Path | None, fd: int | None = None, created: bool = False):
+        self.path, self._fd, self.created = path, fd, created
+
+    def release(self, status: str = "FAILED") -> None:
+        """Unlock; after a failure, remove the folder when this run created it and wrote nothing
+        that matters in it (no checkpoint, no metric)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        _HELD.discard(str(self.path))
+        try:
+            if status != "FINISHED" and self.created and _nothing_written(self.path):
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            os.close(fd)  # closing drops the POSIX lock
+
+    def __del__(self):  # a run that raised before its ``finally`` still lets go of the folder
+        try:
+            self.release("FAILED")
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+
+def _nothing_written(path: Path) -> bool:
+    checkpoints = path / "checkpoints"
+    if checkpoints.is_dir() and any(p.name.endswith(".pt") and not p.name.startswith(".")
+                                    for p in checkpoints.iterdir()):
+        return False
+    metrics = path / "metrics.jsonl"
+    return not (metrics.is_file() and metrics.stat().st_size > 0)
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads((path / LOCK_NAME).read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "another process (no holder recorded yet)"
+    return (f"host {info.get('host', '?')} pid {info.get('pid', '?')} (since {info.get('since', '?')}: "
+            f"{info.get('command', '?')})")
+
+
+def _old_run_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.name != LOCK_NAME)
+
+
+def _sweep_tmp(path: Path) -> None:
+    """Remove temporary files of atomic writes interrupted by a crash (only this run writes here now)."""
+    for folder in (path, path / "checkpoints"):
+        if folder.is_dir():
+            for tmp in folder.iterdir():
+                if tmp.is_file() and _TMP_NAME.search(tmp.name):
+                    tmp.unlink(missing_ok=True)
+
+
+def _lock(path: Path, wait_s: float) -> int:
+    """Open and lock ``path/.lock``; RunFolderError naming the holder when it stays locked ``wait_s``."""
+    if str(path) in _HELD:
+        raise RunFolderError(f"{path} is already in use by this process (host {socket.gethostname()} "
+                             f"pid {os.getpid()}); choose another train.run_name")
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                holder = _holder(path)
+                os.close(fd)
+                raise RunFolderError(f"{path} is in use by a running training: {holder}; wait for it, stop it, "
+                                     f"or choose another train.run_name") from None
+            time.sleep(0.2)
+    record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode(), 0)
+    _HELD.add(str(path))
+    return fd
+
+
+def claim(run_dir: str | Path, *, continuing: bool, auto: bool, overwrite: bool, wait_s: float = 0.0) -> RunFolder:
+    """Lock ``run_dir`` for this run and apply the overwrite policy; returns the claim.
+
+    continuing: this run resumes from a checkpoint inside ``run_dir``; auto: ``train.resume=auto``;
+    overwrite: ``train.overwrite``; wait_s: how long to wait for a holder that is still exiting
+    (an elastic restart replaces workers that may not have finished dying).
+    Raises RunFolderError (a ValueError) with one line naming the path and the cause.
+    """
+    path = Path(run_dir)
+    if overwrite and continuing:
+        raise RunFolderError(f"{path}: train.overwrite=true would delete the checkpoint this run resumes from; "
+                             f"use train.resume=never with train.overwrite=true, or drop train.overwrite")
+    try:
+        if path.parent.exists() and not path.parent.is_dir():
+            raise RunFolderError(f"train.run_dir={str(path.parent)!r} is a file, not a folder")
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"{path}: is a file, not a run folder; remove it or choose another train.run_name")
+        created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _lock(path, wait_s)
+    except OSError as err:
+        raise RunFolderError(describe_os_error(err, str(path))) from None
+    folder = RunFolder(path, fd, created)
+    try:
+        old = _old_run_files(path)
+        if old and not continuing:
+            if not (overwrite or auto):
+                raise RunFolderError(
+                    f"{path} holds an earlier run ({', '.join(p.name for p in old[:5])}); continue it with "
+                    f"train.resume=auto, replace it with train.overwrite=true, or choose another train.run_name")
+            if auto and not overwrite:
+                warnings.warn(f"{path}: train.resume=auto found no checkpoint to resume from; the earlier run's "
+                              f"files are removed and training starts at step 0", RuntimeWarning, stacklevel=2)
+            for item in old:
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
+        _sweep_tmp(path)
+    except OSError as err:
+        folder.release("FAILED")
+        raise RunFolderError(describe_os_error(err, str(path))) from None
+    except BaseException:
+        folder.release("FAILED")
+        raise
+    return folder
+
+
+def claim_on_main(run_dir: Path, train_cfg, resume_from: Path | None, *, enabled: bool = True,
+                  wait_s: float = 0.0) -> RunFolder:
+    """``claim`` on rank 0 (the rank that writes the run folder); every rank raises its error.
+
+    train_cfg: the ``train`` config section (``resume``, ``overwrite``); resume_from: the checkpoint
+    the run resumes from, if any. ``enabled=False`` (dry runs) claims nothing."""
+    from dias_dist import dist
+
+    folder, error = RunFolder(None), None
+    if enabled and dist.is_main():
+        continuing = resume_from is not None and Path(run_dir).resolve() in Path(resume_from).resolve().parents
+        try:
+            folder = claim(run_dir, continuing=continuing, auto=train_cfg.resume == "auto",
+                           overwrite=train_cfg.overwrite, wait_s=wait_s)
+        except ValueError as err:
+            error = err
+    message = dist.broadcast_object(None if error is None else str(error)) if enabled else None
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RunFolderError(message)
+    return folder
