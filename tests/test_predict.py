@@ -287,3 +287,17 @@ def test_training_logs_a_pyfunc_model_that_predicts_like_the_checkpoint(tiny_sha
     assert cli.main(["evaluate", f"runs:/{run_id}/model", "--tracking-uri", store, "--out", str(tmp_path / "ev"),
                      f"data.shards={tiny_shards}"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "ev" / "prob" / f"{key}.npy"), reference, atol=1e-6)
+
+
+def test_mlflow_download_leaves_the_process_tracking_environment_as_it_was(tmp_path, monkeypatch):
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; a lookup must not leave it behind, or later
+    runs in the same process (a sweep, a notebook) would log to the wrong store."""
+    from dias_dist.predict.model import download_checkpoint
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with pytest.raises(ValueError, match="runs:/0123456789abcdef/model"):
+        download_checkpoint("runs:/0123456789abcdef/model", tmp_path / "dl",
+                            tracking_uri=f"sqlite:///{tmp_path / 'store.db'}")
+    assert "MLFLOW_TRACKING_URI" not in __import__("os").environ
+    assert "MLFLOW_REGISTRY_URI" not in __import__("os").environ

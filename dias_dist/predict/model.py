@@ -59,6 +59,9 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = No
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
     store = tracking_uri or default_tracking_uri()
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI; put the
+    # environment back as it was, or every later run in this process would log to the restored store.
+    env_before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(store)  # models:/ URIs resolve through the registry, which follows these
     mlflow.set_registry_uri(store)
     try:
@@ -69,6 +72,11 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = No
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     found = sorted(local.rglob(CHECKPOINT_ARTIFACT))
     if not found:
         raise ValueError(f"MLflow model {uri} holds no {CHECKPOINT_ARTIFACT}; was it logged by dias_dist training?")
