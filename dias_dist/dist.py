@@ -1,12 +1,16 @@
 """Process-group setup and rank helpers. With ``dias_dist.engine`` the only code that touches torch.distributed.
 
 Works under torchrun (one node or many, c10d rendezvous), under Ray Train (a process group that
-already exists is reused, never re-created) and as a plain single process (no group at all).
+already exists is reused, never re-created) and as a plain single process (no group at all). Under
+torchrun each attempt of the worker group (``--max-restarts``) forms its process group in a namespace of
+the agent's store that no earlier attempt used (see ``_attempt_store``).
 """
 from __future__ import annotations
 
 import datetime
 import os
+import time
+import uuid
 from typing import Any
 
 import torch
@@ -40,10 +44,78 @@ def init(cfg: DistConfig | str = "auto", device: str = "auto") -> torch.device:
     if backend not in ("nccl", "gloo"):
         raise ValueError(f"dist.backend must be auto, nccl or gloo, got {backend!r}")
     if tdist.is_available() and not tdist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
-                                 device_id=dev if use_cuda else None)
+        timeout = datetime.timedelta(minutes=30)
+        store = _attempt_store(timeout)
+        if store is None:  # plain env:// (no torchelastic agent store, e.g. TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1)
+            tdist.init_process_group(backend=backend, timeout=timeout, device_id=dev if use_cuda else None)
+        else:
+            tdist.init_process_group(backend=backend, timeout=timeout, device_id=dev if use_cuda else None,
+                                     store=store, rank=int(os.environ["RANK"]),
+                                     world_size=int(os.environ["WORLD_SIZE"]))
         _OWNS_GROUP = True
     return dev
+
+
+# --------------------------------------------------------------------------------------------
+# torchelastic restarts and the agent's store
+#
+# Under torchrun the workers meet on the TCPStore that the torchrun agent hosts
+# (TORCHELASTIC_USE_AGENT_STORE=True, MASTER_ADDR:MASTER_PORT). The agent keeps that one store for the
+# whole job: a restarted worker group gets the same address and port, and the store still holds every
+# key the earlier attempts wrote. torch (2.13) puts no per-attempt prefix on it (rendezvous.py assumes
+# "a new TCPStore for every retry", which holds neither for the c10d rendezvous, whose handler caches its
+# store server across rounds, nor for the static one). gloo's connectFullMesh publishes each rank's
+# listening address under a fixed key and reads its peers' keys as soon as they exist, so a restarted
+# rank 0 that is quicker than the restarted rank 1 reads the address of the rank 1 that died and gets
+# "Connection refused" (or waits on it until the timeout). The process group therefore runs in a
+# namespace of the store that no earlier attempt used, agreed by the handshake below. torchrun's restart
+# count is not used as that namespace: it is per agent, and agents disagree on it after a membership change.
+
+_STORE_KEYS = "dias_dist/pg"
+
+
+def _attempt_store(timeout: datetime.timedelta):
+    """A fresh namespace (``PrefixStore``) of the torchelastic agent's store for this attempt's process
+    group, or None when the workers are not on the agent's store (plain env:// rendezvous)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    store = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                           timeout=timeout)
+    epoch = attempt_epoch(store, int(os.environ["RANK"]), world, timeout)
+    return tdist.PrefixStore(f"{_STORE_KEYS}/{epoch}", store)
+
+
+def attempt_epoch(store, rank: int, world: int, timeout: datetime.timedelta, poll_s: float = 0.02) -> int:
+    """A number that every rank of this attempt gets and that no earlier user of ``store`` got.
+
+    Rank 0 draws it from a counter (``add`` is atomic, so it is new). The other ranks cannot read it from
+    a fixed key (that key may hold an earlier attempt's number), so each publishes a random token under
+    its rank and waits for rank 0's answer under that token; rank 0 answers every token it finds (an
+    earlier attempt's token gets an answer nobody reads) until all ``world - 1`` ranks confirmed theirs.
+    """
+    deadline = time.monotonic() + timeout.total_seconds()
+    if rank != 0:
+        token = uuid.uuid4().hex
+        store.set(f"{_STORE_KEYS}/join/{rank}", token)
+        store.wait([f"{_STORE_KEYS}/ack/{token}"])
+        epoch = int(store.get(f"{_STORE_KEYS}/ack/{token}"))
+        store.add(f"{_STORE_KEYS}/ready/{epoch}", 1)
+        return epoch
+    epoch = store.add(f"{_STORE_KEYS}/epoch", 1)
+    joins = [f"{_STORE_KEYS}/join/{r}" for r in range(1, world)]
+    answered: set[bytes] = set()
+    while True:
+        for token in store.multi_get(joins) if joins else []:  # waits until every rank has published once
+            if token not in answered:
+                store.set(f"{_STORE_KEYS}/ack/{token.decode()}", str(epoch))
+                answered.add(token)
+        if store.add(f"{_STORE_KEYS}/ready/{epoch}", 0) >= world - 1:
+            return epoch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0: {world - 1 - store.add(f'{_STORE_KEYS}/ready/{epoch}', 0)} of "
+                               f"{world - 1} other ranks did not join the process group within {timeout}")
+        time.sleep(poll_s)
 
 
 def teardown() -> None:
