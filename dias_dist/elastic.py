@@ -12,20 +12,35 @@ id (``TORCHELASTIC_RUN_ID``: ``--rdzv-id``, a fresh UUID per job for single-node
 - restart count > 0: ``train.resume=auto`` (continue from ``last.pt`` in the same folder, hence the
   same MLflow run) and ``train.overwrite=false`` (a restart must never delete what the first attempt
   saved).
+
+A job killed before its first checkpoint has no ``last.pt``, so rank 0 also records, before the first
+step, which job started the folder and its MLflow run (``start.json``, written atomically:
+``record_start``). A restart of that job that finds no checkpoint but this record (``unfinished_start``)
+keeps the folder and continues the same MLflow run from step 0; what the killed attempt had logged is
+not logged again (``run_history.skip_logged``), and on CPU the re-run steps are bit-identical.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 
+from dias_dist.atomic import atomic_write
 from dias_dist.config import Config, derive
 
 HOLDER_EXIT_WAIT_S = 60.0  # a restarted rank 0 waits this long for the old one to let go of the run folder
+START_RECORD = "start.json"  # in the run folder: the job that started it and its MLflow run
 
 
 def restart_count() -> int:
     """How often torchrun has restarted this worker group (0 outside torchrun)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def restarts_left() -> int:
+    """How many more times torchrun will restart this worker group if it fails (0 outside torchrun)."""
+    return max(int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) - restart_count(), 0)
 
 
 def job_id() -> str:
@@ -53,3 +68,26 @@ def continue_job(cfg: Config) -> Config:
 def lock_wait_s() -> float:
     """Seconds to wait for the run folder's lock: the previous attempt's rank 0 may still be exiting."""
     return HOLDER_EXIT_WAIT_S if restart_count() > 0 else 0.0
+
+
+def record_start(run_dir: str | Path, mlflow_run_id: str, tracking_uri: str) -> None:
+    """Rank 0, before the first step: ``<run_dir>/start.json`` names this torchrun job (``job_id``, "" outside
+    one), the MLflow run (``""`` without tracking) and its store (atomic: a restart reads all or nothing)."""
+    with atomic_write(Path(run_dir) / START_RECORD, fsync=True) as handle:
+        json.dump({"job": job_id(), "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri}, handle)
+
+
+def unfinished_start(run_dir: str | Path, tracking_uri: str) -> dict | None:
+    """The start record of ``run_dir`` if this process is a torchrun restart of the job that wrote it (same
+    job id, same MLflow store); None otherwise (first attempt, no job id, another job's or no record).
+    Called when there is no checkpoint to resume from: the restart then continues that folder and MLflow
+    run (``record["mlflow_run_id"]``) from step 0."""
+    if restart_count() == 0 or not job_id():
+        return None
+    try:
+        record = json.loads((Path(run_dir) / START_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("job") != job_id() or record.get("tracking_uri") != tracking_uri:
+        return None
+    return record

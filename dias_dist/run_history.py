@@ -12,6 +12,8 @@ holds beyond S, the tracker skips (metric, step) pairs MLflow holds beyond S (as
 itself, which may hold a step whose ``metrics.jsonl`` line was lost). On CPU the re-run steps are
 bit-identical, so the history equals an uninterrupted run; on GPU (or after a resume with changed
 settings) the kept values are those of the first execution, identical in MLflow and ``metrics.jsonl``.
+A torchrun restart of a job killed before its first checkpoint continues its folder and MLflow run
+from step 0 (``dias_dist.elastic.unfinished_start``): everything the killed attempt logged is kept.
 """
 from __future__ import annotations
 
@@ -106,16 +108,18 @@ def mlflow_points_after(uri: str, run_id: str, step: int) -> set[tuple[str, int]
         return set()
 
 
-def skip_logged(log, tracker, step: int, tracking_uri: str = ""):
+def skip_logged(log, tracker, step: int, tracking_uri: str = "", *, resumed: bool | None = None):
     """(log, tracker) for a run starting at ``step``: records beyond ``step`` already written are
-    not written again (see the module docstring). A torn last line of the file is dropped here."""
+    not written again (see the module docstring). A torn last line of the file is dropped here.
+    resumed: the run continues an earlier one's folder and MLflow run (default: ``step > 0``); True also
+    at step 0 for a torchrun restart of a job killed before its first checkpoint."""
     if not log.enabled:
         return log, tracker
     records = read_records(log.path)
     text = log.path.read_text(errors="replace") if log.path.is_file() else ""
     if text and (not text.endswith("\n") or text.count("\n") != len(records)):
         rewrite(log.path, records)  # drop the torn line (or end the last one) before appending after it
-    if step == 0:  # a fresh run: nothing of an earlier one survives the run-folder policy
+    if not (step > 0 if resumed is None else resumed):  # a fresh run: nothing of an earlier one survives
         return log, tracker
     log = _SkippingLog(log, {(r["kind"], int(r["step"])) for r in records if int(r["step"]) > step})
     if tracker.run_id and tracking_uri:

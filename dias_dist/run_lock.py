@@ -16,7 +16,8 @@
 - Temporary files of an interrupted atomic write (``.<name>.tmp<pid>``) are removed, as the lock
   guarantees that no other process is writing them.
 - ``release(status)``: unlock; a run that failed before writing any checkpoint or metric in a
-  folder it created removes that folder (a failed start leaves nothing behind).
+  folder it created removes that folder (a failed start leaves nothing behind), unless torchrun
+  will restart it (``keep_on_failure``): the restart continues that folder and its MLflow run.
 
 Folder faults (``run_dir`` is a file, not writable, disk full) become ``RunFolderError``, a
 ``ValueError`` whose one line names the path and the cause (``describe_os_error``).
@@ -61,8 +62,9 @@ def describe_os_error(err: OSError, what: str = "") -> str:
 class RunFolder:
     """The claim of one run folder (see the module docstring). ``release`` is idempotent."""
 
-    def __init__(self, path: Path | None, fd: int | None = None, created: bool = False):
-        self.path, self._fd, self.created = path, fd, created
+    def __init__(self, path: Path | None, fd: int | None = None, created: bool = False,
+                 keep_on_failure: bool = False):
+        self.path, self._fd, self.created, self.keep_on_failure = path, fd, created, keep_on_failure
 
     def release(self, status: str = "FAILED") -> None:
         """Unlock; after a failure, remove the folder when this run created it and wrote nothing
@@ -72,7 +74,7 @@ class RunFolder:
         fd, self._fd = self._fd, None
         _HELD.discard(str(self.path))
         try:
-            if status != "FINISHED" and self.created and _nothing_written(self.path):
+            if status != "FINISHED" and self.created and not self.keep_on_failure and _nothing_written(self.path):
                 shutil.rmtree(self.path, ignore_errors=True)
         finally:
             os.close(fd)  # closing drops the POSIX lock
@@ -195,19 +197,25 @@ def claim(run_dir: str | Path, *, continuing: bool, auto: bool, overwrite: bool,
 
 
 def claim_on_main(run_dir: Path, train_cfg, resume_from: Path | None, *, enabled: bool = True,
-                  wait_s: float = 0.0) -> RunFolder:
+                  wait_s: float = 0.0, restarted_job: bool = False, keep_on_failure: bool = False) -> RunFolder:
     """``claim`` on rank 0 (the rank that writes the run folder); every rank raises its error.
 
     train_cfg: the ``train`` config section (``resume``, ``overwrite``); resume_from: the checkpoint
-    the run resumes from, if any. ``enabled=False`` (dry runs) claims nothing."""
+    the run resumes from, if any. ``enabled=False`` (dry runs) claims nothing. restarted_job: rank 0 is a
+    torchrun restart of the job that started this folder and wrote no checkpoint yet (``elastic.unfinished_start``):
+    the folder is continued as it is, and counts as created by this run (the job created it).
+    keep_on_failure: torchrun restarts a failed attempt (``elastic.restarts_left``), so a failure keeps the folder."""
     from dias_dist import dist
 
     folder, error = RunFolder(None), None
     if enabled and dist.is_main():
-        continuing = resume_from is not None and Path(run_dir).resolve() in Path(resume_from).resolve().parents
+        continuing = restarted_job or (resume_from is not None
+                                       and Path(run_dir).resolve() in Path(resume_from).resolve().parents)
         try:
             folder = claim(run_dir, continuing=continuing, auto=train_cfg.resume == "auto",
                            overwrite=train_cfg.overwrite, wait_s=wait_s)
+            folder.created = folder.created or restarted_job
+            folder.keep_on_failure = keep_on_failure
         except ValueError as err:
             error = err
     message = dist.broadcast_object(None if error is None else str(error)) if enabled else None

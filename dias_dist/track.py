@@ -41,7 +41,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 class Tracker(Protocol):
     run_id: str
 
-    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_params(self, params: dict[str, Any], *, keep_logged: bool = False) -> None: ...
 
     def set_tags(self, tags: dict[str, Any]) -> None: ...
 
@@ -57,7 +57,7 @@ class NullTracker:
 
     run_id = ""
 
-    def log_params(self, params):
+    def log_params(self, params, *, keep_logged=False):
         pass
 
     def set_tags(self, tags):
@@ -165,12 +165,18 @@ class MLflowTracker:
                           RuntimeWarning, stacklevel=3)
             self._client = None
 
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log_params(self, params: dict[str, Any], *, keep_logged: bool = False) -> None:
+        """Log ``params``; ``keep_logged``: leave out names the run already holds (MLflow refuses to change a
+        param, and a restart's resolved config differs from the first attempt's in ``train.resume``)."""
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        # MlflowClient.log_batch splits long lists into the store's per-request limits itself
-        self._guard("log_params", lambda: self._client.log_batch(self.run_id, params=items))
+        def log():
+            logged = self._client.get_run(self.run_id).data.params if keep_logged else {}
+            items = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in logged]
+            if items:  # MlflowClient.log_batch splits long lists into the store's per-request limits itself
+                self._client.log_batch(self.run_id, params=items)
+
+        self._guard("log_params", log)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -69,7 +69,11 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     cfg = elastic.continue_job(cfg)  # under torchrun --max-restarts: the same run name, resume after a restart
     name, run_dir, resume_from = checkpoint.resolve_run(cfg.train, f"{cfg.model.name}-{cfg.method.name}")
     cfg = with_study(derive(cfg, {"train.run_name": name}, "resolved config"))
-    folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s())
+    uri = tracking_uri(cfg.track, cfg.train.run_dir) if cfg.track.enabled else ""
+    # a torchrun restart of a job killed before its first checkpoint: the same folder and MLflow run, from step 0
+    started = elastic.unfinished_start(run_dir, uri) if resume_from is None and dist.is_main() and not dry_run else None
+    folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s(),
+                                    restarted_job=started is not None, keep_on_failure=elastic.restarts_left() > 0)
     t = cfg.train
     torch.backends.cudnn.benchmark = not t.deterministic  # the reference sets benchmark=True
     if t.deterministic:
@@ -81,7 +85,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     if init_from is not None:
         model.load_state_dict(checkpoint.model_state(init_from))
     engine = make_engine(cfg, model, device)
-    state = TrainState()
+    state = TrainState(run_id=started["mlflow_run_id"]) if started else TrainState()
     if resume_from is not None:
         saved = checkpoint.load(resume_from)
         engine.load_state_dict(saved)
@@ -93,10 +97,14 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=writes)
     tracker = make_tracker(cfg.track, t.run_name, run_root=t.run_dir, method=cfg.method.name, is_main=writes,
                            resume_run_id=state.run_id)
-    log, tracker = run_history.skip_logged(log, tracker, state.step,
-                                           tracking_uri(cfg.track, t.run_dir) if cfg.track.enabled else "")
-    if writes and not state.run_id:
-        tracker.log_params(resolved_params(cfg, method, model, semi=cfg.track.tags["study"] == "semi"))
+    if writes:  # before the first step: a restart finds this folder's MLflow run even without a checkpoint
+        elastic.record_start(run_dir, tracker.run_id, uri)
+    log, tracker = run_history.skip_logged(log, tracker, state.step, uri,
+                                           resumed=resume_from is not None or started is not None)
+    if writes and state.step == 0:  # a new run, or a restart before the first checkpoint (the killed attempt
+        # may have died before logging them; params it logged stay as they are)
+        tracker.log_params(resolved_params(cfg, method, model, semi=cfg.track.tags["study"] == "semi"),
+                           keep_logged=started is not None)
         tracker.set_tags({**run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)), **engine.tags})
         tracker.log_artifact(run_dir / "config.yaml")
     parts = Parts(cfg, run_dir, method, engine, micro_batch,

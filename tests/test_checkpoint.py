@@ -114,3 +114,22 @@ def test_sqlite_tracker_logs_params_metrics_tags_and_nesting(tmp_path, monkeypat
     assert [a.path for a in client.list_artifacts(parent.run_id)] == ["table.md"]
     assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
     assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_a_restarted_run_adds_missing_params_and_keeps_the_logged_ones(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import warnings
+
+    from mlflow import MlflowClient
+
+    track = load_config(None, [f"train.run_dir={tmp_path}"]).track
+    first = MLflowTracker(track, "job", run_root=tmp_path, method="supervised")
+    first.log_params({"train.resume": "never"})  # then the attempt is killed
+    again = MLflowTracker(track, "job", run_root=tmp_path, method="supervised", resume_run_id=first.run_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a refused param change would switch MLflow off with a warning
+        again.log_params({"train.resume": "auto", "optim.lr": 0.002}, keep_logged=True)
+        again.log_metrics({"loss_total": 1.0}, 1)
+        again.close()
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(first.run_id)
+    assert run.data.params == {"train.resume": "never", "optim.lr": "0.002"} and run.info.status == "FINISHED"

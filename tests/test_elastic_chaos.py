@@ -1,6 +1,8 @@
 """Real 2-process (gloo, CPU) torchrun jobs: an elastic restart after rank 1 dies continues the same
-run by itself, and a job SIGKILLed at random moments several times and resumed each time ends with
-the weights, metrics.jsonl and MLflow history of an uninterrupted job."""
+run by itself (also when it died before the first checkpoint), and a job SIGKILLed at random moments
+several times and resumed each time ends with the weights, metrics.jsonl and MLflow history of an
+uninterrupted job."""
+import json
 import os
 import random
 import signal
@@ -14,6 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 6  # 2 epochs of 3 steps, a checkpoint every step, validation after each epoch
+LATE = "train.checkpoint_every_steps=6"  # the only checkpoint is the last step's
 
 
 def torchrun(shards, run_dir, *extra, restarts=0):
@@ -43,6 +46,14 @@ def newest_step(run_dir: Path) -> int:
 def straight(tiny_shards, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("straight")
     subprocess.run(torchrun(tiny_shards, run_dir, "train.run_name=r"), env=env(), check=True, timeout=600,
+                   capture_output=True)
+    return run_dir / "r"
+
+
+@pytest.fixture(scope="module")
+def straight_late(tiny_shards, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight_late")
+    subprocess.run(torchrun(tiny_shards, run_dir, "train.run_name=r", LATE), env=env(), check=True, timeout=600,
                    capture_output=True)
     return run_dir / "r"
 
@@ -136,6 +147,39 @@ def test_elastic_restart_continues_the_same_run(tiny_shards, tmp_path, straight)
     runs = [p for p in tmp_path.iterdir() if (p / "checkpoints").is_dir()]
     assert len(runs) == 1 and runs[0].name.startswith("vss_net-supervised-")  # one folder, named by the job
     assert_same_run(runs[0], straight)
+
+
+def test_elastic_restart_before_the_first_checkpoint_continues_the_same_folder_and_mlflow_run(
+        tiny_shards, tmp_path, straight_late):
+    log = open(tmp_path / "job.log", "wb")
+    job = subprocess.Popen(torchrun(tiny_shards, tmp_path, LATE, restarts=1), env=env(), stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list(tmp_path.glob("*/metrics.jsonl")) and job.poll() is None and time.time() < deadline:
+            time.sleep(0.02)  # rank 0 has logged a step: the MLflow run exists and holds metrics
+        victims = worker_pids(job.pid, 1)
+        assert len(victims) == 1, "rank 1 was not found mid-run"
+        os.kill(victims[0], signal.SIGSTOP)
+        # last.pt comes after the last step's line and a collective that needs rank 1, so while that line
+        # is missing, no checkpoint can appear before the kill
+        from dias_dist.run_history import read_records
+
+        steps = [r["step"] for r in read_records(next(tmp_path.glob("*/metrics.jsonl")))]
+        assert max(steps, default=0) < TOTAL_STEPS, "too late: rank 1 was stopped after the last step"
+        started = json.loads(next(tmp_path.glob("*/start.json")).read_text())
+        assert started["mlflow_run_id"]
+        os.kill(victims[0], signal.SIGKILL)
+        assert job.wait(timeout=240) == 0, (tmp_path / "job.log").read_text()[-4000:]
+    finally:
+        if job.poll() is None:
+            kill_job(job.pid)
+            job.wait()
+    runs = [p for p in tmp_path.iterdir() if (p / "checkpoints").is_dir()]
+    assert len(runs) == 1 and runs[0].name.startswith("vss_net-supervised-")  # one folder, named by the job
+    assert_same_run(runs[0], straight_late)  # one MLflow run, every step logged once, the uninterrupted weights
+    final = torch.load(runs[0] / "checkpoints" / "final.pt", weights_only=True)
+    assert final["mlflow_run_id"] == started["mlflow_run_id"]  # the run the killed attempt had started
 
 
 @pytest.mark.slow

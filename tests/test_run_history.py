@@ -1,4 +1,4 @@
-"""metrics.jsonl after a crash (torn last line, corruption) and the elastic-restart config rules."""
+"""metrics.jsonl after a crash (torn last line, corruption) and the elastic-restart rules (config, start record)."""
 import json
 
 import pytest
@@ -73,3 +73,33 @@ def test_elastic_restart_continues_the_named_job(monkeypatch):
     named = load_config(None, ["train.run_name=mine", "train.resume=/x/last.pt"])
     assert elastic.continue_job(named).train.run_name == "mine"
     assert elastic.continue_job(named).train.resume == "/x/last.pt"
+
+
+def test_a_restart_continues_only_its_own_jobs_start_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    elastic.record_start(tmp_path, "mlflow-run-1", "sqlite:///x.db")
+    assert elastic.restarts_left() == 2
+    assert elastic.unfinished_start(tmp_path, "sqlite:///x.db") is None  # the first attempt starts afresh
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert elastic.unfinished_start(tmp_path, "sqlite:///x.db")["mlflow_run_id"] == "mlflow-run-1"
+    assert elastic.unfinished_start(tmp_path, "sqlite:///other.db") is None  # another MLflow store
+    assert elastic.unfinished_start(tmp_path / "missing", "sqlite:///x.db") is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    assert elastic.unfinished_start(tmp_path, "sqlite:///x.db") is None  # another job's folder
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert elastic.unfinished_start(tmp_path, "sqlite:///x.db") is None  # no job id: nothing to tell jobs apart
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert elastic.restarts_left() == 0
+
+
+def test_a_restart_from_step_0_does_not_log_again_what_the_killed_attempt_logged(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    _lines(path, RECORDS[:2])
+    log, _ = skip_logged(MetricsLog(path, enabled=True), NullTracker(), 0, resumed=True)
+    for step in (1, 2, 3):
+        log.write("train", step, {"loss_total": 1.0 / step})
+    assert [(r["step"], r["loss_total"]) for r in read_records(path)] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    fresh, _ = skip_logged(MetricsLog(path, enabled=True), NullTracker(), 0)  # a new run: no skipping wrapper
+    assert isinstance(fresh, MetricsLog)

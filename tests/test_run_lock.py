@@ -129,3 +129,11 @@ def test_read_only_run_dir_is_one_line(tmp_path):
     (tmp_path / "ro").mkdir(mode=0o555)
     with pytest.raises(RunFolderError, match="Permission denied"):
         claim(tmp_path / "ro" / "r", continuing=False, auto=False, overwrite=False)
+
+
+def test_a_failed_attempt_that_torchrun_restarts_keeps_its_folder_for_the_restart(tmp_path):
+    folder = claim(tmp_path / "runs" / "job", continuing=False, auto=False, overwrite=False)
+    folder.keep_on_failure = True  # elastic.restarts_left() > 0: run_lock.claim_on_main sets it
+    (tmp_path / "runs" / "job" / "start.json").write_text("{}")
+    folder.release("FAILED")
+    assert (tmp_path / "runs" / "job" / "start.json").is_file()
