@@ -53,9 +53,10 @@ AUTO = "auto"
 ADAM_STATE_KEYS = ("exp_avg", "exp_avg_sq")
 ZERO3_REASON = (
     "ZeRO-3 partitions the weights themselves, and the trainer runs the bare module outside the engine: "
-    "validation and testing forward each rank's own share of the sequences (unequal counts, so the "
-    "parameter all-gathers of stage 3 would wait for each other forever) and rank 0 alone reads the "
-    "weights for best.pt and nan_step*.pt. Use stage 2 (gradients and optimizer state partitioned)")
+    "validation and testing forward each rank's own share of the sequences, whose counts differ between "
+    "ranks, and under stage 3 every forward all-gathers the weights collectively, so the ranks' collectives "
+    "no longer match (a hang, or a call silently paired with the wrong one); rank 0 alone reads the weights "
+    "for nan_step*.pt. The models here fit on one device: use stage 2 (gradients and optimizer state partitioned)")
 
 
 @dataclass(frozen=True)
