@@ -281,3 +281,21 @@ def test_dias_shard_refuses_a_url_naming_the_upload(tiny_shards):
 
     with pytest.raises(ValueError, match=r"^s3://b/dsa: `dias shard` writes a local folder.*aws s3 cp --recursive"):
         write_shards(tiny_shards.parent / "src", "s3://b/dsa")
+
+
+def test_sweep_keeps_urls_and_makes_folders_absolute(tmp_path, monkeypatch):
+    from dias_dist.sweep import _absolute_overrides
+
+    monkeypatch.chdir(tmp_path)
+    out = _absolute_overrides(["data.shards=s3://b/dsa", "data.shards=pipe:cat /x/{}", "data.shards=shards/dsa",
+                               "data.cache_dir=cache"])
+    assert out == ["data.shards=s3://b/dsa", "data.shards=pipe:cat /x/{}", f"data.shards={tmp_path}/shards/dsa",
+                   f"data.cache_dir={tmp_path}/cache"]
+
+
+def test_dias_baseline_reads_a_url(served, capsys):
+    from dias_dist import cli
+
+    _, url = served
+    assert cli.main(["baseline", f"{url}/dsa", "--split", "test", "--no-images"]) == 0
+    assert "MinIP-Otsu baseline" in capsys.readouterr().out
