@@ -101,10 +101,11 @@ def read_bytes(url: str) -> bytes:
         with closing(open_url(url)) as stream:
             return stream.read()
     except (OSError, ValueError) as err:  # ValueError: gopen's own refusals (WDS_SECURE, no handler)
-        raise OSError(_short(err)) from None
+        raise OSError(reason(err)) from None
 
 
-def _short(err: Exception) -> str:
+def reason(err: Exception) -> str:
+    """``err`` as the one clause an error message about a location quotes."""
     text = str(err)
     if "unsafe_gopen is False" in text:
         return f"{text}; WDS_SECURE=1 is set, which forbids file:// and pipe: locations"

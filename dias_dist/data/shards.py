@@ -503,7 +503,7 @@ class StreamedShard(_Samples):
         try:
             raw = location.open_url(self.path)
         except (OSError, ValueError) as err:
-            raise ValueError(f"{url}: unreadable shard ({location._short(err)})") from None
+            raise ValueError(f"{url}: unreadable shard ({location.reason(err)})") from None
         stream = _Hashing(raw, expected_sha256 is not None)
         try:
             for item in tar_file_iterator(stream, skip_meta=None):
@@ -520,7 +520,7 @@ class StreamedShard(_Samples):
         try:
             raw.close()
         except (OSError, ValueError) as err:  # curl / gsutil / the pipe command failed
-            raise ValueError(f"{url}: unreadable shard ({location._short(err)})") from None
+            raise ValueError(f"{url}: unreadable shard ({location.reason(err)})") from None
         if expected_bytes is not None and stream.size != expected_bytes:
             raise ValueError(f"{url}: shard is {stream.size} bytes, the manifest says {expected_bytes} "
                              f"(truncated or replaced)")
@@ -544,10 +544,6 @@ class StreamedShard(_Samples):
     def release(self, key: str) -> None:
         self._samples.pop(key, None)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(data) for members in self._samples.values() for data in members.values())
-
 
 def cached_copy(url: str, cache_dir: str | Path, entry: dict | None = None) -> str:
     """The local path of ``url`` in ``cache_dir``, downloaded first if absent, by WebDataset's
@@ -567,7 +563,7 @@ def cached_copy(url: str, cache_dir: str | Path, entry: dict | None = None) -> s
         return FileCache(str(cache_dir), url_to_name=lambda _url: name).get_file(url)
     except (OSError, ValueError, AssertionError) as err:
         raise ValueError(f"{url}: could not be copied into data.cache_dir={cache_dir} "
-                         f"({location._short(err)})") from None
+                         f"({location.reason(err)})") from None
 
 
 def open_shard(path: str, entry: dict | None = None, *, verify: bool = True, cache_dir: str | Path = "",
