@@ -299,3 +299,45 @@ def test_dias_baseline_reads_a_url(served, capsys):
     _, url = served
     assert cli.main(["baseline", f"{url}/dsa", "--split", "test", "--no-images"]) == 0
     assert "MinIP-Otsu baseline" in capsys.readouterr().out
+
+
+def test_killed_run_on_http_shards_resumes_to_the_local_run(served, tiny_shards, tmp_path):
+    """SIGKILL after a checkpoint, ``train.resume=auto``: the run on HTTP shards ends bit-identical to
+    an uninterrupted run on the local folder (the stream is rebuilt from (seed, step), whatever reads it)."""
+    import signal
+    import time
+
+    from dias_dist import trainer
+
+    _, url = served
+
+    def command(shards, run_dir, *extra):
+        return [sys.executable, str(ROOT / "launch" / "train.py"), str(ROOT / "configs" / "debug.yaml"),
+                f"data.shards={shards}", f"train.run_dir={run_dir}", "train.run_name=r", "train.epochs=1",
+                "train.checkpoint_every_steps=2", "eval.test_split=", "eval.val_every_epochs=1000", *extra]
+
+    def step_of(path):
+        try:
+            return int(torch.load(path, weights_only=True)["step"])
+        except Exception:  # not written yet, or being replaced
+            return -1
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    trainer.run(load_config(command(tiny_shards, straight)[2], command(tiny_shards, straight)[3:]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command(f"{url}/dsa", killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last, deadline = killed / "r" / "checkpoints" / "last.pt", time.time() + 180
+    while step_of(last) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= step_of(last) < 4 and not (killed / "r" / "checkpoints" / "final.pt").exists()
+    subprocess.run(command(f"{url}/dsa", killed, "train.resume=auto"), check=True, env=env, timeout=240,
+                   capture_output=True)
+    a = torch.load(straight / "r" / "checkpoints" / "final.pt", weights_only=True)
+    b = torch.load(killed / "r" / "checkpoints" / "final.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+    exp_avg = lambda ckpt: [s["exp_avg"] for s in ckpt["optimizer"]["state"].values()]  # noqa: E731
+    assert all(torch.equal(x, y) for x, y in zip(exp_avg(a), exp_avg(b))) and exp_avg(a)
