@@ -104,9 +104,11 @@ def speed(models: list[str], frames_dir: Path, shards: Path, work: Path, repeats
         model = full_size(name)
         runs = {"predict": [], "evaluate": []}
         load = [loadavg()]
-        for _ in range(repeats):  # alternate so that a change of machine load hits both alike
-            runs["evaluate"].append(time_evaluate(model, shards, tile, stride, amp))
-            runs["predict"].append(time_predict(model, frames_dir, work / "out", tile, stride, amp))
+        for repeat in range(repeats):  # alternate, and swap who goes first, so that load and warm-up hit both alike
+            order = ("evaluate", "predict") if repeat % 2 == 0 else ("predict", "evaluate")
+            for what in order:
+                runs[what].append(time_evaluate(model, shards, tile, stride, amp) if what == "evaluate"
+                                  else time_predict(model, frames_dir, work / "out", tile, stride, amp))
             print(name, tile, stride, runs, flush=True)
         load.append(loadavg())
         best = {k: min(v) for k, v in runs.items()}  # (wall, cpu) of the fastest wall time
