@@ -43,7 +43,7 @@ from dias_dist.data.loader import TrainSource, train_batches
 from dias_dist.data.phantom_cli import write_phantom_dataset
 from dias_dist.data.preprocess import preprocess_sequence
 from dias_dist.data.shards import write_shards
-from machine import cpu_model
+from machine import cpu_model, git_sha, write_result
 
 
 def measure(run, seconds):
@@ -144,7 +144,7 @@ def main() -> None:
     best = {name: (max(r[0] for r in runs), max(r[1] for r in runs)) for name, runs in repeats.items()}
     manifest = json.loads((shard_dir / "manifest.json").read_text())["splits"]["training"]
     result = {
-        "benchmark": "data_throughput",
+        "benchmark": "data_throughput", "git_sha": git_sha(),
         "machine": f"{cpu_model()}, {os.cpu_count()} logical cores (CPU, no GPU), {platform.node()}",
         "load_average_1m_before": load_before, "load_average_1m_after": round(os.getloadavg()[0], 2),
         "size": args.size, "patches_per_sequence": k, "patch": [8, 64, 64], "loader_processes": 1,
@@ -163,11 +163,7 @@ def main() -> None:
         "mmap_vs_wds_http_cpu": round(best["mmap"][1] / best["wds_http"][1], 2),
         "load": args.load_note,
     }
-    line = json.dumps(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(line + "\n")
-    print(line)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
