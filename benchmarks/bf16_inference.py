@@ -12,9 +12,6 @@ flips. The full-size speed-up of the same flag is in ``roofline.py``'s ``bf16_sp
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import tempfile
 import time
 from dataclasses import replace
@@ -23,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from machine import describe, has_bf16_matmul, load_average
+from machine import describe, git_sha, has_bf16_matmul, load_average, write_result
 
 from dias_dist.config import EvalConfig
 from dias_dist.data.loader import TrainSource, eval_sequences, train_batches
@@ -118,13 +115,9 @@ def main() -> None:
         "pixels_flipped_fraction": flips / pixels,
         "seconds_min": {k: min(v) for k, v in seconds.items()},
         "bf16_speedup": min(seconds["fp32"]) / min(seconds["bf16"]),
-        "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "git_sha": git_sha(),
     }
-    line = json.dumps(result)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        Path(args.out).write_text(line + "\n")
-    print(line)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

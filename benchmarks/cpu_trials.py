@@ -24,13 +24,12 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import time
 import traceback
 
 import torch
 
-from machine import describe, load_average
+from machine import describe, git_sha, load_average
 
 from dias_dist.losses import ce_dice_loss
 from dias_dist.models import build_model
@@ -180,8 +179,7 @@ def main() -> None:
                 "settings": {k: getattr(args, k) for k in ("width", "eval_batch", "train_batch", "patch", "warmup",
                                                            "repeats", "adopt", "tolerance", "budget_s")},
                 "workloads": workloads, "adoptable": adopted, "wall_s": time.perf_counter() - start,
-                "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                          text=True).stdout.strip()}
+                "git_sha": git_sha()}
 
     for workload in [w for w in args.workloads.split(",") if w]:
         if workload == "eval_forward":

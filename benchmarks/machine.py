@@ -6,8 +6,10 @@ training step the model benchmarks share (``step_seconds``).
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,6 +52,29 @@ def load_average() -> list[float] | None:
         return list(os.getloadavg())
     except OSError:
         return None
+
+
+def git_sha() -> str:
+    """The short commit the benchmark ran at ("" outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        return ""
+
+
+def write_result(result: dict, out: str = "") -> str:
+    """One line of JSON: written to ``out`` (folders made; temp file then rename, so a killed run
+    leaves the previous result) when given, printed, and returned."""
+    line = json.dumps(result)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(line + "\n")
+        os.replace(tmp, path)
+    print(line)
+    return line
 
 
 def describe(device: torch.device) -> str:

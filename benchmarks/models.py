@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from machine import describe, step_seconds
+from machine import describe, step_seconds, write_result
 
 from dias_dist.models import MODELS, build_model, count_parameters, input_layout, to_layout
 
@@ -93,11 +93,7 @@ def main() -> int:
         "batch": args.batch, "patch_px": args.patch, "frames": 8, "amp_bf16": device.type == "cuda" and not args.no_amp,
         "models": rows,
     }
-    line = json.dumps(result)
-    if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(line + "\n")
-    print(line)
+    write_result(result, args.out)
     return 0
 
 

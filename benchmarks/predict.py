@@ -43,7 +43,7 @@ from dias_dist.predict.model import TrainedModel, load_trained_model, series_pro
 from dias_dist.predict.readers import read_series  # noqa: E402
 from dias_dist.predict.writers import write_series_outputs  # noqa: E402
 
-SETTINGS = ((64, 32), (128, 96), (256, 224), (0, 0))  # (tile, stride); 0 = whole image
+SETTINGS = ((64, 32), (64, 48), (64, 64), (128, 96), (256, 224), (0, 0))  # (tile, stride); 0 = whole image
 
 
 def loadavg() -> str:
@@ -82,34 +82,38 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_predict(model: TrainedModel, frames_dir: Path, out: Path, tile: int, stride: int) -> tuple[float, float]:
+def time_predict(model: TrainedModel, frames_dir: Path, out: Path, tile: int, stride: int,
+                 amp: bool = False) -> tuple[float, float]:
     def run():
         series = read_series(frames_dir)
-        prob = series_probability(model, series.frames, tile=tile, stride=stride)
+        prob = series_probability(model, series.frames, tile=tile, stride=stride, amp=amp)
         write_series_outputs(out / series.name, series, prob, threshold=0.5, dti=False, summary={})
     return _timed(run)
 
 
-def time_evaluate(model: TrainedModel, shards: Path, tile: int, stride: int) -> tuple[float, float]:
+def time_evaluate(model: TrainedModel, shards: Path, tile: int, stride: int, amp: bool = False) -> tuple[float, float]:
     eval_cfg = dataclasses.replace(model.cfg.eval, patch_size_px=tile, stride_px=stride or 1)
-    return _timed(lambda: evaluate_split(model.network, shards, "test", eval_cfg, device="cpu", out_dir=None))
+    return _timed(lambda: evaluate_split(model.network, shards, "test", eval_cfg, device="cpu", out_dir=None,
+                                         amp=amp))
 
 
 def speed(models: list[str], frames_dir: Path, shards: Path, work: Path, repeats: int, tile: int,
-          stride: int) -> dict:
+          stride: int, amp: bool = False) -> dict:
     out = {}
     for name in models:
         model = full_size(name)
         runs = {"predict": [], "evaluate": []}
         load = [loadavg()]
-        for _ in range(repeats):  # alternate so that a change of machine load hits both alike
-            runs["evaluate"].append(time_evaluate(model, shards, tile, stride))
-            runs["predict"].append(time_predict(model, frames_dir, work / "out", tile, stride))
+        for repeat in range(repeats):  # alternate, and swap who goes first, so that load and warm-up hit both alike
+            order = ("evaluate", "predict") if repeat % 2 == 0 else ("predict", "evaluate")
+            for what in order:
+                runs[what].append(time_evaluate(model, shards, tile, stride, amp) if what == "evaluate"
+                                  else time_predict(model, frames_dir, work / "out", tile, stride, amp))
             print(name, tile, stride, runs, flush=True)
         load.append(loadavg())
         best = {k: min(v) for k, v in runs.items()}  # (wall, cpu) of the fastest wall time
-        out[f"{name}_tile{tile}_stride{stride}"] = {
-            "model": name, "tile": tile, "stride": stride,
+        out[f"{name}_tile{tile}_stride{stride}{'_bf16' if amp else ''}"] = {
+            "model": name, "tile": tile, "stride": stride, "bf16": amp,
             "wall_s_predict": round(best["predict"][0], 2), "wall_s_evaluate": round(best["evaluate"][0], 2),
             "cpu_s_predict": round(best["predict"][1], 2), "cpu_s_evaluate": round(best["evaluate"][1], 2),
             "predict_over_evaluate_wall": round(best["predict"][0] / best["evaluate"][0], 3),
@@ -119,19 +123,23 @@ def speed(models: list[str], frames_dir: Path, shards: Path, work: Path, repeats
     return out
 
 
-def mean_dsc(model: TrainedModel, root: Path, tile: int, stride: int, limit: int) -> tuple[float, int]:
+def mean_dsc(model: TrainedModel, root: Path, tile: int, stride: int, limit: int,
+             amp: bool = False) -> tuple[float, int]:
     scores = []
     for files in dias.list_sequences(root, "test")[:limit or None]:
         seq = dias.read_sequence(files)
-        prob = series_probability(model, seq.frames / 255.0, tile=tile, stride=stride)
+        prob = series_probability(model, seq.frames / 255.0, tile=tile, stride=stride, amp=amp)
         scores.append(image_metrics(prob, seq.label, model.cfg.eval.threshold, model.cfg.eval.dti)["dsc"])
     return float(np.mean(scores)), len(scores)
 
 
 def tile_study(checkpoint: str, data_sets: list[Path], frames_dir: Path, work: Path, repeats: int,
-               sections: set[str], limit: int, previous: dict, speed_tiles: set) -> dict:
+               sections: set[str], limit: int, previous: dict, speed_tiles: set, amp: bool = False) -> dict:
     """Rows per (tile, stride): the demo model's mean test DSC per data set (``dsc``) and full-size
-    VSS-Net's predict seconds (``tile-speed``); a section not run keeps the values of ``previous``."""
+    VSS-Net's predict seconds (``tile-speed``); a section not run keeps the values of ``previous``.
+    ``amp``: bf16 autocast, recorded under ``*_bf16`` keys next to the fp32 ones (DSC change against
+    fp32 64/32)."""
+    tag = "_bf16" if amp else ""
     demo = load_trained_model(checkpoint)
     vss = full_size("vss_net")
     old = {(r["tile"], r["stride"]): r for r in previous.get("settings", [])}
@@ -140,25 +148,29 @@ def tile_study(checkpoint: str, data_sets: list[Path], frames_dir: Path, work: P
         row = dict(old.get((tile, stride), {"tile": tile, "stride": stride}))
         if "dsc" in sections:
             for root in data_sets:
-                dsc, count = mean_dsc(demo, root, tile, stride, limit if root == data_sets[0] else 0)
-                row[f"dsc_{root.name}"] = round(dsc, 5)
+                dsc, count = mean_dsc(demo, root, tile, stride, limit if root == data_sets[0] else 0, amp)
+                row[f"dsc{tag}_{root.name}"] = round(dsc, 5)
                 row[f"images_{root.name}"] = count
         if "tile-speed" in sections and (tile, stride) in speed_tiles:
             load = [loadavg()]
-            runs = [time_predict(vss, frames_dir, work / "out", tile, stride) for _ in range(repeats)]
+            runs = [time_predict(vss, frames_dir, work / "out", tile, stride, amp) for _ in range(repeats)]
             load.append(loadavg())
             wall, cpu = min(runs)
-            row.update(wall_s_vss_net_full=round(wall, 2), cpu_s_vss_net_full=round(cpu, 2),
-                       runs_wall_cpu_s=[[round(x, 2) for x in pair] for pair in runs], loadavg_before_after=load)
+            row.update({f"wall_s{tag}_vss_net_full": round(wall, 2), f"cpu_s{tag}_vss_net_full": round(cpu, 2),
+                        f"runs_wall_cpu_s{tag}": [[round(x, 2) for x in pair] for pair in runs],
+                        f"loadavg_before_after{tag}": load})
         print(row, flush=True)
         rows.append(row)
     base = rows[0]
     for row in rows:
         for key in [k for k in row if k.startswith("dsc_") and not k.startswith("dsc_change_")]:
-            row[f"dsc_change_{key[4:]}"] = round(row[key] - base[key], 5)
-        if "cpu_s_vss_net_full" in row and "cpu_s_vss_net_full" in base:
-            row["speedup_vs_64_32_cpu"] = round(base["cpu_s_vss_net_full"] / row["cpu_s_vss_net_full"], 2)
-            row["speedup_vs_64_32_wall"] = round(base["wall_s_vss_net_full"] / row["wall_s_vss_net_full"], 2)
+            fp32_key = key.replace("dsc_bf16_", "dsc_")  # every change is against fp32 at 64/32
+            if fp32_key in base:
+                row[f"dsc_change_{key[4:]}"] = round(row[key] - base[fp32_key], 5)
+        for t in ("", "_bf16"):
+            if f"cpu_s{t}_vss_net_full" in row and "cpu_s_vss_net_full" in base:
+                row[f"speedup{t}_vs_64_32_cpu"] = round(base["cpu_s_vss_net_full"] / row[f"cpu_s{t}_vss_net_full"], 2)
+                row[f"speedup{t}_vs_64_32_wall"] = round(base["wall_s_vss_net_full"] / row[f"wall_s{t}_vss_net_full"], 2)
     return {"demo_checkpoint": checkpoint, "settings": rows}
 
 
@@ -175,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-tiles", default="64/32,128/96,256/224,0/0",
                         help="TILE/STRIDE settings timed by tile-speed (the others keep earlier values)")
     parser.add_argument("--dsc-limit", type=int, default=0, help="score only the first N test sequences of --data")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast (dias predict --bf16) in every section; results under *_bf16 keys")
     parser.add_argument("--out", required=True, help="JSON file (merged into when it exists)")
     args = parser.parse_args(argv)
     sections = set(filter(None, args.sections.split(",")))
@@ -190,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         if "speed" in sections:
             tile, stride = map(int, args.tile.split("/"))
             result["speed"] = {**result.get("speed", {}),
-                               **speed(args.models.split(","), frames_dir, shards, work, args.repeats, tile, stride)}
+                               **speed(args.models.split(","), frames_dir, shards, work, args.repeats, tile, stride, args.bf16)}
             out.write_text(json.dumps(result, indent=2) + "\n")
         if sections & {"dsc", "tile-speed"}:
             data_sets = [Path(args.data)] + ([Path(args.demo_data)] if Path(args.demo_data).is_dir() else [])
             result["tile_study"] = tile_study(args.demo_checkpoint, data_sets, frames_dir, work, args.repeats,
                                               sections, args.dsc_limit, result.get("tile_study", {}),
-                                              {tuple(map(int, t.split("/"))) for t in args.speed_tiles.split(",")})
+                                              {tuple(map(int, t.split("/"))) for t in args.speed_tiles.split(",")},
+                                              args.bf16)
             result["tile_study"]["dsc_limit"] = args.dsc_limit
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -29,10 +29,7 @@ Prints one line of JSON last (the machine named, load average before and after).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -40,7 +37,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from machine import describe, has_bf16_matmul, load_average, step_seconds
+from machine import describe, git_sha, has_bf16_matmul, load_average, step_seconds, write_result
 from train_step import matmul_peak_gflop_per_s, with_reference_gru
 
 from dias_dist.config import EvalConfig
@@ -278,18 +275,13 @@ def main() -> None:
         "arrangement": arrangement,
         "vss_net_speedup_vs_reference_gru": vs_reference,
         "inference_at_least_reference_speed": all(vs_reference[p] >= 1.0 for p in paths if p != "train_step"),
-        "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "git_sha": git_sha(),
     }
     if bf16:
         result["bf16_speedup"] = {f"{m}/{p}": seconds(m, p, v) / seconds(m, p, v, "bf16")
                                   for m, v in (("vss_net", "auto"), ("fr_unet", "default")) for p in paths
                                   if seconds(m, p, v) and seconds(m, p, v, "bf16")}
-    line = json.dumps(result)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as handle:
-            handle.write(line + "\n")
-    print(line)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,14 @@ of the same FLOPs can beat the reference form by more than this.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from machine import describe, step_seconds
+from machine import describe, git_sha, step_seconds, write_result
 
 from dias_dist.models import build_model, count_parameters, to_layout, input_layout
 from dias_dist.models.convgru import BiConvGRU, ConvGRUReference
@@ -143,14 +141,9 @@ def main() -> None:
         "vss_net_speedup_bound_at_equal_flops": peak / measured["vss_net_reference_gru"]["gflop_per_s"],
         "batched_gru_target": 1.3,
         "batched_gru_target_met": speedup >= 1.3,
-        "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "git_sha": git_sha(),
     }
-    line = json.dumps(result)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as handle:
-            handle.write(line + "\n")
-    print(line)
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Checkpoints and the run folder. ``torch.save`` (a pickle inside a zip) written atomically.
 
-A training checkpoint holds: ``model``, ``optimizer``, ``scheduler`` (the engine's state dict),
+A training checkpoint holds: ``model``, ``optimizer``, ``scheduler`` (the engine's state dict: full fp32
+weights and a plain torch AdamW state dict under either engine, any ZeRO stage and any world size, so
+a run may resume on another number of ranks),
 ``step``, ``epoch``, ``rng`` (one entry per rank: torch CPU/CUDA, numpy and Python RNG states),
 ``data`` (the data position: the step at which the per-rank training stream was last re-seeded
 and the seed it was built from), ``config`` (the resolved config as a dict), ``mlflow_run_id``,
@@ -42,6 +44,18 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def restore_rng(states: list[dict], rank: int) -> bool:
+    """Restore the RNG state ``rank`` saved (``states``: one per rank of the run that wrote the checkpoint).
+
+    A run resumed on more ranks than wrote it has none for the new ranks: they keep their own state,
+    which the trainer re-seeds from (seed, rank, step) before the first step anyway. Returns whether
+    a state was restored."""
+    if rank >= len(states):
+        return False
+    set_rng_state(states[rank])
+    return True
 
 
 def save(path: str | Path, payload: dict) -> Path:

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {label:<18} DSC {summary['dsc'][0]:.4f} ± {summary['dsc'][1]:.4f}   Sen {summary['sen'][0]:.4f}"
                   f"   AUC {summary['auc'][0]:.4f}   (paper DSC {PAPER_DSC[label]:.4f})")
     predicted = _predict_unlabelled(python, run_dir, len(results) + 4)
-    print(f"\noverlays (TP white, FN red, FP green): {run_dir / 'eval' / 'test' / 'overlay'}")
+    print(f"\noverlays on each sequence's MinIP, with their legend and DSC: {run_dir / 'eval' / 'test' / 'overlay'}")
     print(f"probability maps: {run_dir / 'eval' / 'test' / 'prob'} (.npy), {run_dir / 'eval' / 'test' / 'prob_png'}")
     print(f"MLflow store: {ROOT / 'runs' / 'mlflow.db'}  (open: .venv/bin/mlflow ui --backend-store-uri "
           f"sqlite:///runs/mlflow.db, experiment dias-demo; README 'Comparing runs')")

@@ -88,7 +88,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         saved = checkpoint.load(resume_from)
         engine.load_state_dict(saved)
         state = TrainState(int(saved["step"]), float(saved["best"]), saved["mlflow_run_id"])
-        checkpoint.set_rng_state(saved["rng"][dist.rank()])
+        checkpoint.restore_rng(saved["rng"], dist.rank())  # any world size
     writes = dist.is_main() and not dry_run
     if not dry_run:
         checkpoint.prepare_run_folder(cfg, run_dir)

@@ -3,12 +3,14 @@
 One torchrun launch runs this file as a script (the worker below); each rank writes its findings to
 a JSON file and the tests assert on them. The worker trains a tiny conv net for a few steps with
 the DDP engine and with DeepSpeed ZeRO 0/1/2 (fp32) and ZeRO-2 bf16, round-trips checkpoints and
-tries cross-engine resumes.
+tries cross-engine resumes. Its checkpoints are then resumed by a torchrun launch of 1 and of 4 ranks
+(``resume_worker``): a DeepSpeed checkpoint does not depend on the world size that wrote it.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -86,6 +88,24 @@ def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
+def _state_diff(got: dict, want: dict) -> float:
+    """Largest difference between the model weights and the optimizer state tensors of two engine states
+    (inf when their keys differ); 0.0 means the weights and the AdamW state were carried exactly."""
+    diffs = [0.0]
+    pairs = [(got["model"], want["model"]), (got["optimizer"]["state"], want["optimizer"]["state"])]
+    while pairs:
+        a, b = pairs.pop()
+        if isinstance(a, dict):
+            if not isinstance(b, dict) or set(a) != set(b):
+                return float("inf")
+            pairs.extend((a[k], b[k]) for k in a)
+        else:
+            if a.shape != b.shape:
+                return float("inf")
+            diffs.append(float((a.double() - b.double()).abs().max()) if a.numel() else 0.0)
+    return max(diffs)
+
+
 def _error_of(fn) -> str:
     try:
         fn()
@@ -98,6 +118,7 @@ def worker(out_dir: Path) -> None:
     import deepspeed
 
     from dias_dist import checkpoint, dist
+    from dias_dist.engine import SHARDED_FORMAT
 
     dist.init("gloo", "cpu")
     result: dict = {"rank": dist.rank(), "world_size": dist.world_size()}
@@ -108,7 +129,7 @@ def worker(out_dir: Path) -> None:
     result["ddp"] = ddp_log
 
     engines = {}
-    for name in ("zero0", "zero1", "zero2", "zero2_bf16"):
+    for name in ("zero0", "zero1", "zero2", "zero2_bf16", "zero2_auto"):
         engine = _engine("deepspeed", f"{name}.json")
         log = _train(engine, STEPS)
         params = _params(engine)
@@ -121,23 +142,26 @@ def worker(out_dir: Path) -> None:
         engines[name] = engine
 
     # checkpoint round trips: continue the saved engine and a restored copy for MORE_STEPS each
-    for name in ("zero0", "zero2", "zero2_bf16"):
+    # (and the files the 1- and 4-rank resumes read: the checkpoint and the uninterrupted continuation)
+    for name in ("zero0", "zero1", "zero2", "zero2_bf16"):
         own = engines[name].state_dict()  # collective under ZeRO 1/2: the complete state on rank 0 only
         result[name]["state_keys"] = sorted(own)
         state = dist.broadcast_object(own)  # every rank resumes from what rank 0 writes
         restored = _engine("deepspeed", f"{name}.json")
         restored.load_state_dict(copy.deepcopy(state))  # as if read back from a file
         _train(restored, MORE_STEPS, first_step=STEPS)
-        _train(engines[name], MORE_STEPS, first_step=STEPS)
+        continued_log = _train(engines[name], MORE_STEPS, first_step=STEPS)
         result[name]["resume_max_diff"] = _max_diff(_params(restored), _params(engines[name]))
         result[name]["resume_lr"] = [restored.lr, engines[name].lr]
-        if name == "zero2" and dist.is_main():
-            checkpoint.save(out_dir / "zero2.pt", {**state, "step": STEPS})
+        if dist.is_main():
+            checkpoint.save(out_dir / f"{name}.pt", {**state, "step": STEPS})
+            torch.save({"params": _params(engines[name]), "log": continued_log}, out_dir / f"{name}_continued.pt")
         if name == "zero0":
             zero0_state = state
             zero0_continued = _params(engines[name])
         if name == "zero2":
             zero2_state = state
+            zero2_continued = _params(engines[name])
 
     # checkpoint weights as dias evaluate reads them: forward of the model rebuilt from the file
     if dist.is_main():
@@ -145,7 +169,7 @@ def worker(out_dir: Path) -> None:
         probe.load_state_dict(checkpoint.model_state(out_dir / "zero2.pt"))
         result["zero2_checkpoint_logits"] = probe(probe_input()).tolist()
 
-    # cross-engine resumes
+    # cross-engine and cross-stage resumes: every engine and stage writes and reads the same format
     ddp_from_zero0 = _engine("ddp")
     ddp_from_zero0.load_state_dict(copy.deepcopy(zero0_state))
     _train(ddp_from_zero0, MORE_STEPS, first_step=STEPS)
@@ -153,9 +177,21 @@ def worker(out_dir: Path) -> None:
     zero0_from_ddp = _engine("deepspeed", "zero0.json")
     zero0_from_ddp.load_state_dict(ddp.state_dict())
     result["zero0_from_ddp_max_diff"] = _max_diff(_params(zero0_from_ddp), ddp_params)
-    zero1 = engines["zero1"]
-    result["zero1_from_zero2_error"] = _error_of(lambda: zero1.load_state_dict(zero2_state))
-    result["zero2_from_ddp_error"] = _error_of(lambda: engines["zero2"].load_state_dict(ddp.state_dict()))
+    zero1_from_zero2 = _engine("deepspeed", "zero1.json")
+    zero1_from_zero2.load_state_dict(copy.deepcopy(zero2_state))
+    own = zero1_from_zero2.state_dict()  # collective
+    if dist.is_main():
+        result["zero1_from_zero2_state_diff"] = _state_diff(own, zero2_state)
+    _train(zero1_from_zero2, MORE_STEPS, first_step=STEPS)
+    result["zero1_from_zero2_max_diff"] = _max_diff(_params(zero1_from_zero2), zero2_continued)
+    ddp_state = ddp.state_dict()  # the DDP engine returns its whole state on every rank
+    zero2_from_ddp = _engine("deepspeed", "zero2.json")
+    zero2_from_ddp.load_state_dict(copy.deepcopy(ddp_state))
+    own = zero2_from_ddp.state_dict()
+    if dist.is_main():
+        result["zero2_from_ddp_state_diff"] = _state_diff(own, ddp_state)
+    legacy = {"format": SHARDED_FORMAT, "zero_stage": 2, "bf16": False, "world_size": 2, "ranks": []}
+    result["legacy_format_error"] = _error_of(lambda: engines["zero1"].load_state_dict({**zero2_state, "optimizer": legacy}))
     result["deepspeed_version"] = deepspeed.__version__
 
     (out_dir / f"rank{dist.rank()}.json").write_text(json.dumps(result))
@@ -165,19 +201,52 @@ def worker(out_dir: Path) -> None:
     os._exit(0)  # a ZeRO-0 native thread may abort at interpreter exit (docs/REFERENCE.md §10)
 
 
+# (checkpoint written on 2 ranks, engine config that resumes it): same stage, another stage, DDP
+RESUMES = (("zero0", "zero0.json"), ("zero1", "zero1.json"), ("zero2", "zero2.json"), ("zero2_bf16", "zero2_bf16.json"),
+           ("zero2", "zero1.json"), ("zero2", "ddp"))
+
+
+def resume_worker(out_dir: Path, save_dir: Path) -> None:
+    """Resume every checkpoint the 2-rank worker wrote on this launch's world size and continue it."""
+    from dias_dist import checkpoint, dist
+
+    dist.init("gloo", "cpu")
+    result: dict = {"rank": dist.rank(), "world_size": dist.world_size()}
+    for saved_name, target in RESUMES:
+        saved = checkpoint.load(save_dir / f"{saved_name}.pt")  # every rank reads what rank 0 wrote
+        engine = _engine("ddp") if target == "ddp" else _engine("deepspeed", target)
+        engine.load_state_dict(copy.deepcopy(saved))
+        own = engine.state_dict()  # collective under ZeRO 1/2: assembled again from this world size's shards
+        entry = {"state_diff": _state_diff(own, saved), "scheduler": [own["scheduler"], saved["scheduler"]]} \
+            if dist.is_main() else {}  # before training on: the DDP engine's state dict is live
+        continued = torch.load(save_dir / f"{saved_name}_continued.pt")
+        entry.update(log=_train(engine, MORE_STEPS, first_step=STEPS), continued_log=continued["log"])
+        entry["max_diff_vs_continued"] = _max_diff(_params(engine), continued["params"])
+        result[f"{saved_name}->{target}"] = entry
+    (out_dir / f"rank{dist.rank()}.json").write_text(json.dumps(result))
+    dist.teardown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 # ---------------------------------------------------------------------------------------------
 # tests
+
+
+def _torchrun(nproc: int, *args: str, timeout: int = 300) -> None:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", f"--nproc_per_node={nproc}", __file__, *args],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     pytest.importorskip("deepspeed")
     out_dir = tmp_path_factory.mktemp("deepspeed")
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", __file__, str(out_dir)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    _torchrun(2, str(out_dir))
     results = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
     for result in results:
         result["out_dir"] = str(out_dir)
@@ -213,9 +282,18 @@ def test_bf16_zero2_trains_in_sync(ranks):
             assert got["loss"] == pytest.approx(want["loss"], rel=5e-2)
 
 
-def test_checkpoint_round_trip_resumes_exactly(ranks):
+def test_auto_json_trains_like_the_explicit_one(ranks):
+    """configs/deepspeed/zero2_auto.json ("auto" for the batch keys, clipping, optimizer, scheduler) is
+    filled from the dias config and trains exactly as zero2.json."""
     for result in ranks:
-        for name in ("zero0", "zero2", "zero2_bf16"):
+        assert result["zero2_auto"]["log"] == result["zero2"]["log"]
+        assert result["zero2_auto"]["max_diff_vs_rank0"] == 0.0
+
+
+def test_checkpoint_round_trip_resumes_exactly(ranks):
+    """2 ranks -> 2 ranks: the resumed engine continues bit-identically to the uninterrupted one."""
+    for result in ranks:
+        for name in ("zero0", "zero1", "zero2", "zero2_bf16"):
             assert result[name]["resume_max_diff"] == 0.0, name
             lr_restored, lr_continued = result[name]["resume_lr"]
             assert lr_restored == lr_continued
@@ -235,13 +313,35 @@ def test_deepspeed_checkpoint_loads_as_plain_model_weights(ranks):
     assert not torch.allclose(logits, fresh_logits)  # trained weights, not the initial ones
 
 
-def test_cross_engine_resume(ranks):
+def test_sharded_checkpoints_hold_a_plain_adamw_state(ranks):
+    """ZeRO-1/2 and bf16 write the optimizer state as torch's AdamW does: one entry per parameter."""
+    from dias_dist import checkpoint
+
+    from dias_dist.schedule import param_groups
+
+    # numbered as torch numbers the trainer's AdamW groups: decayed weights first, then biases and norms
+    ordered = [p for group in param_groups(tiny_model(), 0.01) for p in group["params"]]
+    for name in ("zero1", "zero2", "zero2_bf16"):
+        saved = checkpoint.load(Path(ranks[0]["out_dir"]) / f"{name}.pt")
+        state = saved["optimizer"]["state"]
+        assert sorted(state) == list(range(len(ordered))), name
+        for index, param in enumerate(ordered):
+            assert set(state[index]) == {"step", "exp_avg", "exp_avg_sq"}
+            assert state[index]["exp_avg"].shape == param.shape and state[index]["exp_avg"].dtype == torch.float32
+            assert float(state[index]["step"]) == STEPS
+            assert float(state[index]["exp_avg_sq"].abs().max()) > 0  # trained moments, not zeros
+        assert [len(g["params"]) for g in saved["optimizer"]["param_groups"]] == [2, 4]  # decayed, not decayed
+
+
+def test_cross_engine_and_cross_stage_resume(ranks):
     for result in ranks:
         assert result["ddp_from_zero0_max_diff"] < 1e-6
         assert result["zero0_from_ddp_max_diff"] == 0.0
-        assert "sharded for DeepSpeed ZeRO-2 on 2 rank(s)" in result["zero1_from_zero2_error"]
-        assert "cannot be resumed under DeepSpeed ZeRO-1" in result["zero1_from_zero2_error"]
-        assert "plain torch optimizer" in result["zero2_from_ddp_error"]
+        assert result["zero1_from_zero2_max_diff"] < 1e-6  # ZeRO-1 continues what ZeRO-2 saved
+        assert "earlier sharded format of DeepSpeed ZeRO-2 on 2 rank(s)" in result["legacy_format_error"]
+        assert "cannot be resumed under DeepSpeed ZeRO-1" in result["legacy_format_error"]
+    assert ranks[0]["zero1_from_zero2_state_diff"] == 0.0
+    assert ranks[0]["zero2_from_ddp_state_diff"] == 0.0  # a DDP checkpoint partitioned by ZeRO-2, exactly
 
 
 def test_state_dict_is_complete_on_rank0_only(ranks):
@@ -251,24 +351,150 @@ def test_state_dict_is_complete_on_rank0_only(ranks):
         assert ranks[1][name]["state_keys"] == [], name
 
 
+@pytest.fixture(scope="module", params=[1, 4], ids=["1rank", "4ranks"])
+def resumed(request, ranks, tmp_path_factory) -> list[dict]:
+    """The 2-rank worker's checkpoints resumed by a torchrun launch of 1 or 4 ranks."""
+    nproc = request.param
+    out_dir = tmp_path_factory.mktemp(f"resume{nproc}")
+    _torchrun(nproc, "--resume", str(out_dir), ranks[0]["out_dir"])
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def test_checkpoint_of_2_ranks_resumes_on_another_world_size(resumed):
+    """Saved on 2 ranks, resumed on 1 or 4: the weights and AdamW state are exactly the saved ones
+    (assembled again from the new world size's partitions), the schedule continues where it was, and
+    the next steps on the same global batches follow the uninterrupted 2-rank run (up to the order
+    of the gradient sums, which changes with the number of ranks)."""
+    world = len(resumed)
+    for result in resumed:
+        assert result["world_size"] == world
+        for saved_name, target in RESUMES:
+            entry = result[f"{saved_name}->{target}"]
+            bf16 = "bf16" in saved_name
+            assert all(math.isfinite(step["loss"]) for step in entry["log"])  # this rank's share of the batch
+            assert [s["lr"] for s in entry["log"]] == [s["lr"] for s in entry["continued_log"]]
+            # the gradient norm is global (over all ranks), so it compares across world sizes
+            assert [s["grad_norm"] for s in entry["log"]] == pytest.approx(
+                [s["grad_norm"] for s in entry["continued_log"]], rel=2e-2 if bf16 else 1e-5)
+            assert entry["max_diff_vs_continued"] < (2e-2 if bf16 else 1e-6), (saved_name, target, entry["max_diff_vs_continued"])
+    for saved_name, target in RESUMES:
+        entry = resumed[0][f"{saved_name}->{target}"]
+        assert entry["state_diff"] == 0.0, (saved_name, target)
+        restored, saved = entry["scheduler"]
+        assert restored == saved == {"last_step": STEPS}
+
+
+def _optim_settings():
+    """The OptimSettings the engine derives from the AdamW + schedule that ``_config`` builds."""
+    from dias_dist.engine.deepspeed import OptimSettings
+    from dias_dist.schedule import build_optimizer
+
+    cfg = _config("deepspeed")
+    optimizer, schedule = build_optimizer(tiny_model(), cfg.optim, epochs=cfg.train.epochs,
+                                          steps_per_epoch=cfg.train.steps_per_epoch)
+    return OptimSettings.of(optimizer, schedule)
+
+
+def _read(tmp_path, ds_json: dict, grad_clip: float = 0.0, amp: bool = False) -> dict:
+    from dias_dist.engine import StepSettings
+    from dias_dist.engine.deepspeed import read_deepspeed_config
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds_json))
+    return read_deepspeed_config(path, StepSettings(grad_clip=grad_clip, batch_size=GLOBAL_BATCH, amp=amp),
+                                 _optim_settings())
+
+
 def test_config_errors_name_the_file_and_key(tmp_path):
     pytest.importorskip("deepspeed")
     from dias_dist.engine.deepspeed import read_deepspeed_config
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"train_batch_size": 16, "zero_optimization": {"stage": 1}}))
-    with pytest.raises(ValueError, match=r"bad.json: key\(s\) train_batch_size"):
-        read_deepspeed_config(bad, _settings("deepspeed"))
-    bad.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    with pytest.raises(ValueError, match="zero_optimization.stage = 3"):
+    bad.write_text(json.dumps({"zero_optimization": {"stage": 7}}))
+    with pytest.raises(ValueError, match="bad.json: zero_optimization.stage = 7"):
         read_deepspeed_config(bad, _settings("deepspeed"))
     bad.write_text(json.dumps({"gradient_clipping": 1.0}))
     with pytest.raises(ValueError, match="contradicts optim.grad_clip = 2.0"):
         read_deepspeed_config(bad, _settings("deepspeed", grad_clip=2.0))
     with pytest.raises(ValueError, match="does not exist"):
         read_deepspeed_config(tmp_path / "missing.json", _settings("deepspeed"))
+    bad.write_text(json.dumps({"optimizer": {"type": "AdamW"}}))
+    with pytest.raises(ValueError, match="needs the trainer's optimizer"):
+        read_deepspeed_config(bad, _settings("deepspeed"))  # nothing to check it against
     ds = read_deepspeed_config(ROOT / "configs/deepspeed/zero1.json", _settings("deepspeed", grad_clip=0.5))
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_clipping"]) == (8, 8, 0.5)
+
+
+def test_zero3_is_refused_with_the_reason(tmp_path):
+    pytest.importorskip("deepspeed")
+    with pytest.raises(ValueError, match=r"ds.json: zero_optimization.stage = 3 is refused: ZeRO-3 partitions the weights"):
+        _read(tmp_path, {"zero_optimization": {"stage": 3}})
+
+
+def test_auto_values_are_filled_from_the_dias_config(tmp_path):
+    pytest.importorskip("deepspeed")
+    from dias_dist.engine import StepSettings
+    from dias_dist.engine.deepspeed import read_deepspeed_config
+
+    ds = read_deepspeed_config(ROOT / "configs/deepspeed/zero2_auto.json",
+                               StepSettings(grad_clip=0.5, batch_size=GLOBAL_BATCH), _optim_settings())
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 8, 1)
+    assert ds["gradient_clipping"] == 0.5
+    # optim.lr=0.01 and the defaults of optim.* (weight_decay 0.01, betas, eps)
+    assert ds["optimizer"] == {"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.01, "betas": [0.9, 0.999],
+                                                           "eps": 1e-8}}
+    params = ds["scheduler"]["params"]
+    assert ds["scheduler"]["type"] == "WarmupCosineLR"
+    # train.epochs=1 x steps_per_epoch=10; warm-up 0.2 epochs = 2 steps from optim.warmup_lr=5e-7 to 0.01, cosine to 5e-6
+    assert (params["total_num_steps"], params["warmup_num_steps"], params["warmup_type"]) == (10, 2, "linear")
+    assert params["warmup_min_ratio"] == pytest.approx(5e-7 / 0.01)
+    assert params["cos_min_ratio"] == pytest.approx(5e-6 / 0.01)
+    # bf16.enabled: "auto" follows the bf16 autocast setting, as the Hugging Face Trainer's --bf16
+    assert _read(tmp_path, {"bf16": {"enabled": "auto"}}, amp=True)["bf16"] == {"enabled": True}
+    assert _read(tmp_path, {"bf16": {"enabled": "auto"}})["bf16"] == {"enabled": False}
+
+
+def test_values_equal_to_the_dias_config_are_accepted(tmp_path):
+    pytest.importorskip("deepspeed")
+    ds = _read(tmp_path, {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
+                          "optimizer": {"type": "adamw", "params": {"lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8}},
+                          "scheduler": {"params": {"warmup_num_steps": 2, "total_num_steps": 10,
+                                                   "cos_min_ratio": 5e-6 / 0.01, "warmup_type": "linear"}}})
+    assert ds["optimizer"]["params"]["weight_decay"] == 0.01  # absent keys are filled too
+
+
+@pytest.mark.parametrize("ds_json, message", [
+    ({"train_batch_size": 16}, "train_batch_size = 16 contradicts train.batch_size = 8"),
+    ({"train_micro_batch_size_per_gpu": 4},
+     "train_micro_batch_size_per_gpu = 4 contradicts train.batch_size / (world size 1 x train.grad_accum) = 8"),
+    ({"gradient_accumulation_steps": 2}, "gradient_accumulation_steps = 2 contradicts train.grad_accum = 1"),
+    ({"optimizer": {"params": {"lr": 0.001}}}, "optimizer.params.lr = 0.001 contradicts optim.lr = 0.01"),
+    ({"optimizer": {"params": {"weight_decay": 0.1}}},
+     "optimizer.params.weight_decay = 0.1 contradicts optim.weight_decay = 0.01"),
+    ({"optimizer": {"params": {"betas": [0.9, 0.95]}}},
+     "optimizer.params.betas = [0.9, 0.95] contradicts optim.betas = (0.9, 0.999)"),
+    ({"optimizer": {"params": {"eps": 1e-6}}}, "optimizer.params.eps = 1e-06 contradicts optim.eps = 1e-08"),
+    ({"optimizer": {"type": "Lamb"}}, "optimizer.type = 'Lamb' contradicts the trainer's optimizer = 'AdamW'"),
+    ({"optimizer": {"params": {"amsgrad": True}}}, "optimizer.params.amsgrad is not understood"),
+    ({"scheduler": {"type": "WarmupDecayLR"}},
+     "scheduler.type = 'WarmupDecayLR' contradicts the trainer's schedule = 'WarmupCosineLR'"),
+    ({"scheduler": {"params": {"warmup_num_steps": 5}}},
+     "scheduler.params.warmup_num_steps = 5 contradicts optim.warmup_epochs x train.steps_per_epoch = 2"),
+    ({"scheduler": {"params": {"total_num_steps": 100}}},
+     "scheduler.params.total_num_steps = 100 contradicts train.epochs x train.steps_per_epoch = 10"),
+    ({"scheduler": {"params": {"warmup_type": "log"}}},
+     "scheduler.params.warmup_type = 'log' contradicts the trainer's warm-up = 'linear'"),
+    ({"scheduler": {"params": {"cos_min_ratio": 0.1}}},
+     "scheduler.params.cos_min_ratio = 0.1 contradicts optim.min_lr / optim.lr = 0.0005"),
+    ({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}},
+     'zero_optimization.reduce_bucket_size = "auto", but "auto" is filled only for'),
+])
+def test_values_contradicting_the_dias_config_are_errors(tmp_path, ds_json, message):
+    pytest.importorskip("deepspeed")
+    with pytest.raises(ValueError) as err:
+        _read(tmp_path, ds_json)
+    assert message in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "ds.json"))
 
 
 def test_shipped_configs_are_valid():
@@ -278,7 +504,7 @@ def test_shipped_configs_are_valid():
     paths = sorted((ROOT / "configs/deepspeed").glob("*.json"))
     assert paths
     for path in paths:
-        ds = read_deepspeed_config(path, _settings("deepspeed"))
+        ds = read_deepspeed_config(path, _settings("deepspeed"), _optim_settings())
         # the geometry the engine fills in from cfg.train (one process: the whole batch per micro-batch)
         assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) \
             == (GLOBAL_BATCH, GLOBAL_BATCH, 1), path.name
@@ -372,14 +598,17 @@ def test_training_loop_with_deepspeed_and_grad_accumulation(tmp_path):
 if __name__ == "__main__":
     if sys.argv[1] == "--trainer":
         trainer_worker(Path(sys.argv[2]))
+    elif sys.argv[1] == "--resume":
+        resume_worker(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
         worker(Path(sys.argv[1]))
 
 
-@pytest.mark.timeout(300)
-def test_zero2_two_ranks_through_the_trainer_checkpoints_and_evaluates(tiny_shards, tmp_path):
+@pytest.mark.timeout(400)
+def test_zero2_two_ranks_through_the_trainer_checkpoints_evaluates_and_resumes_on_one(tiny_shards, tmp_path):
     """2 torchrun ranks, ZeRO-2, the real loader: checkpoints are gathered collectively (a rank-0-only
-    gather would hang here), and the result evaluates with `dias evaluate` like a DDP checkpoint."""
+    gather would hang here), the result evaluates with `dias evaluate` like a DDP checkpoint, and the
+    run continues on 1 rank with train.resume=auto for one more epoch."""
     root = Path(__file__).resolve().parents[1]
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
@@ -397,3 +626,18 @@ def test_zero2_two_ranks_through_the_trainer_checkpoints_and_evaluates(tiny_shar
         cwd=root, env=env, capture_output=True, text=True, timeout=240)
     assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
     assert (tmp_path / "ev" / "summary.csv").is_file()
+    from dias_dist import checkpoint
+
+    resume = subprocess.run(
+        [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=1", "launch/train.py", "configs/debug.yaml",
+         f"data.shards={tiny_shards}", "model.name=fr_unet", "model.params={width: 4}", "train.epochs=3",
+         "train.steps_per_epoch=2", f"train.run_dir={tmp_path}", "train.run_name=z2", "train.resume=auto",
+         "eval.test_split=", "dist.engine=deepspeed", "dist.deepspeed_config=configs/deepspeed/zero2.json"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+    last = checkpoint.load(tmp_path / "z2" / "checkpoints" / "last.pt")
+    assert last["step"] == 6 and len(last["rng"]) == 1  # written by the 1-rank run
+    log = [json.loads(line) for line in (tmp_path / "z2" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r for r in log if r["kind"] == "train"]
+    assert [r["step"] for r in train_steps] == [1, 2, 3, 4, 5, 6]  # nothing lost or logged twice
+    assert all(math.isfinite(r["loss_total"]) for r in train_steps)

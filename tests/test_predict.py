@@ -249,6 +249,21 @@ def test_tile_options(tiny_checkpoint, phantom_series, tmp_path):
                      "--tile", "32", "--stride", "48"]) == 2
 
 
+def test_bf16_flag_autocasts_on_cpu_and_is_recorded(tiny_checkpoint, phantom_series, tmp_path):
+    """--bf16 runs the network under bf16 autocast on a CPU (the summary says so) and gives the fp32
+    map to bf16 precision; without it a CPU-trained model predicts in fp32."""
+    import json
+
+    folder, _, _ = phantom_series
+    for flag, out in (([], "fp32"), (["--bf16"], "bf16")):
+        assert cli.main(["predict", str(tiny_checkpoint), str(folder), "--out", str(tmp_path / out), *flag]) == 0
+    fp32, bf16 = (np.load(tmp_path / out / "frames" / "prob.npy").astype(np.float32) for out in ("fp32", "bf16"))
+    summaries = [json.loads((tmp_path / out / "frames" / "summary.json").read_text()) for out in ("fp32", "bf16")]
+    assert [s["bf16_autocast"] for s in summaries] == [False, True]
+    assert not np.array_equal(fp32, bf16)  # autocast really changed the arithmetic
+    np.testing.assert_allclose(bf16, fp32, atol=0.05)
+
+
 def test_training_logs_a_pyfunc_model_that_predicts_like_the_checkpoint(tiny_shards, phantom_series, tmp_path):
     """rank 0 logs checkpoints + the pyfunc model; a fresh process loads runs:/<id>/model without the
     run folder and predicts what the checkpoint predicts; the registered version and `dias evaluate`

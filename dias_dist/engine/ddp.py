@@ -92,9 +92,10 @@ class DDPEngine:
     def load_state_dict(self, state: dict) -> None:
         optim = state.get("optimizer")
         if isinstance(optim, dict) and optim.get("format") == SHARDED_FORMAT:
-            raise ValueError("this checkpoint's optimizer state was saved sharded by DeepSpeed ZeRO-1/2; resume it "
-                             "with dist.engine=deepspeed and the same ZeRO stage and world size (dias evaluate "
-                             "reads its weights under any engine)")
+            raise ValueError("this checkpoint's optimizer state is in the earlier sharded format of DeepSpeed "
+                             "ZeRO-1/2; resume it once with dist.engine=deepspeed and the same ZeRO stage and world "
+                             "size (its next checkpoint resumes under any engine; dias evaluate reads its weights "
+                             "under any engine)")
         self._module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])

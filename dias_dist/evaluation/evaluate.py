@@ -108,7 +108,8 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
     probability_fn: image float32 (T, H, W) (numpy or tensor) -> vessel probability np.float32 (H, W):
     the image goes to ``device`` once (tiles are cut there), ``eval_cfg.patch_size_px`` /
     ``stride_px`` tiles with zero padding, ``batch_size`` tiles per forward, overlap-averaged
-    softmax; ``amp``: bf16 autocast (also on when ``eval_cfg.cpu_bf16`` and ``device`` is a CPU). A DDP/DeepSpeed wrapper is bypassed (``.module``) so that
+    softmax; ``amp``: bf16 autocast (also on when ``eval_cfg.cpu_bf16`` and ``device`` is a CPU);
+    ``eval_cfg.compile``: the forward through ``torch.compile``. A DDP/DeepSpeed wrapper is bypassed (``.module``) so that
     ranks with different image counts never meet in a collective inside forward. The network is in
     eval mode inside the ``with`` block and gets its training mode back on leaving it.
     """
@@ -116,7 +117,7 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
     was_training = network.training
     network.eval()
     amp = bool(amp) or (eval_cfg.cpu_bf16 and torch.device(device).type == "cpu")
-    predict = model_predict_fn(network, device, input_layout(network), amp)
+    predict = model_predict_fn(network, device, input_layout(network), amp, compile=eval_cfg.compile)
 
     def probability(image_THW) -> np.ndarray:
         # tile on the model's device: one host->device copy per image instead of one per batch

@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true",
                         help=f"--tile {FAST_TILE} --stride {FAST_STRIDE}: about half the work of the paper's 64/32 on "
                              "800x800 series, DSC within 0.005 there (benchmarks/README.md)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bf16 autocast (default: as the model was trained, train.amp on a GPU, train.cpu_bf16 "
+                             "on a CPU). On CPUs with AVX512-BF16/AMX about 2x faster at a DSC change within 0.001 "
+                             "(benchmarks/README.md); slower on CPUs without them")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (1.12x on a 2-core Xeon after about 15 s of compiling: "
+                             "worth it from the second 800x800 series on; benchmarks/README.md)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one) | cpu | cuda | cuda:N")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store of a runs:/ or models:/ MODEL")
@@ -69,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     if tile < 0 or (tile > 0 and not 0 < stride <= tile):
         raise ValueError(f"--tile {tile} --stride {stride}: need 0 < stride <= tile (or tile 0: whole image)")
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
-    amp = cfg.train.bf16_autocast(device)
+    amp = cfg.train.bf16_autocast(device) or args.bf16
     paths = expand_inputs(args.inputs)
     out_root = Path(args.out)
     failures, written = [], []
@@ -78,12 +85,13 @@ def main(args: argparse.Namespace) -> int:
         try:
             series = read_series(path)
             prob = series_probability(model, series.frames, device=device, tile=tile, stride=stride,
-                                      batch_size=args.batch_size, amp=amp)
+                                      batch_size=args.batch_size, amp=amp, compile=args.compile or None)
             summary = {"input": str(path), "kind": series.kind, "num_files": len(series.files),
                        "num_frames": int(series.frames.shape[0]), "height": int(prob.shape[0]),
                        "width": int(prob.shape[1]), "model": model.source, "model_name": cfg.model.name,
                        "method": cfg.method.name, "model_step": model.step, "model_num_frames": model.num_frames,
                        "tile": tile, "stride": stride, "device": str(device), "bf16_autocast": amp,
+                       "compiled": bool(args.compile or cfg.eval.compile),
                        "seconds": round(time.perf_counter() - tic, 3)}
             written.append(write_series_outputs(out_root / name, series, prob, threshold=threshold,
                                                 dti=cfg.eval.dti, summary=summary))

@@ -116,13 +116,14 @@ def load_trained_model(spec: str, *, tracking_uri: str | None = None, overrides=
 
 def series_probability(model: TrainedModel, frames_thw: np.ndarray, *, device: torch.device | str = "cpu",
                        tile: int | None = None, stride: int | None = None, batch_size: int | None = None,
-                       amp: bool = False) -> np.ndarray:
+                       amp: bool = False, compile: bool | None = None) -> np.ndarray:
     """Vessel probability float32 (H, W) of one series.
 
     frames_thw: float (T, H, W), any T >= 1, any H, W; 8-bit frames / 255 as the readers give them
     (the z-score makes any positive linear scale give the same map). tile / stride / batch_size:
     sliding-window tiles (default: the model's ``eval`` settings, i.e. the paper's 64 / 32; tile 0
-    = the whole image at once). amp: bf16 autocast on ``device``.
+    = the whole image at once). amp: bf16 autocast on ``device``. compile: ``torch.compile`` the
+    forward (default: the model's ``eval.compile``).
     """
     from dias_dist.evaluation.evaluate import model_probability_fn
 
@@ -133,8 +134,8 @@ def series_probability(model: TrainedModel, frames_thw: np.ndarray, *, device: t
         raise ValueError(f"series holds {int(np.count_nonzero(~np.isfinite(frames)))} NaN or infinite values")
     image, _ = preprocess_scaled(frames, model.num_frames)  # float16, as the shards store it
     eval_cfg = model.cfg.eval
-    updates = {k: v for k, v in (("patch_size_px", tile), ("stride_px", stride), ("batch_size", batch_size))
-               if v is not None}
+    updates = {k: v for k, v in (("patch_size_px", tile), ("stride_px", stride), ("batch_size", batch_size),
+                                 ("compile", compile)) if v is not None}
     if tile == 0 and stride is None:
         updates["stride_px"] = 1  # ignored by the whole-image tile
     eval_cfg = dataclasses.replace(eval_cfg, **updates)
