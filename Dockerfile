@@ -17,8 +17,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     WDS_SECURE=1
 
 # python3-dev + build-essential: Triton compiles its launcher stub and DeepSpeed JIT-builds ops with gcc.
+# curl: WebDataset reads http(s):// shards through it (data.shards=https://...).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 

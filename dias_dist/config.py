@@ -31,7 +31,7 @@ PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 class DataConfig:
     """Where the shards are and how training patches are drawn from them."""
 
-    shards: str = "shards/demo"  # folder written by `dias shard` (holds manifest.json)
+    shards: str = "shards/demo"  # folder written by `dias shard` (holds manifest.json), or its URL: http(s)://, s3://, gs://, file://, pipe:CMD {}
     patch_size_px: int = 64
     patches_per_sequence: int = 64  # K random patches cut from each decoded sequence
     shuffle_buffer: int = 2048  # patches held in the shuffle buffer
@@ -41,6 +41,7 @@ class DataConfig:
     augment: str = "weak"  # weak | none
     on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
     verify: bool = True  # sha256 of each shard checked against the manifest at its first use (per process)
+    cache_dir: str = ""  # remote shards: keep a local copy here (downloaded once); "" = stream them into memory at each use
 
 
 @dataclass(kw_only=True)
@@ -225,6 +226,16 @@ MINIMUMS = {
 }
 
 
+def _shards_problem(value: str) -> str | None:
+    from dias_dist.data.location import problem  # no heavy imports
+
+    return problem(value)
+
+
+# Keys whose string value must have a form: a function returning what is wrong, or None.
+FORMS = {"data.shards": _shards_problem}
+
+
 def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict; strict about keys and types."""
     if not isinstance(data, dict):
@@ -248,6 +259,10 @@ def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):
             kwargs[f.name] = from_dict(annotation, value or {}, source, prefix + f.name + ".")
         else:
             kwargs[f.name] = _check_type(value, annotation, prefix + f.name, source)
+            form = FORMS.get(prefix + f.name)
+            fault = form(kwargs[f.name]) if form is not None and kwargs[f.name] != MISSING_REQUIRED else None
+            if fault:
+                raise ValueError(f"{source}: {prefix + f.name}={kwargs[f.name]!r} {fault}")
             low = MINIMUMS.get(prefix + f.name)
             if low is not None and kwargs[f.name] < low:
                 raise ValueError(f"{source}: {prefix + f.name} must be >= {low}, got {kwargs[f.name]!r}")

@@ -413,7 +413,8 @@ def _absolute_overrides(overrides: list[str]) -> list[str]:
     out = []
     for text in overrides:
         key, _, value = text.partition("=")
-        if key in ("data.shards", "dist.deepspeed_config") and value and not os.path.isabs(value):
+        if (key in ("data.shards", "data.cache_dir", "dist.deepspeed_config") and value and not os.path.isabs(value)
+                and "://" not in value and not value.startswith("pipe:")):  # URLs stay as they are
             value = str(Path(value).resolve())
         out.append(f"{key}={value}")
     return out

@@ -1,17 +1,21 @@
-"""The README's multi-node recipe, run on one machine: an `mlflow server` on loopback, two torchrun
-"nodes" (--nnodes=2, one process each, c10d rendezvous on 127.0.0.1, a job id) training the tiny debug
-model with gloo and tracking to the server. Then the server's store folder is moved and served again:
-its artifacts are proxied (``mlflow-artifacts:/``), so they follow the folder."""
+"""The README's multi-node recipe, run on one machine: an `mlflow server` on loopback, the shards served
+over HTTP (Python's http.server, as `python -m http.server -d shards`), two torchrun "nodes" (--nnodes=2,
+one process each, c10d rendezvous on 127.0.0.1, a job id) training the tiny debug model with gloo,
+reading ``data.shards=http://...`` and tracking to the server. Then the server's store folder is moved
+and served again: its artifacts are proxied (``mlflow-artifacts:/``), so they follow the folder."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -65,11 +69,15 @@ def test_two_torchrun_nodes_track_to_an_mlflow_server(tiny_shards, tmp_path):
     server = _start_mlflow_server(store, port, tmp_path / "server.log")
     server_uri = f"http://127.0.0.1:{port}"
     job = "multinode-test"
+    shard_server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        SimpleHTTPRequestHandler, directory=str(tiny_shards.parent)))
+    threading.Thread(target=shard_server.serve_forever, daemon=True).start()
+    shards_url = f"http://127.0.0.1:{shard_server.server_address[1]}/{tiny_shards.name}"
     try:
         # on node 0 and node 1 (here both on 127.0.0.1): the same command
         node = [str(BIN / "torchrun"), "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
                 f"--rdzv_endpoint=127.0.0.1:{_free_port()}", f"--rdzv_id={job}",
-                str(ROOT / "launch" / "train.py"), "configs/debug.yaml", f"data.shards={tiny_shards}",
+                str(ROOT / "launch" / "train.py"), "configs/debug.yaml", f"data.shards={shards_url}",
                 f"train.run_dir={tmp_path / 'runs'}", "train.epochs=1", "train.steps_per_epoch=3",
                 "eval.test_split=test", "track.enabled=true", f"track.tracking_uri={server_uri}",
                 "track.experiment=multinode"]
@@ -95,9 +103,11 @@ def test_two_torchrun_nodes_track_to_an_mlflow_server(tiny_shards, tmp_path):
         assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["mlflow.user"]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss_total")] == [1, 2, 3]
         assert 0.0 <= run.data.metrics["test_dsc"] <= 1.0
+        assert run.data.params["data.shards"] == shards_url
         run_id = run.info.run_id
     finally:
         _stop(server)
+        shard_server.shutdown()
 
     # the whole store folder moves (another disk, another machine); a server started there serves it
     moved = tmp_path / "moved" / "store"

@@ -264,6 +264,23 @@ def test_bf16_flag_autocasts_on_cpu_and_is_recorded(tiny_checkpoint, phantom_ser
     np.testing.assert_allclose(bf16, fp32, atol=0.05)
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_fast_is_stride_48_plus_bf16_where_the_cpu_has_it(tiny_checkpoint, phantom_series, tmp_path, monkeypatch,
+                                                          has_bf16):
+    import json
+
+    from dias_dist.predict import cli as predict_cli
+
+    folder, _, _ = phantom_series
+    monkeypatch.setattr(predict_cli, "cpu_has_bf16", lambda: has_bf16)
+    assert cli.main(["predict", str(tiny_checkpoint), str(folder), "--out", str(tmp_path / "o"), "--fast",
+                     "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "o" / "frames" / "summary.json").read_text())
+    assert (summary["tile"], summary["stride"], summary["bf16_autocast"]) == (64, 48, has_bf16)
+    assert cli.main(["predict", str(tiny_checkpoint), str(folder), "--out", str(tmp_path / "p"), "--fast",
+                     "--tile", "32"]) == 2
+
+
 def test_training_logs_a_pyfunc_model_that_predicts_like_the_checkpoint(tiny_shards, phantom_series, tmp_path):
     """rank 0 logs checkpoints + the pyfunc model; a fresh process loads runs:/<id>/model without the
     run folder and predicts what the checkpoint predicts; the registered version and `dias evaluate`

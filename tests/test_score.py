@@ -160,7 +160,7 @@ def fake_loader(monkeypatch):
     """Install ``eval_sequences`` (documented loader interface) serving in-memory samples."""
     served = {}
 
-    def eval_sequences(shard_dir, split):
+    def eval_sequences(shard_dir, split, **options):  # options: cache_dir, num_workers, ...
         return iter(served[split])
 
     import dias_dist.data.loader as module

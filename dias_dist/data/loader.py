@@ -14,6 +14,11 @@ for any number of shards, including fewer shards than slots; it never waits on o
 
 Corrupt shards or members raise ``ValueError`` naming shard and key; with ``on_corrupt="skip"``
 the sample (or shard) is skipped, counted and warned about.
+
+Shards are read by whatever ``shards.open_shard`` picks for their location (a local folder: memory
+map; a URL: streamed through WebDataset, or copied into ``cache_dir`` once). The samples, their
+order and every random draw depend only on the manifest and the seeds, never on the reader, so a
+run on remote shards is the run on local ones.
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +35,8 @@ from dias_dist import dist
 from dias_dist.config import DataConfig
 
 from .augment import apply_weak, weak_params
-from .shards import ShardReader, split_entry
+from . import location
+from .shards import open_shard, split_entry
 
 AUGMENTS = ("none", "weak", "strong")
 # The maps a source can train on and what they hold: "dense" = every pixel {0,1} (a label or a
@@ -75,7 +80,7 @@ class TrainSource:
                                  f"{len(keys)} sequences")
             keys = keys[:self.num_sequences]
         wanted = set(keys)
-        out = [(str(Path(self.shard_dir) / s["name"]), [k for k in s["keys"] if k in wanted], s)
+        out = [(location.join(self.shard_dir, s["name"]), [k for k in s["keys"] if k in wanted], s)
                for s in entry["shards"]]
         return [(path, ks, shard) for path, ks, shard in out if ks]
 
@@ -105,23 +110,38 @@ class _Skips:
 
 
 class _ReaderCache:
-    def __init__(self, skips: _Skips, verify: bool = True):
-        self.readers: dict[str, ShardReader | None] = {}
+    """This worker's open shards. Readers come from ``shards.open_shard`` (the one place that picks
+    the reader by the location's scheme). Memory-mapped readers stay open; at most ``keep_streamed``
+    shards streamed into memory are kept (None: all), the least recently used one is dropped."""
+
+    def __init__(self, skips: _Skips, verify: bool = True, cache_dir: str = "", keep_streamed: int | None = None):
+        self.readers: dict = {}
         self.skips = skips
         self.verify = verify
+        self.cache_dir = cache_dir
+        self.keep_streamed = keep_streamed
+        self._streamed: list[tuple] = []  # least recently used first
 
-    def get(self, path: str, entry: dict | None = None) -> ShardReader | None:
+    def get(self, path: str, entry: dict | None = None, keys=None):
         """The reader of ``path``, checked against its manifest ``entry`` (bytes, keys and, with
-        ``verify``, the sha256: hashed once per process at the shard's first use) when given."""
-        if path not in self.readers:
+        ``verify``, the sha256) when given; None when it failed and ``on_corrupt=skip``. ``keys``:
+        the samples a streamed shard keeps in memory (None: all)."""
+        slot = (path, None if keys is None else tuple(keys))  # two sources may want other keys of one shard
+        if slot in self._streamed:
+            self._streamed.remove(slot)
+            self._streamed.append(slot)
+        if slot not in self.readers:
             try:
-                entry = entry or {}
-                self.readers[path] = ShardReader(path, entry.get("bytes"), entry.get("keys"),
-                                                 entry.get("sha256") if self.verify else None)
+                reader = open_shard(path, entry, verify=self.verify, cache_dir=self.cache_dir, keys=keys)
             except ValueError as err:
                 self.skips.handle(err)
-                self.readers[path] = None
-        return self.readers[path]
+                reader = None
+            self.readers[slot] = reader
+            if reader is not None and hasattr(reader, "release"):
+                self._streamed.append(slot)
+                if self.keep_streamed is not None and len(self._streamed) > self.keep_streamed:
+                    self.readers.pop(self._streamed.pop(0))
+        return self.readers[slot]
 
 
 MAPS_CACHED = 256  # decoded target maps kept per worker
@@ -140,7 +160,7 @@ def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: in
     failures = 0
     while True:
         path, keys, entry = shards[int(rng.integers(len(shards)))]
-        reader = cache.get(path, entry)
+        reader = cache.get(path, entry, keys)
         if reader is None:
             failures += 1
             if failures > 100 * len(shards):
@@ -198,8 +218,8 @@ class PatchStream(IterableDataset):
     """Infinite stream of batches (see ``train_batches``); one instance per rank, copied per worker."""
 
     def __init__(self, sources, batch_size, patch_size, patches_per_sequence, shuffle_buffer, seed, on_corrupt,
-                 image_dtype=np.float32, verify=True):
-        self.image_dtype, self.verify = image_dtype, verify
+                 image_dtype=np.float32, verify=True, cache_dir=""):
+        self.image_dtype, self.verify, self.cache_dir = image_dtype, verify, cache_dir
         self.sources = list(sources)
         if not self.sources:
             raise ValueError("train_batches needs at least one TrainSource")
@@ -218,7 +238,8 @@ class PatchStream(IterableDataset):
         slot, slots = self.rank * num_workers + worker, self.world * num_workers
         rng = np.random.default_rng([self.seed, self.rank, worker])
         skips = _Skips(self.on_corrupt)
-        cache = _ReaderCache(skips, self.verify)
+        # a streamed shard is read whole at each draw; one per source is kept for the next draw
+        cache = _ReaderCache(skips, self.verify, self.cache_dir, keep_streamed=len(self.sources))
         streams = []
         for source, shards in zip(self.sources, self.shards):
             mine = shards[slot::slots] if len(shards) >= slots else shards
@@ -248,14 +269,16 @@ class PatchStream(IterableDataset):
 
 def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per_sequence: int = 64,
                   shuffle_buffer: int = 2048, num_workers: int = 2, seed: int = 0, on_corrupt: str = "raise",
-                  image_dtype: str = "float32", verify: bool = True):
+                  image_dtype: str = "float32", verify: bool = True, cache_dir: str = ""):
     """Infinite iterable of training batches on this rank.
 
     Yields {"image": float32 (B, T, P, P), "target": int64 (B, P, P), "is_pseudo": bool (B,)} with
     B = ``batch_size`` patches per batch on this rank. ``sources``: TrainSource or a list of them.
     ``image_dtype="float16"`` skips the float16 -> float32 conversion on the CPU (the shards hold
     float16; converting on the GPU is free); it is the largest single cost of the loader.
-    ``verify``: check each shard's sha256 against the manifest before its first use in each process.
+    ``verify``: check each shard's sha256 against the manifest before its first use in each process
+    (a streamed remote shard: at every download). ``cache_dir``: keep a local copy of remote shards
+    there (``shards.open_shard``).
     """
     if image_dtype not in ("float32", "float16"):
         raise ValueError(f"train_batches: image_dtype must be float32 or float16, got {image_dtype!r}")
@@ -266,7 +289,7 @@ def train_batches(sources, *, batch_size: int, patch_size: int = 64, patches_per
                          f"patches_per_sequence={patches_per_sequence} shuffle_buffer={shuffle_buffer} "
                          f"num_workers={num_workers}")
     stream = PatchStream(sources, batch_size, patch_size, patches_per_sequence, shuffle_buffer, seed, on_corrupt,
-                         np.dtype(image_dtype), verify)
+                         np.dtype(image_dtype), verify, cache_dir)
     if num_workers == 0:
         return stream
     return _Reraising(DataLoader(_CarryErrors(stream), batch_size=None, num_workers=num_workers,
@@ -308,13 +331,13 @@ class _Reraising:
 class SequenceStream(IterableDataset):
     """Whole sequences of one split, each exactly once across ranks x workers (see module doc)."""
 
-    def __init__(self, shard_dir, split, on_corrupt="raise", keys: set[str] | None = None):
+    def __init__(self, shard_dir, split, on_corrupt="raise", keys: set[str] | None = None, cache_dir: str = ""):
         _Skips(on_corrupt)  # validates the value
         entry = split_entry(shard_dir, split)
-        self.entries = {str(Path(shard_dir) / s["name"]): s for s in entry["shards"]}
-        self.items = sorted((k, str(Path(shard_dir) / s["name"])) for s in entry["shards"] for k in s["keys"]
+        self.entries = {location.join(shard_dir, s["name"]): s for s in entry["shards"]}
+        self.items = sorted((k, location.join(shard_dir, s["name"])) for s in entry["shards"] for k in s["keys"]
                             if keys is None or k in keys)
-        self.on_corrupt = on_corrupt
+        self.on_corrupt, self.cache_dir = on_corrupt, cache_dir
         self.rank, self.world = rank_and_world()
 
     def items_of(self, worker: int, num_workers: int) -> list[tuple[str, str]]:
@@ -325,9 +348,13 @@ class SequenceStream(IterableDataset):
     def __iter__(self):
         worker, num_workers = _worker()
         skips = _Skips(self.on_corrupt)
-        cache = _ReaderCache(skips)
-        for key, path in self.items_of(worker, num_workers):
-            reader = cache.get(path, self.entries[path])
+        cache = _ReaderCache(skips, cache_dir=self.cache_dir)
+        mine = self.items_of(worker, num_workers)
+        wanted: dict[str, list[str]] = {}  # a streamed shard keeps only this worker's samples
+        for key, path in mine:
+            wanted.setdefault(path, []).append(key)
+        for key, path in mine:
+            reader = cache.get(path, self.entries[path], wanted[path])
             if reader is None:
                 continue
             try:
@@ -335,6 +362,9 @@ class SequenceStream(IterableDataset):
             except ValueError as err:
                 skips.handle(err)
                 continue
+            finally:
+                if hasattr(reader, "release"):
+                    reader.release(key)  # each sample is read once: free its bytes
             label = sample.get("label")
             meta = sample["meta"]
             yield {"key": key, "id": int(meta.get("id", int(key[1:]))),
@@ -360,14 +390,15 @@ class EvalSequences:
 
 
 def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = "raise",
-                   keys: set[str] | None = None) -> EvalSequences:
+                   keys: set[str] | None = None, cache_dir: str = "") -> EvalSequences:
     """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "meta"}.
 
     Each sequence of ``split`` (only those in ``keys`` when given; others are not decoded) appears
     exactly once over all ranks and workers; this rank gets the samples of its slots (sorted-key
-    index mod world x workers). ``len()`` is this rank's count (for progress bars).
+    index mod world x workers). ``len()`` is this rank's count (for progress bars). ``shard_dir`` is
+    a folder or a URL (``location.py``); ``cache_dir`` as in ``train_batches``.
     """
-    return EvalSequences(SequenceStream(shard_dir, split, on_corrupt, keys), num_workers)
+    return EvalSequences(SequenceStream(shard_dir, split, on_corrupt, keys, cache_dir), num_workers)
 
 
 def _as_is(sample: dict) -> dict:
@@ -407,4 +438,4 @@ def train_stream(cfg: DataConfig, sources: list[TrainSource], *, micro_batch: in
     return iter(train_batches(sources, batch_size=micro_batch, patch_size=cfg.patch_size_px,
                               patches_per_sequence=cfg.patches_per_sequence, shuffle_buffer=cfg.shuffle_buffer,
                               num_workers=cfg.num_workers, seed=derived_seed(seed, step) % (2**31),
-                              on_corrupt=cfg.on_corrupt, verify=cfg.verify))
+                              on_corrupt=cfg.on_corrupt, verify=cfg.verify, cache_dir=cfg.cache_dir))

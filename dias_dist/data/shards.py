@@ -10,9 +10,14 @@ and z-scored by ``preprocess.preprocess_sequence``), ``label.png`` (0/255), ``sc
 ``scribble_sale.png`` ({0, 1, 255}) when present, ``meta.json``. No pickles. Tar headers are
 normalised (mtime 0, uid/gid 0, no names), so the same input gives byte-identical shards.
 
-Reading: ``ShardReader`` indexes a tar once and decodes members straight from a memory map
-(``frames.npy`` is a zero-copy float16 view), so cutting patches touches only the patch bytes.
-Every structural fault raises ``ValueError`` naming the shard and the key.
+Reading: ``open_shard`` is the one place that picks the reader, by the location's scheme
+(``location.py``). A local shard: ``ShardReader`` indexes the tar once and decodes members straight
+from a memory map (``frames.npy`` is a zero-copy float16 view), so cutting patches touches only the
+patch bytes. A URL (http(s), s3, gs, file, pipe:): ``StreamedShard`` streams it through WebDataset
+(gopen + its tar iterator) into memory, checking byte count and sha256 against the manifest before
+any sample is used; with a cache folder it is copied there once (WebDataset's FileCache) and read
+by ``ShardReader``. Both decode through ``_Samples``, so they give the same arrays and the same
+errors. Every structural fault raises ``ValueError`` naming the shard and the key.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from PIL import Image
 
 from ..atomic import atomic_write
 from ..progress import bar
-from . import dias
+from . import dias, location
 from .preprocess import PARAMS, preprocess_sequence
 
 MANIFEST = "manifest.json"
@@ -260,6 +265,10 @@ def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float
     the existing set; with ``splits=None`` splits the source no longer has are dropped (warned).
     ``progress``: a bar per split over its sequences (None: only on a terminal).
     """
+    if not location.is_local(out_dir):
+        raise ValueError(f"{out_dir}: `dias shard` writes a local folder; write it there, then copy the folder to "
+                         f"{out_dir}, manifest.json last (e.g. `aws s3 cp --recursive`; README, 'Shards from "
+                         f"anywhere')")
     src_root, out_dir = Path(src_root), Path(out_dir)
     whole = splits is None
     if whole:
@@ -289,33 +298,46 @@ def write_shards(src_root: str | Path, out_dir: str | Path, shard_size_mb: float
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
-    """The manifest of a shard set; ValueError naming the file when missing or malformed."""
-    path = Path(shard_dir) / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"{path}: no shard manifest (write one with `dias shard SRC {shard_dir}`)")
+    """The manifest of a shard set (a folder or a URL, ``location.py``); ValueError naming the file
+    when missing or malformed."""
+    path = location.join(shard_dir, MANIFEST)
+    if location.is_local(shard_dir):
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no shard manifest (write one with `dias shard SRC {shard_dir}`)")
+        text = Path(path).read_text()
+    else:
+        try:
+            text = location.read_bytes(path).decode("utf-8", errors="replace")
+        except OSError as err:
+            raise ValueError(f"{path}: no shard manifest could be read ({err}); upload the folder "
+                             f"`dias shard` wrote, manifest.json last (README, 'Shards from anywhere')") from None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT or "splits" not in manifest:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("splits"),
+                                                                                            dict):
         raise ValueError(f"{path}: not a {FORMAT} manifest")
     return manifest
 
 
 def split_entry(shard_dir: str | Path, split: str) -> dict:
+    """The manifest entry of ``split``: shard names (checked: names `dias shard` writes), keys, sizes, sha256."""
     manifest = read_manifest(shard_dir)
+    where = location.join(shard_dir, MANIFEST)
     if split not in manifest["splits"]:
-        raise ValueError(f"{Path(shard_dir) / MANIFEST}: no split {split!r}; has {', '.join(manifest['splits'])}")
+        raise ValueError(f"{where}: no split {split!r}; has {', '.join(manifest['splits'])}")
     entry = manifest["splits"][split]
     for shard in entry.get("shards", []):
+        location.join(where, shard.get("name"))  # ValueError for a name that is not a relative shard path
         for key in shard.get("keys", []):
-            check_key(key, f"{Path(shard_dir) / MANIFEST}: split {split!r} shard {shard.get('name')!r}")
+            check_key(key, f"{where}: split {split!r} shard {shard.get('name')!r}")
     return entry
 
 
 def shard_urls(shard_dir: str | Path, split: str) -> list[str]:
-    """Paths of the shards of ``split`` in manifest order."""
-    return [str(Path(shard_dir) / s["name"]) for s in split_entry(shard_dir, split)["shards"]]
+    """Locations (paths or URLs) of the shards of ``split`` in manifest order."""
+    return [location.join(shard_dir, s["name"]) for s in split_entry(shard_dir, split)["shards"]]
 
 
 def verify_shards(shard_dir: str | Path) -> None:
@@ -327,50 +349,20 @@ def verify_shards(shard_dir: str | Path) -> None:
                 raise ValueError(f"{path}: missing or sha256 differs from {Path(shard_dir) / MANIFEST}")
 
 
-class ShardReader:
-    """Random access to the samples of one tar shard through a memory map.
+class _Samples:
+    """Decoding of the samples of one shard, whatever holds its bytes (``members`` of a subclass).
 
-    ``keys``: sample keys in tar order. ``members(key)``: member name -> memoryview (zero copy).
+    ``keys``: sample keys in tar order. ``members(key)``: member name -> bytes-like (zero copy).
     ``decode(key)``: dict with ``frames`` float16 (8, H, W) view, binary maps uint8 {0,1}
     (``label``, ``pseudo``), scribbles uint8 {0,1,255}, ``meta`` dict, ``key``, ``shard``.
+    Every fault is a ValueError naming the shard and the key.
     """
 
-    def __init__(self, path: str | Path, expected_bytes: int | None = None, expected_keys: list[str] | None = None,
-                 expected_sha256: str | None = None):
-        self.path = str(path)
-        self._index: dict[str, dict[str, tuple[int, int]]] = {}
-        try:
-            file_size = Path(path).stat().st_size
-            if expected_bytes is not None and file_size != expected_bytes:
-                raise ValueError(f"{path}: shard is {file_size} bytes, the manifest says {expected_bytes} "
-                                 f"(truncated or replaced)")
-            if expected_sha256 is not None:
-                verify_shard(path, expected_sha256)
-            with tarfile.open(path, "r:") as tar:
-                for info in tar:
-                    if not info.isfile():
-                        continue
-                    key, _, member = info.name.partition(".")
-                    if not member:
-                        raise ValueError(f"{path}: tar entry {info.name!r} is not KEY.MEMBER")
-                    check_key(key, f"{path}: tar entry {info.name!r}")
-                    if info.offset_data + info.size > file_size:
-                        raise ValueError(f"{path}: key {key!r} member {member!r} is truncated")
-                    self._index.setdefault(key, {})[member] = (info.offset_data, info.size)
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise ValueError(f"{path}: corrupt or unreadable tar shard ({type(err).__name__}: {err})") from None
-        for key in expected_keys or []:
-            if key not in self._index:
-                raise ValueError(f"{path}: sample {key!r} listed in the manifest is missing from the shard")
-        with open(path, "rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if file_size else b""
-        self.keys = list(self._index)
+    path: str
+    keys: list[str]
 
-    def members(self, key: str) -> dict[str, memoryview]:
-        if key not in self._index:
-            raise ValueError(f"{self.path}: no sample with key {key!r}")
-        view = memoryview(self._map)
-        return {name: view[offset:offset + size] for name, (offset, size) in self._index[key].items()}
+    def members(self, key: str) -> dict:
+        raise NotImplementedError
 
     def frames(self, key: str) -> np.ndarray:
         """float16 (8, H, W) zero-copy view of ``key``'s frames.npy."""
@@ -418,6 +410,190 @@ class ShardReader:
             if ext == "png":
                 out[stem] = self.map(key, stem, frames.shape[1:])
         return out
+
+
+def _split_member(path: str, name: str) -> tuple[str, str]:
+    """(key, member) of the tar entry ``name``; ValueError naming ``path`` unless it is KEY.MEMBER."""
+    key, _, member = name.partition(".")
+    if not member:
+        raise ValueError(f"{path}: tar entry {name!r} is not KEY.MEMBER")
+    check_key(key, f"{path}: tar entry {name!r}")
+    return key, member
+
+
+def _missing_keys(path: str, found, expected_keys: list[str] | None) -> None:
+    for key in expected_keys or []:
+        if key not in found:
+            raise ValueError(f"{path}: sample {key!r} listed in the manifest is missing from the shard")
+
+
+class ShardReader(_Samples):
+    """Random access to the samples of one local tar shard through a memory map (``_Samples``)."""
+
+    def __init__(self, path: str | Path, expected_bytes: int | None = None, expected_keys: list[str] | None = None,
+                 expected_sha256: str | None = None):
+        self.path = str(path)
+        self._index: dict[str, dict[str, tuple[int, int]]] = {}
+        try:
+            file_size = Path(path).stat().st_size
+            if expected_bytes is not None and file_size != expected_bytes:
+                raise ValueError(f"{path}: shard is {file_size} bytes, the manifest says {expected_bytes} "
+                                 f"(truncated or replaced)")
+            if expected_sha256 is not None:
+                verify_shard(path, expected_sha256)
+            with tarfile.open(path, "r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    key, member = _split_member(self.path, info.name)
+                    if info.offset_data + info.size > file_size:
+                        raise ValueError(f"{path}: key {key!r} member {member!r} is truncated")
+                    self._index.setdefault(key, {})[member] = (info.offset_data, info.size)
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ValueError(f"{path}: corrupt or unreadable tar shard ({type(err).__name__}: {err})") from None
+        _missing_keys(self.path, self._index, expected_keys)
+        with open(path, "rb") as handle:
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if file_size else b""
+        self.keys = list(self._index)
+
+    def members(self, key: str) -> dict[str, memoryview]:
+        if key not in self._index:
+            raise ValueError(f"{self.path}: no sample with key {key!r}")
+        view = memoryview(self._map)
+        return {name: view[offset:offset + size] for name, (offset, size) in self._index[key].items()}
+
+
+class _Hashing:
+    """A read-only stream that counts and (optionally) hashes every byte read through it."""
+
+    def __init__(self, stream, hashed: bool):
+        self.stream, self.size = stream, 0
+        self.digest = hashlib.sha256() if hashed else None
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.size += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+class StreamedShard(_Samples):
+    """The samples of one shard read front to back from a URL through WebDataset
+    (``webdataset.gopen`` opens it, ``webdataset.tariterators.tar_file_iterator`` walks the tar) and
+    held in memory: only the members of ``keys`` (None: every key) are kept.
+
+    Byte count and sha256 of the whole stream are checked against the manifest before any sample
+    can be used, so a remote shard gives exactly the guarantees of a verified local one.
+    ``release(key)`` drops a sample that will not be read again (the evaluation stream)."""
+
+    def __init__(self, url: str, expected_bytes: int | None = None, expected_keys: list[str] | None = None,
+                 expected_sha256: str | None = None, keys=None):
+        from webdataset.tariterators import tar_file_iterator
+
+        self.path = str(url)
+        wanted = None if keys is None else set(keys)
+        self._samples: dict[str, dict[str, bytes]] = {}
+        found: set[str] = set()
+        failure = None
+        try:
+            raw = location.open_url(self.path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{url}: unreadable shard ({location.reason(err)})") from None
+        stream = _Hashing(raw, expected_sha256 is not None)
+        try:
+            for item in tar_file_iterator(stream, skip_meta=None):
+                key, member = _split_member(self.path, item["fname"])
+                found.add(key)
+                if wanted is None or key in wanted:
+                    self._samples.setdefault(key, {})[member] = item["data"]
+        except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+            failure = err
+        try:
+            stream.drain()  # the end-of-archive blocks (and after a fault, the rest) count in size and sha256
+        except (OSError, ValueError) as err:
+            failure = failure or err
+        try:
+            raw.close()
+        except (OSError, ValueError) as err:  # curl / gsutil / the pipe command failed
+            raise ValueError(f"{url}: unreadable shard ({location.reason(err)})") from None
+        if expected_bytes is not None and stream.size != expected_bytes:
+            raise ValueError(f"{url}: shard is {stream.size} bytes, the manifest says {expected_bytes} "
+                             f"(truncated or replaced)")
+        if stream.digest is not None and stream.digest.hexdigest() != expected_sha256:
+            raise ValueError(f"{url}: sha256 is {stream.digest.hexdigest()[:16]}..., the manifest says "
+                             f"{str(expected_sha256)[:16]}... (the shard changed after it was written; re-run "
+                             f"`dias shard`, or set data.verify=false to use it as it is)")
+        if failure is not None:
+            if isinstance(failure, ValueError) and str(failure).startswith(self.path):
+                raise failure
+            message = str(failure).split(" @ ")[0]  # tar_file_iterator appends " @ <stream>"
+            raise ValueError(f"{url}: corrupt or unreadable tar shard ({type(failure).__name__}: {message})") from None
+        _missing_keys(self.path, found, expected_keys)
+        self.keys = list(self._samples)
+
+    def members(self, key: str) -> dict[str, bytes]:
+        if key not in self._samples:
+            raise ValueError(f"{self.path}: no sample with key {key!r}")
+        return self._samples[key]
+
+    def release(self, key: str) -> None:
+        self._samples.pop(key, None)
+
+
+def cached_copy(url: str, cache_dir: str | Path, entry: dict | None = None) -> str:
+    """The local path of ``url`` in ``cache_dir``, downloaded first if absent, by WebDataset's
+    ``FileCache`` (gopen to a temporary name, renamed when complete; tar format checked).
+
+    Cache names are content-addressed: the manifest's sha256 of the shard (else a hash of the URL)
+    and the shard's file name, so sets that share file names (``training-000000.tar``) never
+    collide and a re-sharded set is downloaded again."""
+    from webdataset.cache import FileCache
+
+    entry = entry or {}
+    digest = entry.get("sha256") or hashlib.sha256(url.encode()).hexdigest()
+    base = str(entry.get("name") or "shard.tar").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{str(digest)[:32]}-{base}")
+    location.register_s3()  # FileCache downloads through gopen
+    try:
+        return FileCache(str(cache_dir), url_to_name=lambda _url: name).get_file(url)
+    except (OSError, ValueError, AssertionError) as err:
+        raise ValueError(f"{url}: could not be copied into data.cache_dir={cache_dir} "
+                         f"({location.reason(err)})") from None
+
+
+def open_shard(path: str, entry: dict | None = None, *, verify: bool = True, cache_dir: str | Path = "",
+               keys=None) -> _Samples:
+    """THE choice of shard reader, by the location's scheme (``location.py``):
+
+    - a local path: ``ShardReader``, memory-mapped, zero copy;
+    - a URL (not file://) with ``cache_dir``: downloaded once into ``cache_dir`` (``cached_copy``, WebDataset's
+      FileCache), then the memory-mapped ``ShardReader`` on the copy (a copy that fails its checks
+      is deleted, so the next use downloads it again);
+    - a URL without: ``StreamedShard``, streamed through WebDataset into memory (``keys`` only).
+
+    ``entry`` is the shard's manifest entry: its byte count and keys are checked, and with
+    ``verify`` its sha256 (once per process for a file, at every download for a stream).
+    """
+    entry = entry or {}
+    expected = (entry.get("bytes"), entry.get("keys"), entry.get("sha256") if verify else None)
+    if location.is_local(path):
+        return ShardReader(path, *expected)
+    if cache_dir and location.scheme(path) != "file":
+        copy = cached_copy(path, cache_dir, entry)
+        try:
+            reader = ShardReader(copy, *expected)
+        except ValueError as err:
+            Path(copy).unlink(missing_ok=True)  # a copy in cache_dir, never the source
+            raise ValueError(f"{path}: its copy in data.cache_dir failed the manifest's checks and was deleted "
+                             f"({err})") from None
+        reader.path = f"{path} (cached as {copy})"
+        return reader
+    return StreamedShard(path, *expected, keys=keys)
 
 
 def _npy_view(data: memoryview) -> np.ndarray:

@@ -35,7 +35,7 @@ def minip_probability(image_THW) -> np.ndarray:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("shard_dir", metavar="SHARD_DIR", help="shard set written by dias shard")
+    parser.add_argument("shard_dir", metavar="SHARD_DIR", help="shard set written by dias shard (a folder or its URL)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--out", default=None, help="output folder for tables, probability maps and overlays")
     parser.add_argument("--dti", action="store_true", help="dual-threshold (0.5/0.3) post-processing")
@@ -46,8 +46,10 @@ def main(args: argparse.Namespace) -> int:
     from dias_dist.data import loader as data_loader
     from dias_dist.evaluation.evaluate import evaluate_sequences, print_summary
 
-    shard_dir = Path(args.shard_dir)
-    if not shard_dir.is_dir():
+    from dias_dist.data.location import is_local
+
+    shard_dir = args.shard_dir  # a folder or a URL (README, "Shards from anywhere")
+    if is_local(shard_dir) and not Path(shard_dir).is_dir():
         raise ValueError(f"shard set {shard_dir} does not exist")
     eval_cfg = EvalConfig(dti=args.dti)
     rows = evaluate_sequences(minip_probability, data_loader.eval_sequences(shard_dir, args.split), eval_cfg,

@@ -25,7 +25,8 @@ from torch import nn
 from dias_dist import dist
 from dias_dist.config import EvalConfig
 from dias_dist.data.loader import eval_sequences
-from dias_dist.data.shards import ShardReader, png_bytes, read_manifest, split_entry, write_samples
+from dias_dist.data import location
+from dias_dist.data.shards import open_shard, png_bytes, read_manifest, split_entry, write_samples
 from dias_dist.evaluation.evaluate import model_probability_fn
 from dias_dist.progress import bar
 
@@ -59,16 +60,17 @@ def label_local_sequences(model: nn.Module, shard_dir: str | Path, split: str, e
     return labels
 
 
-def _pseudo_samples(source_dir: Path, split: str, labels: dict[str, bytes], provenance: dict):
-    """Samples of the new set: source frames.npy and meta.json (plus the provenance) + pseudo.png."""
-    readers = {}
+def _pseudo_samples(source_dir: str, split: str, labels: dict[str, bytes], provenance: dict):
+    """Samples of the new set: source frames.npy and meta.json (plus the provenance) + pseudo.png.
+    ``source_dir`` is a folder or a URL: each source shard is opened once by ``open_shard``."""
     for shard in split_entry(source_dir, split)["shards"]:
         reader = None
         for key in shard["keys"]:
             if key not in labels:
                 continue
             if reader is None:
-                reader = readers.setdefault(shard["name"], ShardReader(source_dir / shard["name"]))
+                reader = open_shard(location.join(source_dir, shard["name"]), shard,
+                                    keys=[k for k in shard["keys"] if k in labels])
             members = reader.members(key)
             meta = reader.meta(key)
             meta["pseudo_label"] = provenance
@@ -83,14 +85,14 @@ def write_pseudo_shards(source_dir: str | Path, split: str, labels: dict[str, by
     provenance (recorded in the manifest's split entry and in every sample's meta.json) should name
     the teacher's MLflow run id, its checkpoint and the RPST round.
     """
-    source_dir, out_dir = Path(source_dir), Path(out_dir)
-    if out_dir.resolve() == source_dir.resolve():
+    source_dir, out_dir = _recorded(source_dir), Path(out_dir)
+    if location.is_local(source_dir) and out_dir.resolve() == Path(source_dir).resolve():
         raise ValueError(f"pseudo labels must go to a new shard set, not into the source {source_dir}")
     source_manifest = read_manifest(source_dir)
     return write_samples(_pseudo_samples(source_dir, split, labels, provenance), out_dir, split,
                          num_samples=len(labels), provenance=provenance,
                          manifest_fields={"preprocessing": source_manifest.get("preprocessing", {}),
-                                          "source": str(source_dir.resolve())})
+                                          "source": source_dir})
 
 
 def pseudo_label_split(model: nn.Module, shard_dir: str | Path, split: str, out_dir: str | Path, eval_cfg: EvalConfig,
@@ -110,7 +112,7 @@ def pseudo_label_split(model: nn.Module, shard_dir: str | Path, split: str, out_
     if dist.is_main():
         try:
             labels = _merge_labels(parts, keys, f"{shard_dir}/{split}")
-            provenance = {**provenance, "source_shards": str(Path(shard_dir).resolve()), "source_split": split,
+            provenance = {**provenance, "source_shards": _recorded(shard_dir), "source_split": split,
                           "threshold": eval_cfg.threshold, "patch_size_px": eval_cfg.patch_size_px,
                           "stride_px": eval_cfg.stride_px, "num_sequences": len(keys),
                           "world_size": dist.world_size(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -127,6 +129,11 @@ def pseudo_label_split(model: nn.Module, shard_dir: str | Path, split: str, out_
     dist.barrier()
     stats["seconds"] = time.perf_counter() - start
     return stats
+
+
+def _recorded(shard_dir: str | Path) -> str:
+    """How a source set is recorded: an absolute path for a folder, a URL as it is."""
+    return str(Path(shard_dir).resolve()) if location.is_local(shard_dir) else str(shard_dir)
 
 
 def _merge_labels(parts: list[dict[str, bytes]], keys: list[str], where: str) -> dict[str, bytes]:
