@@ -3,7 +3,7 @@
 # torchrun as the entry point. No data, runs or credentials are copied (see .dockerignore); mount
 # shards/ and runs/ at run time (docs/docker.md).
 #
-#   docker build -t dias_dist:0.1.0 .
+#   docker build --build-arg GIT_SHA=$(git rev-parse HEAD) -t dias_dist:0.1.0 .
 #   docker run --gpus all --ipc=host -v "$PWD/shards:/opt/dias/shards:ro" -v "$PWD/runs:/opt/dias/runs" \
 #       dias_dist:0.1.0 --nproc_per_node=gpu launch/train.py configs/full/vss_net.yaml data.shards=shards/dsa
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -48,6 +48,13 @@ USER dias
 ENV TRITON_CACHE_DIR=/home/dias/.cache/triton \
     TORCH_EXTENSIONS_DIR=/home/dias/.cache/torch_extensions \
     TORCHINDUCTOR_CACHE_DIR=/home/dias/.cache/torchinductor
+
+# The commit the image was built from (.git is not sent to the build): MLflow runs started in the image
+# carry it as mlflow.source.git.commit and git_sha (dias_dist.track.git_sha reads DIAS_GIT_SHA when
+# there is no checkout). Declared after every RUN, so a new commit rebuilds no layer but this one.
+ARG GIT_SHA=unknown
+LABEL org.opencontainers.image.revision=$GIT_SHA
+ENV DIAS_GIT_SHA=$GIT_SHA
 
 EXPOSE 5000
 ENTRYPOINT ["torchrun"]

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Ray Tune sweeps for dias_dist (locally, or on a cluster via `ray submit configs/ray/cluster.yaml tune.py -- ...`).
 
-  python tune.py sscr-sweep configs/weak/sscr.yaml [--grid method.params.lambda1=0.5,1,2 ...] [--num-samples N] [--scheduler asha]
+  python tune.py sscr-sweep configs/weak/sscr.yaml [--grid method.params.lambda1=0.5,1,2 ...] [--num-samples N] [--scheduler asha|pbt]
   python tune.py rpst configs/semi/rpst.yaml [--labeled 1,3,10] [--max-rounds R]
 
 Every trial is a full `dias_dist.trainer.run` (RPST: `dias_dist.semi.rpst.run_rpst`) nested as an MLflow
-run under the sweep's parent run. Re-running the same --name resumes from Tune's experiment state.
+run under the sweep's parent run. Re-running the same --name resumes from Tune's experiment state;
+training trials report checkpoints, so a restored or PBT-cloned trial continues from one.
+--storage: a folder every node shares, or s3://bucket/prefix, gs://bucket/prefix (passed to Ray as is).
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labeled", default="1,3,10", help="rpst: labelled-set sizes, one trial each")
     parser.add_argument("--max-rounds", type=int, default=3, help="rpst: re-training rounds per trial")
     parser.add_argument("--num-samples", type=int, default=1, help="repeats of the whole grid")
-    parser.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo")
+    parser.add_argument("--scheduler", choices=["fifo", "asha", "pbt"], default="fifo",
+                        help="pbt: population-based training over the --grid keys (sscr-sweep)")
+    parser.add_argument("--perturbation-interval", type=int, default=2,
+                        help="pbt: validations between two exploit/explore steps of a trial")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, default=None,
                         help="GPUs one trial holds, shared equally by its workers (default: one per worker "
@@ -35,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=">1: Ray Train TorchTrainer per trial (DDP over that many workers)")
     parser.add_argument("--name", default=None, help="experiment name (same name = resume)")
     parser.add_argument("--address", default=None, help="join a running Ray cluster (e.g. auto)")
-    parser.add_argument("--storage", default=None, help="Tune experiment storage (default runs/tune)")
+    parser.add_argument("--storage", default=None,
+                        help="Tune experiment storage: a local/shared folder (made absolute) or a URI such as "
+                             "s3://bucket/tune, gs://bucket/tune (unchanged); default <train.run_dir>/tune")
     args = parser.parse_args(argv)
 
     if args.workers_per_trial < 1:
@@ -51,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = SweepSpec(
             kind=kind, config=args.config, param_space=space, overrides=args.overrides,
             name=args.name or f"{args.kind}", num_samples=args.num_samples, scheduler=args.scheduler,
+            perturbation_interval=args.perturbation_interval,
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
             workers_per_trial=args.workers_per_trial, max_rounds=rounds,
         )

@@ -144,6 +144,7 @@ class TrackConfig:
     parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
     tags: dict = field(default_factory=dict)
     register_as: str = ""  # register the logged model under this name in the MLflow model registry
+    system_metrics: bool = False  # CPU/memory/GPU utilisation as system/... metrics (also MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true)
 
 
 @dataclass(kw_only=True)

@@ -241,13 +241,14 @@ def build_report(experiments: str | list[str] = (), *, tracking_uri: str, metric
     """Write the report files; returns ``{"rows", "files", "report_run_id"}``."""
     from mlflow import MlflowClient
 
-    from dias_dist.track import experiment_id
+    from dias_dist.track import experiment_id, relocate_store
 
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
     if metric not in METRIC_NAMES:
         raise ValueError(f"--metric {metric!r} is not a metric; choose from {', '.join(METRIC_NAMES)}")
     if report_experiment in experiments:
         raise ValueError(f"{report_experiment!r} holds report runs, not runs to compare")
+    relocate_store(tracking_uri)  # a store folder moved since its runs were logged
     client = MlflowClient(tracking_uri=tracking_uri)
     runs = select_runs(client, experiments, filter_string, tracking_uri, report_experiment)
     rows, rpst_points = collect_rows(runs)

@@ -15,10 +15,11 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, exp_dir: Path
     """
     from mlflow.tracking import MlflowClient
 
-    from dias_dist.track import experiment_id
+    from dias_dist.track import experiment_id, relocate_store, source_tags
 
     exp_dir.mkdir(parents=True, exist_ok=True)
     id_file = exp_dir / "parent_run_id"
+    relocate_store(tracking_uri)  # a store folder that was moved since the sweep started
     client = MlflowClient(tracking_uri)
     if id_file.exists():
         run_id = id_file.read_text().strip()
@@ -28,7 +29,7 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, exp_dir: Path
         except Exception:  # store was wiped: start a new parent
             pass
     exp_id = experiment_id(client, experiment, tracking_uri)  # artifacts next to a SQLite store's db
-    run = client.create_run(exp_id, run_name=name, tags={"dias.sweep": spec.kind})
+    run = client.create_run(exp_id, run_name=name, tags={**source_tags(), "dias.sweep": spec.kind})
     for key, value in dataclasses.asdict(spec).items():
         client.log_param(run.info.run_id, f"sweep.{key}", str(value)[:500])
     id_file.write_text(run.info.run_id)

@@ -17,6 +17,19 @@ experiment: ``supervised`` (dense labels, Tables II and VI), ``weak`` (scribble 
 and ``semi`` (random-patch self-training stages, which tag themselves). A ``study`` entry in
 ``track.tags`` wins. With ``track.parent_run_id`` the run is nested under that run (RPST rounds,
 Tune sweeps).
+
+Every new run carries MLflow's source tags (``mlflow.user``, ``mlflow.source.name``,
+``mlflow.source.type`` and ``mlflow.source.git.commit``, the commit of ``git_sha``: the checkout's, or
+inside the Docker image the one baked in at build time). System metrics (CPU, memory, disk, network
+and, with ``nvidia-ml-py``, GPU utilisation and memory, as ``system/...``) are logged by MLflow's
+monitor thread when ``track.system_metrics=true`` or ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true``
+(sampling interval ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``, default 10 s).
+
+A moved store: MLflow writes absolute ``file://`` artifact URIs into a SQLite store. A store
+folder (``mlflow.db`` with its ``mlartifacts/``) that was moved or copied (another directory, a
+container that mounted it elsewhere) is re-pointed at its own ``mlartifacts/`` when dias opens it
+(``relocate_store``); afterwards any MLflow client, ``mlflow ui`` included, reads it. A tracking
+server (``mlflow server``, artifacts proxied as ``mlflow-artifacts:/``) is relative by itself.
 """
 from __future__ import annotations
 
@@ -108,16 +121,103 @@ def with_study(cfg):
                         "track.tags": {**cfg.track.tags, "study": study}}, "resolved config")
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store URI, else None (a server, in-memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if not db or db == ":memory:" else Path(db)
+
+
+# (table, column) pairs of an MLflow SQLite store that hold artifact URIs
+_URI_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                ("logged_models", "artifact_location"), ("model_versions", "source"),
+                ("model_versions", "storage_location"), ("trace_tags", "value"))
+
+
+def relocate_store(uri: str) -> list[tuple[str, str]]:
+    """Re-point a moved SQLite store at its own ``mlartifacts/``; returns the (old, new) roots changed.
+
+    Experiments created by dias keep their artifacts in ``<folder of the db>/mlartifacts`` (see
+    ``artifact_location``). When that folder was moved, the absolute URIs in the database name the
+    old place: every URI under an old ``.../mlartifacts`` root is rewritten to the current one (in one
+    transaction). Nothing happens for a server, a store that has not moved, or experiments whose
+    artifacts live elsewhere (an explicit artifact location). A read-only store is left as it is,
+    with a warning (its artifacts stay unreachable until it is opened with write access).
+    """
+    import sqlite3
+    from contextlib import closing
+
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return []
+    new_root = (db.resolve().parent / "mlartifacts").as_uri()
+    try:
+        with closing(sqlite3.connect(str(db), timeout=30)) as connection, connection as con:  # one transaction
+            rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
+            old_roots = sorted({loc.split("/mlartifacts", 1)[0] + "/mlartifacts" for (loc,) in rows
+                                if loc and loc.startswith("file://") and "/mlartifacts" in loc} - {new_root})
+            if not old_roots:
+                return []
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for old in old_roots:
+                for table, column in _URI_COLUMNS:
+                    if table not in tables:
+                        continue
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 - fixed names
+                                f"WHERE substr({column}, 1, ?) = ? AND "
+                                f"(length({column}) = ? OR substr({column}, ?, 1) = '/')",
+                                (new_root, len(old) + 1, len(old), old, len(old), len(old) + 1))
+    except sqlite3.Error as err:
+        warnings.warn(f"MLflow store {db} was moved but cannot be re-pointed at {new_root} ({err}); "
+                      "its artifacts are unreachable until it is opened with write access", RuntimeWarning,
+                      stacklevel=2)
+        return []
+    return [(old, new_root) for old in old_roots]
+
+
+def git_sha() -> str:
+    """The commit of the running code: the git checkout's (``mlflow.utils.git_utils``), else
+    ``$DIAS_GIT_SHA`` (set in the Docker image from the ``GIT_SHA`` build argument), else ``unknown``."""
+    from mlflow.utils.git_utils import get_git_commit
+
+    return get_git_commit(str(Path(__file__).resolve().parent)) or os.environ.get("DIAS_GIT_SHA", "").strip() or "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags for a run started by this process: ``mlflow.user``,
+    ``mlflow.source.name``, ``mlflow.source.type`` (as ``mlflow.start_run`` sets them) and
+    ``mlflow.source.git.commit`` from ``git_sha`` (absent when unknown)."""
+    from mlflow.tracking.context.default_context import DefaultRunContext
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    tags = {str(k): str(v) for k, v in DefaultRunContext().tags().items()}
+    sha = git_sha()
+    if sha != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = sha
+    return tags
+
+
+def system_metrics_enabled(track: TrackConfig) -> bool:
+    """``track.system_metrics`` or ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` (true/false/1/0; any other
+    value is a ValueError naming the variable and the value)."""
+    if track.system_metrics:
+        return True
+    raw = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip()
+    if raw.lower() in ("", "false", "0"):
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    raise ValueError(f"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING={raw!r}: must be true, false, 1 or 0 "
+                     f"(or set track.system_metrics=true)")
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifact root for a new experiment in store ``uri``: ``<folder of the db>/mlartifacts`` for a
     SQLite file (MLflow's own default would be ``./mlruns`` in the current directory), else None
     (the tracking server's default)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = uri[len("sqlite:///"):].split("?", 1)[0]
-    if not db or db == ":memory:":
-        return None
-    return (Path(db).resolve().parent / "mlartifacts").as_uri()
+    db = sqlite_path(uri)
+    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 def experiment_id(client, name: str, uri: str) -> str:
@@ -136,23 +236,41 @@ class MLflowTracker:
                  resume_run_id: str = ""):
         self.run_id = ""
         self._client = None
+        self._monitor = None
+        system_metrics = system_metrics_enabled(track)  # a bad value is a config error, not a tracking failure
         self._guard("start", self._start, track, run_name, run_root, method, resume_run_id)
+        if system_metrics and self._client is not None:
+            self._start_system_metrics(tracking_uri(track, run_root), bool(resume_run_id))
 
     def _start(self, track: TrackConfig, run_name: str, run_root: str | Path, method: str, resume_run_id: str) -> None:
         from mlflow import MlflowClient
 
         uri = tracking_uri(track, run_root)
+        relocate_store(uri)
         client = MlflowClient(tracking_uri=uri)
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
             self.run_id, self._client = resume_run_id, client
             return
         exp_id = experiment_id(client, experiment_name(track, method), uri)
-        tags = {"study": study_of(track, method), **{str(k): str(v) for k, v in track.tags.items()}}
+        tags = {**source_tags(), "study": study_of(track, method), **{str(k): str(v) for k, v in track.tags.items()}}
         if track.parent_run_id:
             tags["mlflow.parentRunId"] = track.parent_run_id
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id, self._client = run.info.run_id, client
+
+    def _start_system_metrics(self, uri: str, resume: bool) -> None:
+        """MLflow's monitor thread (needs psutil; GPUs with nvidia-ml-py) logging ``system/...`` to this
+        run; a failure to start it is one warning and leaves the other tracking on."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=uri)
+            self._monitor.start()
+        except Exception as err:  # noqa: BLE001 - e.g. psutil missing
+            warnings.warn(f"MLflow system metrics are off ({type(err).__name__}: {str(err)[:200]})",
+                          RuntimeWarning, stacklevel=3)
+            self._monitor = None
 
     def _guard(self, what: str, fn, *args) -> None:
         if what != "start" and self._client is None:
@@ -199,12 +317,22 @@ class MLflowTracker:
             self._guard("log_artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
     def close(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:  # its last samples are flushed before the run ends
+            monitor, self._monitor = self._monitor, None
+            try:
+                monitor.finish()
+            except Exception as err:  # noqa: BLE001
+                warnings.warn(f"MLflow system metrics: {type(err).__name__}: {str(err)[:200]}", RuntimeWarning,
+                              stacklevel=2)
         self._guard("close", lambda: self._client.set_terminated(self.run_id, status))
 
 
 def make_tracker(track: TrackConfig, run_name: str, *, run_root: str | Path, method: str, is_main: bool,
                  resume_run_id: str = "") -> Tracker:
-    """MLflowTracker on rank 0 when ``track.enabled``, else NullTracker."""
+    """MLflowTracker on rank 0 when ``track.enabled``, else NullTracker. A bad
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is a ValueError on every rank."""
+    if track.enabled:
+        system_metrics_enabled(track)
     if is_main and track.enabled:
         return MLflowTracker(track, run_name, run_root=run_root, method=method, resume_run_id=resume_run_id)
     return NullTracker()
@@ -212,10 +340,8 @@ def make_tracker(track: TrackConfig, run_name: str, *, run_root: str | Path, met
 
 def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> dict:
     """git SHA, hash of the shard set's manifest, world size, device and parameter count (rank 0 logs them)."""
-    from mlflow.utils.git_utils import get_git_commit
-
     manifest = Path(shards) / "manifest.json"
-    return {"git_sha": get_git_commit(str(Path(__file__).resolve().parent)) or "unknown", "world_size": dist.world_size(), "num_params": num_params,
+    return {"git_sha": git_sha(), "world_size": dist.world_size(), "num_params": num_params,
             "shard_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "missing",
             "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"}
 

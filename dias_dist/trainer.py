@@ -57,7 +57,9 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         init_from: str | Path | None = None, dry_run: bool = False) -> dict:
     """Train (and finally test) as described by ``cfg``; return the final metrics.
 
-    report: called with ``{"epoch", "step", "val_<metric>"...}`` after every validation (Ray Tune).
+    report: called with ``{"epoch", "step", "val_<metric>"..., "checkpoint"}`` after every validation
+    (Ray Tune); ``checkpoint`` (the path of ``last.pt``) is there when ``last.pt`` was written at that
+    step (every validation, unless ``train.checkpoint_every_steps`` does not divide the epoch).
     sources: ``TrainSource`` list replacing the one built from ``cfg.data`` (RPST).
     init_from: checkpoint whose model weights initialise the model (RPST students).
     dry_run: build everything, run one optimizer step, write nothing; returns the step's losses.
@@ -183,10 +185,15 @@ def _train(parts: Parts, state: TrainState, sources: list, total_steps: int, pro
         if dry_run:
             break
         epoch, end_of_epoch = divmod(state.step, t.steps_per_epoch)
-        if end_of_epoch == 0 and epoch % parts.cfg.eval.val_every_epochs == 0 and _validate(parts, state, epoch, report):
-            _save(parts, state, "best.pt")
+        validation, last = None, None
+        if end_of_epoch == 0 and epoch % parts.cfg.eval.val_every_epochs == 0:
+            validation, improved = _validate(parts, state, epoch)
+            if improved:
+                _save(parts, state, "best.pt")
         if state.step % parts.boundary == 0 or state.step == total_steps:
-            _save(parts, state, "last.pt")
+            last = _save(parts, state, "last.pt")
+        if validation is not None and report is not None:  # after last.pt, so a report can carry it
+            report({"epoch": epoch, "step": state.step, **validation, **({"checkpoint": str(last)} if last else {})})
     return metrics
 
 
@@ -238,8 +245,9 @@ def _evaluate(parts: Parts, model: torch.nn.Module, split: str, out_dir: Path | 
                                      progress=c.train.progress and dist.is_main(), cache_dir=c.data.cache_dir)
 
 
-def _validate(parts: Parts, state: TrainState, epoch: int, report) -> bool:
-    """Validate, log, update ``state.best`` by ``eval.select_metric``; True when this validation set it."""
+def _validate(parts: Parts, state: TrainState, epoch: int) -> tuple[dict, bool]:
+    """Validate, log, update ``state.best`` by ``eval.select_metric``; returns the logged values and
+    whether this validation set ``state.best``."""
     e = parts.cfg.eval
     _, summary = _evaluate(parts, parts.engine.unwrap(), "validation", None, False)
     values = {f"val_{k}": mean for k, (mean, _) in summary.items()}
@@ -249,9 +257,7 @@ def _validate(parts: Parts, state: TrainState, epoch: int, report) -> bool:
     values["best_val_score"] = state.best  # of eval.select_metric; one name whatever the metric
     parts.log.write("val", state.step, {"epoch": epoch, **values})
     parts.tracker.log_metrics(values, state.step)
-    if report is not None:
-        report({"epoch": epoch, "step": state.step, **values})
-    return improved
+    return values, improved
 
 
 def _finish(parts: Parts, state: TrainState) -> dict:

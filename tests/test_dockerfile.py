@@ -86,3 +86,18 @@ def test_no_data_or_credentials_in_the_image():
     for keyword, args in instructions():
         if keyword in ("ENV", "ARG"):
             assert not re.search(r"(TOKEN|PASSWORD|SECRET|API_KEY|AWS_|MLFLOW_TRACKING_PASSWORD)", args, re.I), args
+
+
+def test_git_sha_is_a_build_argument_baked_into_the_image():
+    """`docker build --build-arg GIT_SHA=$(git rev-parse HEAD)`: the image has no .git, so the commit reaches
+    MLflow (mlflow.source.git.commit, git_sha) through DIAS_GIT_SHA; a label records it too. It is
+    declared after every RUN, so a new commit invalidates no installed layer."""
+    steps = instructions()
+    keywords = [keyword for keyword, _ in steps]
+    arg_at = next(i for i, (keyword, args) in enumerate(steps) if keyword == "ARG" and args.startswith("GIT_SHA"))
+    assert max(i for i, keyword in enumerate(keywords) if keyword == "RUN") < arg_at
+    env = " ".join(args for keyword, args in steps[arg_at:] if keyword == "ENV")
+    assert re.search(r"\bDIAS_GIT_SHA=\$\{?GIT_SHA\}?", env), env
+    labels = " ".join(args for keyword, args in steps if keyword == "LABEL")
+    assert re.search(r"org\.opencontainers\.image\.revision=\$\{?GIT_SHA\}?", labels), labels
+    assert "--build-arg GIT_SHA=" in (ROOT / "docs" / "docker.md").read_text()

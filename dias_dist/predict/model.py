@@ -57,7 +57,10 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = No
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
+    from dias_dist.track import relocate_store
+
     store = tracking_uri or default_tracking_uri()
+    relocate_store(store)  # a store folder moved since the model was logged
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI; put the
     # environment back as it was, or every later run in this process would log to the restored store.
