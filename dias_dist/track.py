@@ -53,6 +53,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 class Tracker(Protocol):
     run_id: str
+    client: Any  # the MlflowClient of the run's store, None when not tracking
 
     def log_params(self, params: dict[str, Any], *, keep_logged: bool = False) -> None: ...
 
@@ -69,6 +70,7 @@ class NullTracker:
     """Does nothing (ranks other than 0, tracking disabled, dry runs)."""
 
     run_id = ""
+    client = None
 
     def log_params(self, params, *, keep_logged=False):
         pass
@@ -272,6 +274,13 @@ class MLflowTracker:
                           RuntimeWarning, stacklevel=3)
             self._monitor = None
 
+    @property
+    def client(self):
+        """The ``MlflowClient`` bound to this run's store, or None once tracking is off (never
+        started, or switched off by a failure): for callers that log what this class does not wrap,
+        such as the trained model (``dias_dist.predict.mlflow_model``)."""
+        return self._client
+
     def _guard(self, what: str, fn, *args) -> None:
         if what != "start" and self._client is None:
             return
@@ -340,10 +349,22 @@ def make_tracker(track: TrackConfig, run_name: str, *, run_root: str | Path, met
 
 def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> dict:
     """git SHA, hash of the shard set's manifest, world size, device and parameter count (rank 0 logs them)."""
-    manifest = Path(shards) / "manifest.json"
     return {"git_sha": git_sha(), "world_size": dist.world_size(), "num_params": num_params,
-            "shard_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "missing",
+            "shard_manifest_sha256": manifest_sha256(shards),
             "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"}
+
+
+def manifest_sha256(shards: str | Path) -> str:
+    """sha256 of the shard set's manifest, local or at a URL (``dias_dist.data.location``); "missing"
+    when it cannot be read (the reader has already named the problem by then)."""
+    from dias_dist.data import location
+
+    manifest = location.join(shards, "manifest.json")
+    try:
+        data = Path(manifest).read_bytes() if location.is_local(shards) else location.read_bytes(manifest)
+    except OSError:
+        return "missing"
+    return hashlib.sha256(data).hexdigest()
 
 
 class MetricsLog:

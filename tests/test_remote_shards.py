@@ -154,6 +154,18 @@ def test_missing_manifest_names_the_url(served):
         read_manifest(f"{url}/nothing")
 
 
+def test_run_tag_hashes_the_manifest_at_a_url(served, tiny_shards):
+    """The run's shard_manifest_sha256 tag is the manifest's hash for shards at a URL too."""
+    import hashlib
+
+    from dias_dist.track import manifest_sha256
+
+    _, url = served
+    expected = hashlib.sha256((Path(tiny_shards) / "manifest.json").read_bytes()).hexdigest()
+    assert manifest_sha256(f"{url}/dsa") == manifest_sha256(tiny_shards) == expected
+    assert manifest_sha256(f"{url}/nothing") == "missing"
+
+
 def test_pipe_command_location(tiny_shards, monkeypatch):
     import webdataset.utils
 

@@ -62,7 +62,7 @@ def log_trained_model(cfg, run_dir: str | Path, tracker) -> str | None:
     (``runs:/<id>/model``), or None when tracking is off (or was switched off by a failure) or a
     step failed (with a warning)."""
     # the tracker's own client: the store this run writes to, and None once tracking is off
-    client = getattr(tracker, "_client", None)
+    client = getattr(tracker, "client", None)
     run_id = getattr(tracker, "run_id", "")
     if client is None or not run_id:
         return None
