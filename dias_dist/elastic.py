@@ -58,11 +58,30 @@ def continue_job(cfg: Config) -> Config:
     if not cfg.train.run_name and job_id():
         updates["train.run_name"] = f"{cfg.model.name}-{cfg.method.name}-{job_id()}"
     if restart_count() > 0:
-        if cfg.train.resume == "never":
+        if cfg.train.resume == "never" and not _held_by_another_job(cfg):
             updates["train.resume"] = "auto"
         if cfg.train.overwrite:
             updates["train.overwrite"] = False
     return derive(cfg, updates, "elastic restart") if updates else cfg
+
+
+def _held_by_another_job(cfg: Config) -> bool:
+    """Whether the folder of an explicitly named run already holds a run this job did not start: its
+    ``start.json`` names another job, or it has none. Then the first attempt was refused (the folder is
+    never overwritten without ``resume=auto`` / ``overwrite=true``), and the restart must be refused
+    the same way, not turned into ``resume=auto`` on somebody else's run. Without a job id (static
+    multi-node launches with the default ``--rdzv-id none``) ownership cannot be told, and the restart
+    resumes as before (README, reliability)."""
+    if not cfg.train.run_name or not job_id():
+        return False  # a name derived from the job id is this job's own folder
+    folder = Path(cfg.train.run_dir) / cfg.train.run_name
+    if not folder.is_dir():
+        return False
+    try:
+        record = json.loads((folder / START_RECORD).read_text())
+    except (OSError, ValueError):
+        return True
+    return not isinstance(record, dict) or record.get("job") != job_id()
 
 
 def lock_wait_s() -> float:

@@ -137,3 +137,28 @@ def test_a_failed_attempt_that_torchrun_restarts_keeps_its_folder_for_the_restar
     (tmp_path / "runs" / "job" / "start.json").write_text("{}")
     folder.release("FAILED")
     assert (tmp_path / "runs" / "job" / "start.json").is_file()
+
+
+@pytest.mark.parametrize("record, resumes", [
+    (None, True),  # no folder yet: the job's own first checkpoint-less attempt died before making it
+    ('{"job": "job-7", "mlflow_run_id": "abc", "tracking_uri": "x"}', True),  # this job's folder
+    ('{"job": "job-1", "mlflow_run_id": "abc", "tracking_uri": "x"}', False),  # another job's run
+    ("", False),  # a folder without a start record: not provably this job's
+])
+def test_a_restart_resumes_only_a_folder_its_own_job_started(tmp_path, monkeypatch, record, resumes):
+    """Under a torchrun restart resume=never becomes auto, but not on a named run folder that another
+    job holds: attempt 0 was refused there, and the restart must be refused too, not continue (or
+    overwrite) somebody else's run."""
+    from dias_dist import elastic
+    from dias_dist.config import Config, derive
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    cfg = derive(Config(), {"train.run_dir": str(tmp_path), "train.run_name": "shared-name"}, "test")
+    if record is not None:
+        (tmp_path / "shared-name").mkdir()
+        if record:
+            (tmp_path / "shared-name" / "start.json").write_text(record)
+    assert elastic.continue_job(cfg).train.resume == ("auto" if resumes else "never")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert elastic.continue_job(cfg).train.resume == "never"  # the first attempt never resumes by itself
