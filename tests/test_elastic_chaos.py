@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_tree import kill_job
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 6  # 2 epochs of 3 steps, a checkpoint every step, validation after each epoch
@@ -108,29 +109,6 @@ def worker_pids(agent_pid: int, rank: int) -> list[int]:
         if ppid == agent_pid and f"RANK={rank}".encode() in environ:
             found.append(int(entry.name))
     return found
-
-
-def kill_job(agent_pid: int) -> None:
-    """SIGKILL the torchrun agent and every process below it at once. torchrun starts each worker in a
-    session of its own, so killing the agent's process group would leave the workers running (orphans)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [agent_pid]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_elastic_restart_continues_the_same_run(tiny_shards, tmp_path, straight):

@@ -6,7 +6,6 @@ restarted rank 0 looks up rank 1's address first. Without the namespace it finds
 address (the agent keeps one store for the whole job) and its connect is refused or never answered."""
 import datetime
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 import torch.distributed as tdist
 
 from dias_dist.dist import attempt_epoch
+from process_tree import kill_job
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = datetime.timedelta(seconds=60)
@@ -65,26 +65,6 @@ def test_every_rank_gets_a_new_epoch_although_the_store_holds_an_earlier_attempt
     assert _epochs(server.port, {0: 0.5}) == {0: 3, 1: 3}  # a late rank 0 finds the new token at once
 
 
-def _kill_tree(pid: int) -> None:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo.extend(children.get(tree[-1], []))
-    for member in tree:
-        try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def test_restarted_group_connects_when_the_new_rank_1_comes_late(tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
     out = tmp_path / "allreduce.txt"
@@ -95,7 +75,7 @@ def test_restarted_group_connects_when_the_new_rank_1_comes_late(tmp_path):
     try:
         log, _ = job.communicate(timeout=180)
     except subprocess.TimeoutExpired:  # hung in gloo's connect (the old failure): end the agent and its workers
-        _kill_tree(job.pid)
+        kill_job(job.pid)
         log, _ = job.communicate()
         pytest.fail("the restarted group hung:\n" + log.decode(errors="replace")[-4000:])
     log = log.decode(errors="replace")
