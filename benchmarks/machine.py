@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dias_dist.losses import ce_dice_loss
+from dias_dist.predict.cli import cpu_has_bf16
 
 
 def cpu_model() -> str:
@@ -29,22 +30,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_flags() -> set[str]:
-    """The processor's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def has_bf16_matmul(device: torch.device) -> bool:
     """Whether ``device`` multiplies bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX-BF16."""
     if device.type == "cuda":
         return True
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return cpu_has_bf16()  # the same test `dias predict --fast` uses
 
 
 def load_average() -> list[float] | None:

@@ -98,7 +98,7 @@ def model_predict_fn(model: nn.Module, device: torch.device | str, layout: str, 
 
 
 def compiled_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model``'s forward through ``torch.compile`` (inductor; 1.12x for full-size VSS-Net's
+    """``model``'s forward through ``torch.compile`` (inductor; 1.13x for full-size VSS-Net's
     evaluation forward on the 2-core Xeon after about 15 s of compilation, outputs within 5e-6
     relative: benchmarks/README.md). The compiled code is cached per module, so later calls in the
     same process (every validation, every series) pay no second compilation for the same tile shape.

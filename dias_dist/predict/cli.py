@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "on a CPU). On CPUs with AVX512-BF16/AMX about 2x faster at a DSC change within 0.001 "
                              "(benchmarks/README.md); slower on CPUs without them")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the network (1.12x on a 2-core Xeon after about 15 s of compiling: "
+                        help="torch.compile the network (1.13x on a 2-core Xeon after about 15 s of compiling: "
                              "worth it from the second 800x800 series on; benchmarks/README.md)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one) | cpu | cuda | cuda:N")
