@@ -2,7 +2,10 @@
 next to the thresholded-MinIP baseline.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/input_ablation.py --out runs/input_ablation \\
-        --result benchmarks/results/input_ablation_cpu.md
+        --result benchmarks/results/input_ablation_cpu.md train.epochs=3 train.steps_per_epoch=40
+
+(options before the config overrides: ``--inputs`` and ``--seeds`` take several values, so an override
+written right after them is read as one more of those)
 
 Steps: ``dias phantom`` (the demo's data: 128 px, 16 train / 4 val / 8 test, seed 0) -> ``dias shard`` ->
 ``dias baseline`` on the test split -> one ``launch/train.py configs/demo/vss_net_cpu.yaml`` run per
@@ -55,6 +58,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--inputs", nargs="+", default=list(INPUTS))
     parser.add_argument("--config", default="configs/demo/vss_net_cpu.yaml")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: write the table from the runs already finished (rows say how many seeds)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run (the budget)")
     args = parser.parse_args()
 
@@ -71,7 +76,7 @@ def main() -> int:
         sh(python, "-m", "dias_dist.cli", "baseline", str(shards), "--split", "test", "--no-images",
            "--out", str(baseline_dir))
     timings = {}
-    for seed in args.seeds:
+    for seed in ([] if args.table_only else args.seeds):
         for frames in args.inputs:
             name = f"{frames}-seed{seed}"
             if (run_dir / name / "eval" / "test" / "summary.csv").is_file():
@@ -105,7 +110,8 @@ def main() -> int:
                   f"sequences), {args.config} {' '.join(args.overrides)}; seeds {args.seeds}; mean ± std over "
                   f"seeds of the per-run test means. Load average at the end: {load[0]:.1f} {load[1]:.1f} "
                   f"{load[2]:.1f} (2-core VM, shared).\n\n    OMP_NUM_THREADS=1 .venv/bin/python "
-                  f"benchmarks/input_ablation.py --out {args.out} --result {args.result} {' '.join(args.overrides)}\n\n")
+                  f"benchmarks/input_ablation.py --out {args.out} --seeds {' '.join(map(str, args.seeds))} --inputs "
+                  f"{' '.join(args.inputs)} --result {args.result} {' '.join(args.overrides)}\n\n")
         result.write_text(header + table + "\n")
         result.with_suffix(".json").write_text(json.dumps({"runs": raw, "baseline": base, "timings_s": timings,
                                                            "load_average": load}, indent=1) + "\n")

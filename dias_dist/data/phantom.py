@@ -7,20 +7,27 @@ Model, in order (docs/PHANTOM.md has the reasoning and the measured behaviour):
    ~0.3 mm/px). Each bifurcation splits r0 into r1, r2 with Murray's law r0^3 = r1^3 + r2^3 (random
    asymmetry) at Murray-optimal angles plus noise; branches stop below 0.8 px. Centrelines are
    tortuous and sampled every 1 px, spread over three depth layers whose projections add.
-2. **Haemodynamics.** Flow ~ r^3 (Murray), so mean velocity ~ r: a segment of length L and radius r
-   delays the bolus by L / (v_ica * r / r_ica), the front moving at the centreline velocity (twice
-   the mean in Poiseuille flow). Large proximal vessels fill within about a frame,
-   thin distal branches later. The injection (1-2 s) reaches each point as a plateau, convolved with
+2. **Haemodynamics.** In the conducting arteries (ICA, M1/A1, M2; radius >= r_c = r_ica / 3) the mean
+   velocity stays at the ICA's, as transcranial Doppler measures (MCA and ACA at or above the ICA);
+   in thinner branches flow ~ r^3 (Murray), so mean velocity ~ r. A segment of length L and radius r
+   delays the bolus by L / v(r), the front moving at the centreline velocity (twice the mean in
+   Poiseuille flow). Large proximal vessels fill within about a frame, thin distal branches later. The injection (1-2 s) reaches each point as a plateau, convolved with
    an exponential dispersion whose time constant grows with the delay; wash-out after the plateau.
 3. **Framing.** A fixed frame rate (default 4 frames/s, as the release). As in the release, the
    pre-contrast frames are dropped: the first frame is the first acquisition in which the ICA (the
-   trunk segment in view) is opaque along its length, the last the first one at which the most distal branch (in view) is opaque, so the number
-   of frames T follows from the transit time (clipped to [min_frames, max_frames]).
+   trunk segment in view) is opaque along its length. The arterial phase lasts while the injection
+   keeps the ICA opaque: the last frame is the first acquisition after the plateau ends at the root
+   (wash-out begins there), or the first at which the most distal branch in view is opaque if that is
+   later. So the number of frames T follows the injection length and the transit time (clipped to
+   [min_frames, max_frames]).
 4. **Image formation (log domain, as DSA subtracts logs).** Live minus mask = vessels (-mu x line
-   integral x opacity, overlaps add) + the textured skull/soft-tissue image moved by a small patient
-   motion (shift + rotation) minus the unmoved one (edge-like misregistration) + a contrast-filled
-   catheter in the proximal ICA (dark, not labelled). Quantum noise (std ~ sqrt of the attenuation)
-   plus electronic noise, a mild detector blur, window/level and 8-bit quantisation.
+   integral x opacity, overlaps add) + the anatomy moved by the patient's motion (shift + rotation
+   between mask and run, log-normal in size between patients, plus a drift during the run) minus the
+   unmoved one: edge-like misregistration wherever bone is crossed, and a projection crosses both
+   tables of the skull (with their diploe texture) over the whole brain, plus the skull base in the
+   lower field. A 4-5 F catheter full of undiluted contrast in the proximal ICA (dark, not labelled).
+   Quantum noise (std ~ sqrt of the attenuation) in every live frame and in the one mask subtracted
+   from all of them, electronic noise, a mild detector blur, window/level and 8-bit quantisation.
    Optional (``late_phase=True``): capillary blush and early veins in the last frames, not labelled.
 5. **Ground truth** = the union over frames of the vessel pixels whose opacity is >= 0.5 in that
    frame (``visible``), each pixel within max(radius, 0.75 px) of a centreline.
@@ -33,7 +40,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 REFERENCE_SIZE = 800  # the geometry constants below are for 800x800 frames (~0.3 mm per px)
 MM_PER_PX = 0.3
@@ -42,6 +49,11 @@ MIN_RADIUS_PX = 0.8
 MAX_POINTS = 60000  # cap on centreline samples (keeps the generator fast)
 OPACIFIED = 0.5  # opacity at which a vessel pixel counts as shown in a frame (ground truth)
 ICA_VELOCITY_MM_S = (300.0, 500.0)  # mean ICA velocity during injection
+# Mean velocity stays at the ICA's in the conducting arteries (ICA, M1/A1, M2: transcranial Doppler
+# measures MCA/ACA mean velocities at or above the ICA's) and falls with the radius (Murray: flow ~ r^3,
+# velocity ~ r) only in branches thinner than CONDUCTING_RADIUS x the trunk radius (ICA ~2.25 mm ->
+# 0.75 mm, i.e. vessels under ~1.5 mm wide: distal M3/M4, cortical branches).
+CONDUCTING_RADIUS = 1.0 / 3.0
 FRONT_FACTOR = 2.0  # the contrast front travels at the centreline velocity: 2 x mean (Poiseuille)
 INJECTION_S = (1.0, 2.0)
 DISPERSION_S = 0.06  # rise time constant at the root; grows by DISPERSION_PER_S per second of delay
@@ -58,6 +70,7 @@ class PhantomSequence:
     frame_times float (T,): acquisition times in s after the contrast reaches the trunk
     visible     bool (T, H, W): vessel pixels whose opacity is >= 0.5 in that frame
     radius      float32 (H, W): radius in px of the (widest) vessel covering the pixel, 0 elsewhere
+    injection_s float: length of the injection's plateau at the trunk (s); the arterial phase ends with it
     """
 
     frames: np.ndarray
@@ -65,6 +78,7 @@ class PhantomSequence:
     frame_times: np.ndarray
     visible: np.ndarray
     radius: np.ndarray
+    injection_s: float = float("nan")
 
 
 @dataclass
@@ -72,7 +86,7 @@ class _Tree:
     xy: np.ndarray  # float (N, 2) centreline points (x, y)
     radius: np.ndarray  # float (N,)
     path_length: np.ndarray  # float (N,) px from the root along the tree
-    delay: np.ndarray  # float (N,) sum of ds * r_root / r along the path (px at trunk velocity)
+    delay: np.ndarray  # float (N,) sum of ds * v_trunk / v(r) along the path (px at trunk velocity)
     layer: np.ndarray  # int (N,)
 
 
@@ -86,6 +100,11 @@ def _tortuous_path(start, angle, length, rng, curvature_std):
     steps = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     points = start + np.cumsum(steps, axis=0) - steps[0]
     return points, float(angles[-1])
+
+
+def slowness(radius: np.ndarray, trunk_radius: float) -> np.ndarray:
+    """v_trunk / v(r): 1 in the conducting arteries, r_c / r below r_c = CONDUCTING_RADIUS x trunk radius."""
+    return np.maximum(1.0, CONDUCTING_RADIUS * trunk_radius / np.asarray(radius, dtype=np.float64))
 
 
 def grow_tree(size: int, rng: np.random.Generator) -> _Tree:
@@ -109,7 +128,7 @@ def grow_tree(size: int, rng: np.random.Generator) -> _Tree:
         xy.append(points)
         radius.append(r)
         path.append(path0 + np.arange(n, dtype=float))
-        seg_delay = delay0 + np.concatenate([[0.0], np.cumsum(trunk_radius / r[1:])])  # velocity ~ r
+        seg_delay = delay0 + np.concatenate([[0.0], np.cumsum(slowness(r[1:], trunk_radius))])
         delay.append(seg_delay)
         layer.append(np.full(n, lay))
         total += n
@@ -162,21 +181,30 @@ def _smooth_noise(size: int, rng: np.random.Generator, sigma: float) -> np.ndarr
 
 
 def anatomy(size: int, rng: np.random.Generator) -> np.ndarray:
-    """float32 (size, size) log attenuation of skull and soft tissue (0 = least dense): a skull band
-    with trabecular texture, soft-tissue variation and fine texture. Its misregistration makes the
-    subtraction artefacts."""
+    """float32 (size, size) log attenuation of skull and soft tissue (0 = least dense), as a projection
+    sees it: the calvarium is a shell, so both tables lie over the whole brain (chord 2 x thickness at
+    the centre, rising to the tangential rim), with a trabecular (diploe) texture wherever bone is
+    crossed; a dense skull-base ridge (petrous bone) crosses the lower part of the field, where the ICA
+    enters; soft-tissue variation and fine texture. Its misregistration makes the subtraction artefacts."""
     scale = size / REFERENCE_SIZE
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     cx, cy = size * rng.uniform(0.4, 0.6), size * rng.uniform(0.45, 0.65)
     ax, ay = size * rng.uniform(0.45, 0.6), size * rng.uniform(0.5, 0.65)
-    rho = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
-    thickness = rng.uniform(0.05, 0.09)
-    skull = ((rho > 1.0) & (rho < 1.0 + thickness)).astype(np.float32)
-    skull = ndimage.gaussian_filter(skull, max(1.5 * scale, 0.5))
-    texture = _smooth_noise(size, rng, max(3.0 * scale, 0.7))
+    rho2 = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
+    thickness = rng.uniform(0.05, 0.09)  # shell thickness / head radius (6-11 mm)
+    inner2 = (1.0 - thickness) ** 2
+    chord = np.sqrt(np.clip(1.0 - rho2, 0.0, None)) - np.sqrt(np.clip(inner2 - rho2, 0.0, None))
+    chord = ndimage.gaussian_filter(chord / thickness, max(1.5 * scale, 0.5))  # 1 at the centre, ~sqrt(2/t) at the rim
+    diploe = _smooth_noise(size, rng, max(3.0 * scale, 0.7))
+    bone = rng.uniform(0.3, 0.5) * chord * (1.0 + 0.3 * diploe)
+    # skull base: a plate across the lower field (petrous ridge), sharp-edged, textured
+    slope = rng.uniform(-0.35, 0.35)
+    across = (yy - size * rng.uniform(0.62, 0.8) - slope * (xx - cx)) / math.sqrt(1.0 + slope * slope)
+    half_width, edge = size * rng.uniform(0.015, 0.035), max(1.5 * scale, 0.5)
+    plate = special.expit((half_width - np.abs(across)) / edge)
+    base = rng.uniform(0.4, 0.8) * plate * (1.0 + 0.4 * _smooth_noise(size, rng, max(4.0 * scale, 0.8)))
     soft = _smooth_noise(size, rng, max(60.0 * scale, 3.0))
-    bone = rng.uniform(0.3, 0.5) * skull * (1.0 + 0.3 * texture)
-    return (bone + 0.15 * soft + 0.04 * _smooth_noise(size, rng, max(6.0 * scale, 1.0))).astype(np.float32)
+    return (bone + base + 0.15 * soft + 0.04 * _smooth_noise(size, rng, max(6.0 * scale, 1.0))).astype(np.float32)
 
 
 def _rigid_warp(image: np.ndarray, dy: float, dx: float, theta: float) -> np.ndarray:
@@ -198,7 +226,9 @@ def _catheter(size: int, tree: _Tree, rng: np.random.Generator) -> tuple[np.ndar
     entry = np.array((root[0] + rng.uniform(-0.08, 0.08) * size, size + 2.0))
     below = np.linspace(entry, root, max(int(np.hypot(*(root - entry))), 2))
     inside = tree.xy[:max(tip_index, 1)] + rng.uniform(-0.3, 0.3, 2) * tree.radius[0]
-    return np.concatenate([below, inside]), max(1.2 * (size / REFERENCE_SIZE) ** 0.5, 0.6)
+    # 4-5 F diagnostic catheter (outer 1.3-1.7 mm): a ~1 mm lumen full of contrast, radius ~1.6 px at 800
+    lumen = rng.uniform(1.4, 1.8) * float(np.clip(size / REFERENCE_SIZE, 0.3, 1.0)) ** 0.5
+    return np.concatenate([below, inside]), max(lumen, 0.6)
 
 
 def _draw_tubes(size: int, xy: np.ndarray, radius: np.ndarray):
@@ -225,11 +255,13 @@ def _draw_tubes(size: int, xy: np.ndarray, radius: np.ndarray):
 
 
 def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 4, max_frames: int = 14,
-                      frame_rate: float = 4.0, motion_px: float = 0.5, noise: float = 0.02,
+                      frame_rate: float = 4.0, motion_px: float = 1.0, noise: float = 0.02,
                       late_phase: bool = False) -> PhantomSequence:
     """One synthetic DSA sequence of ``size`` x ``size`` frames; see the module doc and ``PhantomSequence``.
 
-    ``motion_px``: typical patient motion between mask and live frames (0 = perfect registration);
+    ``motion_px``: median patient motion between mask and live frames in px of an 800x800 frame (0.3 mm
+    per px; scaled with the image like every length here, so a smaller image of the same head sees the
+    same motion in mm; 0 = perfect registration);
     ``noise``: quantum noise std (log units) at the least dense anatomy; ``late_phase``: capillary
     blush and early veins in the last frames (not labelled, hard negatives).
     """
@@ -252,7 +284,11 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     ica_shown = float(shown_at[trunk].max()) if trunk.size else float(shown_at[0])
     first = ica_shown + float(rng.uniform(0.0, period))  # first acquisition with the whole ICA in view opaque
     last_needed = float(shown_at[in_view].max()) if in_view.any() else first
-    num_frames = int(np.clip(math.ceil((last_needed - first) / period - 1e-9) + 1, min_frames, max_frames))
+    # the arterial phase lasts as long as the injection keeps the ICA opaque: the run ends with the first
+    # acquisition after the plateau ends at the root (wash-out starts there), or later if a distal branch
+    # is still filling; so T follows the bolus as well as the transit time
+    phase_end = max(last_needed, injection)
+    num_frames = int(np.clip(math.ceil((phase_end - first) / period - 1e-9) + 1, min_frames, max_frames))
     frame_times = first + period * np.arange(num_frames)
     opacity = bolus_opacity(frame_times[None, :] - arrival[:, None], injection, rise[:, None], washout)  # (N, T)
 
@@ -272,16 +308,25 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     label = visible.any(axis=0)
     radius_map[~label] = 0.0
 
-    # patient motion: live frame t is the mask moved by (dy, dx, theta)_t; mild, drifting
-    drift = np.cumsum(rng.normal(0.0, motion_px / 2, (num_frames, 3)), axis=0) + rng.normal(0, motion_px / 2, 3)
-    drift[:, 2] *= 1.0 / max(size, 1)  # rotation (rad) that moves the border by ~ the shift
+    # patient motion, (dy, dx, theta) per frame: an offset between the mask and the run (the head moves
+    # between the mask exposure and the injection) plus a drift during the run. Its size varies between
+    # patients (log-normal around motion_px: most keep still, a few move several times as much). The
+    # anatomy moves by offset + drift; vessels, catheter and label share the run's coordinates (they move
+    # by the drift only, which stays sub-pixel), so the label is where the frames show the vessels.
+    amplitude = motion_px * (size / REFERENCE_SIZE) * math.exp(rng.normal(0.0, 0.7))  # px of this image
+    offset = rng.normal(0.0, amplitude, 3)
+    drift = np.cumsum(rng.normal(0.0, min(amplitude, motion_px * size / REFERENCE_SIZE) / 4, (num_frames, 3)),
+                      axis=0)
+    offset[2] *= 1.0 / max(size, 1)  # rotation (rad) that moves the border by ~ the shift
+    drift[:, 2] *= 1.0 / max(size, 1)
     body = anatomy(size, rng)
     mu = rng.uniform(0.12, 0.18)  # log attenuation per px of fully opacified vessel
     vessels = mu * line_integral.reshape(num_frames, size, size)
     cath_xy, cath_r = _catheter(size, tree, rng)
     cand, _, chord = _draw_tubes(size, cath_xy, np.full(len(cath_xy), cath_r))
     catheter = np.zeros(pixels, np.float32)
-    np.maximum.at(catheter, cand, (mu * rng.uniform(0.8, 1.2) * chord).astype(np.float32))  # contrast-filled
+    # contrast-filled: undiluted in the catheter, diluted by the blood flow in the ICA (~1.3-2x denser)
+    np.maximum.at(catheter, cand, (mu * rng.uniform(1.3, 2.0) * chord).astype(np.float32))
     catheter = catheter.reshape(size, size)
     if late_phase:
         late = np.clip((frame_times - frame_times[-1]) * frame_rate + 2.0, 0.0, 2.0)[:, None, None] / 2.0
@@ -291,17 +336,21 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     level = rng.uniform(0.62, 0.75)  # window/level: the display grey of zero difference
     frames = np.empty((num_frames, size, size), dtype=np.uint8)
     quantum = noise * np.exp(0.5 * body)  # photon noise grows with the attenuation it passed
+    # the mask is one exposure (or the mean of 2 or 4) subtracted from every frame: its noise is the same
+    # in all frames, so neither a projection over frames nor a network that sees them all averages it out
+    mask = body + rng.standard_normal((size, size), dtype=np.float32) * (quantum / math.sqrt(rng.choice((1, 2, 4))))
+    moved_body = _rigid_warp(body, *offset) if motion_px > 0 else body
     for t in range(num_frames):
         # DSA subtracts logs: live (contrast + moved anatomy) minus mask (anatomy, catheter without contrast)
-        live = body + catheter + vessels[t]
+        live = moved_body + catheter + vessels[t]
         if motion_px > 0:
             live = _rigid_warp(live, *drift[t])
-        log_diff = body - live + rng.standard_normal((size, size), dtype=np.float32) * quantum
+        log_diff = mask - live + rng.standard_normal((size, size), dtype=np.float32) * quantum
         intensity = ndimage.gaussian_filter(level * np.exp(log_diff), 0.6, mode="nearest")
         intensity += rng.standard_normal((size, size), dtype=np.float32) * np.float32(0.006)  # electronic
         frames[t] = np.clip(np.rint(intensity * 255.0), 0, 255).astype(np.uint8)
     return PhantomSequence(frames, label.reshape(size, size).astype(np.uint8), frame_times,
-                           visible.reshape(num_frames, size, size), radius_map.reshape(size, size))
+                           visible.reshape(num_frames, size, size), radius_map.reshape(size, size), injection)
 
 
 def generate_sequence_veins(size: int, rng: np.random.Generator) -> np.ndarray:

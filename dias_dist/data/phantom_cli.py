@@ -64,7 +64,7 @@ def preview_image(frames: np.ndarray, label: np.ndarray, scribbles: dict[str, np
 
 def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 30, val: int = 10, test: int = 20,
                           unlabeled: int = 60, seed: int = 0, preview: bool = True, min_frames: int = 4,
-                          max_frames: int = 14, motion_px: float = 0.5, frame_rate: float = 4.0,
+                          max_frames: int = 14, motion_px: float = 1.0, frame_rate: float = 4.0,
                           late_phase: bool = False, progress: bool | None = None) -> dict:
     """Generate and write the data set; returns counts and timing. uint8 PNGs in the release layout.
 
@@ -111,8 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same data")
     parser.add_argument("--min-frames", type=int, default=4, help="fewest frames per sequence (default 4)")
     parser.add_argument("--max-frames", type=int, default=14, help="most frames per sequence (default 14)")
-    parser.add_argument("--motion-px", type=float, default=0.5,
-                        help="patient motion between mask and live frames, px (0 = perfect registration)")
+    parser.add_argument("--motion-px", type=float, default=1.0,
+                        help="median patient motion between mask and live frames, in px of an 800x800 frame "
+                             "(0.3 mm/px; scaled with --size; log-normal between sequences; 0 = perfect registration)")
     parser.add_argument("--frame-rate", type=float, default=4.0, help="frames per second (the release: 4)")
     parser.add_argument("--late-phase", action="store_true",
                         help="add capillary blush and early veins to the last frames (not labelled)")
