@@ -64,9 +64,13 @@ def main() -> int:
         verdicts.append(f"- N = {labeled}: teacher {t:.4f}, student {s:.4f}, equal-steps control {c:.4f} "
                         f"(student − control {s - c:+.4f}, spread {margin:.4f}): {word}.")
     load = os.getloadavg()
+    budget = []  # the first seed's own header names the data, the config and the budget of every stage
+    first_table = Path(args.folders[0]) / "rpst_table.md"
+    if first_table.is_file():
+        budget = ["", f"Budget and data (first line of {first_table}): " + first_table.read_text().splitlines()[0]]
     text = "\n".join([f"Table V on phantom v2, mean ± std over {len(args.folders)} training seeds "
                       f"({', '.join(args.folders)}); load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
-                      "(2-core VM, shared).", "", *lines, "", *verdicts, *notes]) + "\n"
+                      "(2-core VM, shared).", *budget, "", *lines, "", *verdicts, *notes]) + "\n"
     print(text)
     if args.out:
         Path(args.out).write_text(text)
