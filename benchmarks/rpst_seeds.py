@@ -5,6 +5,9 @@
     .venv/bin/python benchmarks/rpst_seeds.py runs/rpst_table_s0 runs/rpst_table_s1 runs/rpst_table_s2 \\
         --out benchmarks/results/rpst_table_cpu.md
 
+The longer budget of ``rpst_table_long_cpu.md`` adds ``train.epochs=10`` (200 steps per stage instead of
+60) to every ``rpst_table.py`` call, with ``--out runs/rpst_long_s$s``.
+
 Each folder holds one ``rpst_table.csv`` (rows: Teacher, Student, T + steps per N). The verdict line per
 N says whether the student (teacher + pseudo-labelled steps) beats the equal-steps control (teacher +
 the same number of labelled-only steps) by more than the spread over seeds.
