@@ -11,8 +11,9 @@ Model, in order (docs/PHANTOM.md has the reasoning and the measured behaviour):
    velocity stays at the ICA's, as transcranial Doppler measures (MCA and ACA at or above the ICA);
    in thinner branches flow ~ r^3 (Murray), so mean velocity ~ r. A segment of length L and radius r
    delays the bolus by L / v(r), the front moving at the centreline velocity (twice the mean in
-   Poiseuille flow). Large proximal vessels fill within about a frame, thin distal branches later. The injection (1-2 s) reaches each point as a plateau, convolved with
-   an exponential dispersion whose time constant grows with the delay; wash-out after the plateau.
+   Poiseuille flow). Large proximal vessels fill within about a frame, thin distal branches later.
+   The injection (1-2 s) reaches each point as a plateau, convolved with an exponential dispersion
+   whose time constant grows with the delay; wash-out after the plateau.
 3. **Framing.** A fixed frame rate (default 4 frames/s, as the release). As in the release, the
    pre-contrast frames are dropped: the first frame is the first acquisition in which the ICA (the
    trunk segment in view) is opaque along its length. The arterial phase lasts while the injection
