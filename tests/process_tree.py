@@ -1,6 +1,8 @@
-"""Test helper: kill a torchrun job whole (agent and workers), for the elastic-restart tests."""
+"""Test helpers for torchrun jobs: kill one whole (agent and workers), for the elastic-restart tests;
+run several launchers of one job side by side, as the "nodes" of the multi-node tests."""
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 
@@ -25,3 +27,18 @@ def kill_job(agent_pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def run_nodes(command: list[str], env: dict, count: int = 2, timeout: float = 300, cwd=None) -> list[str]:
+    """Start ``count`` copies of one launcher command (each a "node" of one rendezvous), wait for all,
+    kill any left on a timeout, assert that every one exited 0 (the logs' tails in the message) and
+    return their combined stdout/stderr."""
+    nodes = [subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(count)]
+    try:
+        logs = [node.communicate(timeout=timeout)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0] * count, "\n".join(log[-3000:] for log in logs)
+    return logs

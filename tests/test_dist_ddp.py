@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from process_tree import run_nodes
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -98,14 +100,7 @@ def test_two_nodes_meet_through_c10d_rendezvous(tiny_shards, tmp_path):
             f"train.run_dir={tmp_path}", "train.run_name=nodes", "train.max_steps=3", "eval.val_every_epochs=1000",
             "eval.test_checkpoint=final", "track.enabled=true", f"track.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    nodes = [subprocess.Popen([str(TORCHRUN), "--nnodes=2", "--nproc_per_node=1", *rdzv, *args], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    try:
-        logs = [node.communicate(timeout=300)[0] for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    run_nodes([str(TORCHRUN), "--nnodes=2", "--nproc_per_node=1", *rdzv, *args], env)
     result = json.loads(out.read_text())
     assert result["world"] == 2
     assert result["initial_equal"] and result["final_equal"] and result["moved"]

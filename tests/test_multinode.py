@@ -19,6 +19,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from process_tree import run_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -83,14 +84,7 @@ def test_two_torchrun_nodes_track_to_an_mlflow_server(tiny_shards, tmp_path):
                 "track.experiment=multinode"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         env.pop("MLFLOW_TRACKING_URI", None)
-        nodes = [subprocess.Popen(node, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for _ in range(2)]
-        try:
-            logs = [n.communicate(timeout=300)[0] for n in nodes]
-        finally:
-            for n in nodes:
-                n.kill()
-        assert [n.returncode for n in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+        run_nodes(node, env, cwd=ROOT)
 
         from mlflow import MlflowClient
 
