@@ -2,9 +2,9 @@
 next to the thresholded-MinIP baseline.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/input_ablation.py --out runs/input_ablation \\
-        --result benchmarks/results/input_ablation_cpu.md train.epochs=3 train.steps_per_epoch=40
+        --result benchmarks/results/input_ablation_cpu.md
 
-(options before the config overrides: ``--inputs`` and ``--seeds`` take several values, so an override
+(the budget is the demo config's, 400 steps; a budget override such as ``train.epochs=4`` goes last: options before the config overrides: ``--inputs`` and ``--seeds`` take several values, so an override
 written right after them is read as one more of those)
 
 Steps: ``dias phantom`` (the demo's data: 128 px, 16 train / 4 val / 8 test, seed 0) -> ``dias shard`` ->

@@ -79,7 +79,7 @@ class PhantomSequence:
     frame_times: np.ndarray
     visible: np.ndarray
     radius: np.ndarray
-    injection_s: float = float("nan")
+    injection_s: float
 
 
 @dataclass
