@@ -49,9 +49,9 @@ def set_rng_state(state: dict) -> None:
 def restore_rng(states: list[dict], rank: int) -> bool:
     """Restore the RNG state ``rank`` saved (``states``: one per rank of the run that wrote the checkpoint).
 
-    A run resumed on more ranks than wrote it has none for the new ranks: they keep their own state,
-    which the trainer re-seeds from (seed, rank, step) before the first step anyway. Returns whether
-    a state was restored."""
+    A run resumed on more ranks than wrote it has none for the new ranks: they keep their own state.
+    (The trainer re-seeds torch from (seed, rank, step) at every data-stream start, so what this
+    restores that matters is numpy's and Python's state.) Returns whether a state was restored."""
     if rank >= len(states):
         return False
     set_rng_state(states[rank])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from dias_dist.atomic import atomic_write
+from dias_dist.data import location
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +42,7 @@ class DataConfig:
     augment: str = "weak"  # weak | none
     on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
     verify: bool = True  # sha256 of each shard checked against the manifest at its first use (per process)
-    cache_dir: str = ""  # remote shards: keep a local copy here (downloaded once); "" = stream them into memory at each use
+    cache_dir: str = ""  # remote shards: keep a local copy here (downloaded on first use); "" = stream them into memory at each use
 
 
 @dataclass(kw_only=True)
@@ -226,14 +227,8 @@ MINIMUMS = {
 }
 
 
-def _shards_problem(value: str) -> str | None:
-    from dias_dist.data.location import problem  # no heavy imports
-
-    return problem(value)
-
-
 # Keys whose string value must have a form: a function returning what is wrong, or None.
-FORMS = {"data.shards": _shards_problem}
+FORMS = {"data.shards": location.problem}
 
 
 def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):

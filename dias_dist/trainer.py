@@ -242,7 +242,8 @@ def _evaluate(parts: Parts, model: torch.nn.Module, split: str, out_dir: Path | 
     device = parts.engine.device
     return evaluate.evaluate_summary(model, c.data.shards, split, c.eval, device=device, out_dir=out_dir,
                                      write_images=images, amp=c.train.bf16_autocast(device),
-                                     progress=c.train.progress and dist.is_main(), cache_dir=c.data.cache_dir)
+                                     progress=c.train.progress and dist.is_main(), cache_dir=c.data.cache_dir,
+                                     verify=c.data.verify)
 
 
 def _validate(parts: Parts, state: TrainState, epoch: int) -> tuple[dict, bool]:

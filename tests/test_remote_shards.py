@@ -129,6 +129,24 @@ def test_changed_remote_shard_fails_naming_its_url(fresh_copy, tmp_path):
     assert _batches(url, verify=False)[0]["image"].shape == (4, 8, 32, 32)
     with pytest.raises(ValueError, match=rf"^{shard_url}: sha256"):  # DataLoader worker: the same first line
         next(iter(train_batches(TrainSource(url), batch_size=2, patch_size=32, num_workers=1)))
+    for tar in (folder / "test").glob("*.tar"):
+        _flip_frame_bytes(tar)
+    with pytest.raises(ValueError, match="sha256 is"):  # evaluation checks the same way ...
+        list(eval_sequences(url, "test", num_workers=0))
+    assert len(list(eval_sequences(url, "test", num_workers=0, verify=False))) == 2  # ... and obeys data.verify
+
+
+def test_a_local_shard_is_opened_once_whatever_keys_are_asked(served, tiny_shards):
+    from dias_dist.data.loader import _ReaderCache, _Skips
+
+    _, url = served
+    entry = read_manifest(tiny_shards)["splits"]["training"]["shards"][0]
+    first, second = entry["keys"][:1], entry["keys"][1:]
+    cache = _ReaderCache(_Skips("raise"))
+    local = location.join(tiny_shards, entry["name"])
+    assert cache.get(local, entry, first) is cache.get(local, entry, second)  # a memory map serves every key
+    remote = f"{url}/dsa/{entry['name']}"
+    assert cache.get(remote, entry, first) is not cache.get(remote, entry, second)  # streamed: only its keys
 
 
 def test_corrupt_remote_data_is_skipped_when_asked(fresh_copy):
@@ -279,7 +297,6 @@ def _assert_same_run(a, b):
 
 def test_torchrun_on_http_shards_matches_local(local_run, served, tmp_path):
     _, url = served
-    shards_mod._VERIFIED.clear()
     _assert_same_run(local_run, _train(f"{url}/dsa", tmp_path))
 
 
@@ -326,7 +343,8 @@ def test_killed_run_on_http_shards_resumes_to_the_local_run(served, tiny_shards,
     def command(shards, run_dir, *extra):
         return [sys.executable, str(ROOT / "launch" / "train.py"), str(ROOT / "configs" / "debug.yaml"),
                 f"data.shards={shards}", f"train.run_dir={run_dir}", "train.run_name=r", "train.epochs=1",
-                "train.checkpoint_every_steps=2", "eval.test_split=", "eval.val_every_epochs=1000", *extra]
+                "train.steps_per_epoch=12", "train.checkpoint_every_steps=2",  # a kill window of 10 steps
+                "eval.test_split=", "eval.val_every_epochs=1000", *extra]
 
     def step_of(path):
         try:
@@ -344,12 +362,12 @@ def test_killed_run_on_http_shards_resumes_to_the_local_run(served, tiny_shards,
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 2 <= step_of(last) < 4 and not (killed / "r" / "checkpoints" / "final.pt").exists()
+    assert 2 <= step_of(last) < 12 and not (killed / "r" / "checkpoints" / "final.pt").exists()
     subprocess.run(command(f"{url}/dsa", killed, "train.resume=auto"), check=True, env=env, timeout=240,
                    capture_output=True)
     a = torch.load(straight / "r" / "checkpoints" / "final.pt", weights_only=True)
     b = torch.load(killed / "r" / "checkpoints" / "final.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4
+    assert a["step"] == b["step"] == 12
     assert all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
     exp_avg = lambda ckpt: [s["exp_avg"] for s in ckpt["optimizer"]["state"].values()]  # noqa: E731
     assert all(torch.equal(x, y) for x, y in zip(exp_avg(a), exp_avg(b))) and exp_avg(a)

@@ -126,7 +126,10 @@ class _ReaderCache:
         """The reader of ``path``, checked against its manifest ``entry`` (bytes, keys and, with
         ``verify``, the sha256) when given; None when it failed and ``on_corrupt=skip``. ``keys``:
         the samples a streamed shard keeps in memory (None: all)."""
-        slot = (path, None if keys is None else tuple(keys))  # two sources may want other keys of one shard
+        # a streamed shard keeps only the samples asked for, so two sources wanting other keys of it need
+        # two readers; a memory map (a local path or a cached copy) serves every key: one reader per path
+        streamed = not (location.is_local(path) or self.cache_dir)
+        slot = (path, None if keys is None else tuple(keys)) if streamed else (path, None)
         if slot in self._streamed:
             self._streamed.remove(slot)
             self._streamed.append(slot)
@@ -150,7 +153,7 @@ MAPS_CACHED = 256  # decoded target maps kept per worker
 def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: int, per_sequence: int):
     """Infinite generator of (image float16 (T,P,P), target uint8 (P,P), is_pseudo) from one source.
 
-    Frames are cut straight from the memory-mapped shard; decoded target maps are kept in a small
+    Frames are cut straight from the shard's bytes (a memory map, or a streamed shard's memory); decoded target maps are kept in a small
     per-worker cache (they are PNGs, the only per-sequence decode cost).
     """
     strong = None
@@ -331,13 +334,14 @@ class _Reraising:
 class SequenceStream(IterableDataset):
     """Whole sequences of one split, each exactly once across ranks x workers (see module doc)."""
 
-    def __init__(self, shard_dir, split, on_corrupt="raise", keys: set[str] | None = None, cache_dir: str = ""):
+    def __init__(self, shard_dir, split, on_corrupt="raise", keys: set[str] | None = None, cache_dir: str = "",
+                 verify: bool = True):
         _Skips(on_corrupt)  # validates the value
         entry = split_entry(shard_dir, split)
         self.entries = {location.join(shard_dir, s["name"]): s for s in entry["shards"]}
         self.items = sorted((k, location.join(shard_dir, s["name"])) for s in entry["shards"] for k in s["keys"]
                             if keys is None or k in keys)
-        self.on_corrupt, self.cache_dir = on_corrupt, cache_dir
+        self.on_corrupt, self.cache_dir, self.verify = on_corrupt, cache_dir, verify
         self.rank, self.world = rank_and_world()
 
     def items_of(self, worker: int, num_workers: int) -> list[tuple[str, str]]:
@@ -348,7 +352,7 @@ class SequenceStream(IterableDataset):
     def __iter__(self):
         worker, num_workers = _worker()
         skips = _Skips(self.on_corrupt)
-        cache = _ReaderCache(skips, cache_dir=self.cache_dir)
+        cache = _ReaderCache(skips, self.verify, self.cache_dir)
         mine = self.items_of(worker, num_workers)
         wanted: dict[str, list[str]] = {}  # a streamed shard keeps only this worker's samples
         for key, path in mine:
@@ -390,15 +394,15 @@ class EvalSequences:
 
 
 def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = "raise",
-                   keys: set[str] | None = None, cache_dir: str = "") -> EvalSequences:
+                   keys: set[str] | None = None, cache_dir: str = "", verify: bool = True) -> EvalSequences:
     """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "meta"}.
 
     Each sequence of ``split`` (only those in ``keys`` when given; others are not decoded) appears
     exactly once over all ranks and workers; this rank gets the samples of its slots (sorted-key
     index mod world x workers). ``len()`` is this rank's count (for progress bars). ``shard_dir`` is
-    a folder or a URL (``location.py``); ``cache_dir`` as in ``train_batches``.
+    a folder or a URL (``location.py``); ``cache_dir`` and ``verify`` as in ``train_batches``.
     """
-    return EvalSequences(SequenceStream(shard_dir, split, on_corrupt, keys, cache_dir), num_workers)
+    return EvalSequences(SequenceStream(shard_dir, split, on_corrupt, keys, cache_dir, verify), num_workers)
 
 
 def _as_is(sample: dict) -> dict:

@@ -341,7 +341,11 @@ def shard_urls(shard_dir: str | Path, split: str) -> list[str]:
 
 
 def verify_shards(shard_dir: str | Path) -> None:
-    """Check every shard's sha256 against the manifest; ValueError naming the first mismatch."""
+    """Check every shard's sha256 against the manifest of a local folder; ValueError naming the first
+    mismatch (shards at a URL are checked as they are read, ``data.verify``)."""
+    if not location.is_local(shard_dir):
+        raise ValueError(f"verify_shards reads a local shard folder, not {shard_dir}; shards at a URL are "
+                         "checked as they are read (data.verify)")
     for split, entry in read_manifest(shard_dir)["splits"].items():
         for shard in entry["shards"]:
             path = Path(shard_dir) / shard["name"]
@@ -547,7 +551,9 @@ class StreamedShard(_Samples):
 
 def cached_copy(url: str, cache_dir: str | Path, entry: dict | None = None) -> str:
     """The local path of ``url`` in ``cache_dir``, downloaded first if absent, by WebDataset's
-    ``FileCache`` (gopen to a temporary name, renamed when complete; tar format checked).
+    ``FileCache`` (gopen to a temporary name, renamed when complete; tar format checked). There is no
+    lock between processes: ranks and workers that miss the same shard at the same moment each
+    download it, and the last rename wins (the copies are identical).
 
     Cache names are content-addressed: the manifest's sha256 of the shard (else a hash of the URL)
     and the shard's file name, so sets that share file names (``training-000000.tar``) never

@@ -134,9 +134,11 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
 
 def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig, *,
                    device: torch.device | str, out_dir: str | Path | None = None, write_images: bool = True,
-                   amp: bool = False, progress: bool | None = False, cache_dir: str = "") -> list[dict]:
+                   amp: bool = False, progress: bool | None = False, cache_dir: str = "",
+                   verify: bool = True) -> list[dict]:
     """Evaluate ``model`` on every sequence of ``split`` in ``shard_dir`` (a folder or a URL; remote
-    shards copied into ``cache_dir`` when given, see ``data.shards.open_shard``) with the paper's protocol.
+    shards copied into ``cache_dir`` when given; ``verify``: sha256 check as ``data.verify``; see
+    ``data.shards.open_shard``) with the paper's protocol.
 
     Sliding window (``eval_cfg.patch_size_px`` / ``stride_px``, zero pad, ``batch_size`` tiles per
     forward), overlap-averaged softmax vessel probability, threshold ``eval_cfg.threshold`` (or DTI),
@@ -149,7 +151,7 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
     from dias_dist.data import loader as data_loader  # imported late: evaluation without data code stays importable
 
     with model_probability_fn(model, eval_cfg, device, amp) as probability:
-        sequences = bar(data_loader.eval_sequences(shard_dir, split, cache_dir=cache_dir), desc=f"eval {split}", unit="img",
+        sequences = bar(data_loader.eval_sequences(shard_dir, split, cache_dir=cache_dir, verify=verify), desc=f"eval {split}", unit="img",
                         enabled=progress, leave=False)  # total: len() of this rank's share
         rows = evaluate_sequences(probability, sequences, eval_cfg, out_dir=out_dir, write_images=write_images)
     if not rows:

@@ -51,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
             out_dir = Path(args.checkpoint).resolve().parent.parent / "eval" / args.split
         rows = evaluate_split(model, cfg.data.shards, args.split, cfg.eval, device=device, out_dir=out_dir,
                               write_images=not args.no_images, amp=cfg.train.bf16_autocast(device),
-                              progress=None if dist.is_main() else False, cache_dir=cfg.data.cache_dir)
+                              progress=None if dist.is_main() else False, cache_dir=cfg.data.cache_dir,
+                              verify=cfg.data.verify)
         print_summary(rows, f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}, "
                             f"{args.split} split of {cfg.data.shards}")
         if dist.is_main():
