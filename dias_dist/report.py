@@ -239,17 +239,14 @@ def build_report(experiments: str | list[str] = (), *, tracking_uri: str, metric
                  filter_string: str = "", out_dir: str | Path | None = None, log_to_mlflow: bool = True,
                  report_experiment: str = REPORT_EXPERIMENT) -> dict:
     """Write the report files; returns ``{"rows", "files", "report_run_id"}``."""
-    from mlflow import MlflowClient
-
-    from dias_dist.track import experiment_id, relocate_store
+    from dias_dist.track import experiment_id, open_store
 
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
     if metric not in METRIC_NAMES:
         raise ValueError(f"--metric {metric!r} is not a metric; choose from {', '.join(METRIC_NAMES)}")
     if report_experiment in experiments:
         raise ValueError(f"{report_experiment!r} holds report runs, not runs to compare")
-    relocate_store(tracking_uri)  # a store folder moved since its runs were logged
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = open_store(tracking_uri)  # re-pointed first if its folder moved since its runs were logged
     runs = select_runs(client, experiments, filter_string, tracking_uri, report_experiment)
     rows, rpst_points = collect_rows(runs)
     title = " + ".join(experiments) or "all experiments"

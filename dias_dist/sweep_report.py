@@ -13,14 +13,11 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, exp_dir: Path
 
     The id is kept in ``<exp_dir>/parent_run_id`` so a restarted sweep keeps logging under the same parent.
     """
-    from mlflow.tracking import MlflowClient
-
-    from dias_dist.track import experiment_id, relocate_store, source_tags
+    from dias_dist.track import experiment_id, open_store, source_tags
 
     exp_dir.mkdir(parents=True, exist_ok=True)
     id_file = exp_dir / "parent_run_id"
-    relocate_store(tracking_uri)  # a store folder that was moved since the sweep started
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri)  # re-pointed first if its folder moved since the sweep started
     if id_file.exists():
         run_id = id_file.read_text().strip()
         try:

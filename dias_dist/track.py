@@ -146,6 +146,11 @@ def relocate_store(uri: str) -> list[tuple[str, str]]:
     transaction). Nothing happens for a server, a store that has not moved, or experiments whose
     artifacts live elsewhere (an explicit artifact location). A read-only store is left as it is,
     with a warning (its artifacts stay unreachable until it is opened with write access).
+
+    A store mounted at two paths at once (a host folder and a container's bind mount) is re-pointed
+    by whichever side opens it last; a run still logging from the other side would then write its
+    artifacts under a path of the wrong machine. Share a store between places with ``mlflow server``
+    (docs/docker.md), not by opening one SQLite file from both.
     """
     import sqlite3
     from contextlib import closing
@@ -178,6 +183,15 @@ def relocate_store(uri: str) -> list[tuple[str, str]]:
     return [(old, new_root) for old in old_roots]
 
 
+def open_store(uri: str):
+    """An ``MlflowClient`` of the store at ``uri``, re-pointed at its own ``mlartifacts/`` first when
+    the store's folder was moved (``relocate_store``): how dias opens a store to write or report."""
+    from mlflow import MlflowClient
+
+    relocate_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
 def git_sha() -> str:
     """The commit of the running code: the git checkout's (``mlflow.utils.git_utils``), else
     ``$DIAS_GIT_SHA`` (set in the Docker image from the ``GIT_SHA`` build argument), else ``unknown``."""
@@ -201,17 +215,11 @@ def source_tags() -> dict[str, str]:
 
 
 def system_metrics_enabled(track: TrackConfig) -> bool:
-    """``track.system_metrics`` or ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` (true/false/1/0; any other
-    value is a ValueError naming the variable and the value)."""
-    if track.system_metrics:
-        return True
-    raw = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip()
-    if raw.lower() in ("", "false", "0"):
-        return False
-    if raw.lower() in ("true", "1"):
-        return True
-    raise ValueError(f"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING={raw!r}: must be true, false, 1 or 0 "
-                     f"(or set track.system_metrics=true)")
+    """``track.system_metrics`` or ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``, read by MLflow's own parser
+    (true/false/1/0; any other value is MLflow's ValueError naming the variable and the value)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+
+    return track.system_metrics or bool(MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get())
 
 
 def artifact_location(uri: str) -> str | None:
@@ -245,11 +253,8 @@ class MLflowTracker:
             self._start_system_metrics(tracking_uri(track, run_root), bool(resume_run_id))
 
     def _start(self, track: TrackConfig, run_name: str, run_root: str | Path, method: str, resume_run_id: str) -> None:
-        from mlflow import MlflowClient
-
         uri = tracking_uri(track, run_root)
-        relocate_store(uri)
-        client = MlflowClient(tracking_uri=uri)
+        client = open_store(uri)
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")
             self.run_id, self._client = resume_run_id, client

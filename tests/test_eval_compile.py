@@ -1,5 +1,7 @@
 """eval.compile: the evaluation/prediction forward through torch.compile, off by default; equal to
 eager to float tolerance, and a failed compilation falls back to eager with a warning."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -60,8 +62,11 @@ class _no_compile_warning:
 
 
 def test_a_failed_compilation_warns_and_falls_back_to_eager(monkeypatch):
+    attempts = []
+
     def broken_compile(model, **kwargs):
         def run(x):
+            attempts.append(1)
             raise RuntimeError("no C++ compiler here")
         return run
 
@@ -72,6 +77,10 @@ def test_a_failed_compilation_warns_and_falls_back_to_eager(monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler here\)"):
         fallback = _probability(model, True)
     np.testing.assert_array_equal(fallback, eager)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the next evaluation (validation, series) neither retries nor warns
+        np.testing.assert_array_equal(_probability(model, True), eager)
+    assert len(attempts) == 1
 
 
 def test_compile_is_off_by_default_and_set_from_the_config():

@@ -12,6 +12,7 @@ Legend: N tiles, T frames, P patch side, H/W image height/width.
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -102,20 +103,25 @@ def compiled_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
     evaluation forward on the 2-core Xeon after about 15 s of compilation, outputs within 5e-6
     relative: benchmarks/README.md). The compiled code is cached per module, so later calls in the
     same process (every validation, every series) pay no second compilation for the same tile shape.
-    A compilation that fails (no C++ compiler, an unsupported platform) warns once and falls back to
-    the eager forward: the outputs are the same either way."""
+    A compilation that fails (no C++ compiler, an unsupported platform) warns once per module and
+    falls back to the eager forward for the rest of the process (later calls do not try again): the
+    outputs are the same either way."""
+    if model in _COMPILE_FAILED:
+        return model
     compiled = torch.compile(model)
-    state = {"forward": compiled}
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if state["forward"] is model:
+        if model in _COMPILE_FAILED:
             return model(x)
         try:
             return compiled(x)
         except Exception as err:  # noqa: BLE001 — inductor raises many types; eager below raises real errors
             warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); evaluating in eager "
                           "mode (eval.compile=false avoids the attempt)", RuntimeWarning, stacklevel=2)
-            state["forward"] = model
+            _COMPILE_FAILED.add(model)
             return model(x)
 
     return forward
+
+
+_COMPILE_FAILED: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # modules whose compilation failed once
