@@ -125,27 +125,63 @@ def _lock(path: Path, wait_s: float) -> int:
         raise RunFolderError(f"{path} is already in use by this process (host {socket.gethostname()} "
                              f"pid {os.getpid()}); choose another train.run_name")
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as err:
-            if err.errno not in (errno.EACCES, errno.EAGAIN):
-                os.close(fd)
-                raise
-            if time.monotonic() >= deadline:
-                holder = _holder(path)
-                os.close(fd)
-                raise RunFolderError(f"{path} is in use by a running training: {holder}; wait for it, stop it, "
-                                     f"or choose another train.run_name") from None
-            time.sleep(0.2)
+    try:
+        locked = _lock_within(fd, wait_s)
+    except OSError:
+        os.close(fd)
+        raise
+    if not locked:
+        holder = _holder(path)
+        os.close(fd)
+        raise RunFolderError(f"{path} is in use by a running training: {holder}; wait for it, stop it, "
+                             f"or choose another train.run_name")
     record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                          "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]})
     os.ftruncate(fd, 0)
     os.pwrite(fd, record.encode(), 0)
     _HELD.add(str(path))
     return fd
+
+
+def _lock_within(fd: int, wait_s: float) -> bool:
+    """Lock ``fd`` exclusively, polling until ``wait_s`` has passed; False when another process still holds it
+    then. Errors other than contention (no lock support, ...) are raised."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def wait_free(path: str | Path, wait_s: float) -> bool:
+    """Wait up to ``wait_s`` until no process holds the lock of the run folder ``path`` (a holder that is
+    still exiting); True when it is free or has no lock file. Takes nothing: the lock is released at once.
+
+    False when it is still held at the end, and at once when this process holds it (``claim``: a POSIX
+    lock never conflicts within its process, and closing any descriptor of the file would drop it). An
+    error other than contention also returns True: the ``claim`` that follows reports it with the path."""
+    path = Path(path)
+    if str(path) in _HELD:
+        return False
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return True  # no lock file: nobody ever held the folder (other faults: see above)
+    try:
+        if not _lock_within(fd, wait_s):
+            return False
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def claim(run_dir: str | Path, *, continuing: bool, auto: bool, overwrite: bool, wait_s: float = 0.0) -> RunFolder:

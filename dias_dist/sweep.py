@@ -39,6 +39,7 @@ METRIC = "val_dsc"
 COORDINATOR_CPU = 0.01  # the Tune function that only drives a TorchTrainer; its workers get the rest
 CHECKPOINT_FILE = "last.pt"  # inside a trial's Tune checkpoint: the run's last.pt at the reported step
 TRIAL_FILE = "trial.json"  # inside a trial's Tune checkpoint: {"trial": name, "step": step, "metrics": {...}}
+HOLDER_EXIT_WAIT_S = 120.0  # a restarted trial waits this long for its stopped instance to let go of the run folder
 SCHEDULERS = ("fifo", "asha", "pbt")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -85,32 +86,6 @@ def train_trial(params: dict, spec: dict) -> None:
     reporter.final(final)
 
 
-def _wait_for_holder(run_folder: Path, timeout_s: float = 120.0) -> None:
-    """Wait until no process holds the run folder's lock (``dias_dist.run_lock``): the stopped instance
-    of a trial that Tune restarts (PBT, restore) may still be exiting and writing ``last.pt``."""
-    import fcntl
-
-    from dias_dist.run_lock import LOCK_NAME
-
-    lock = run_folder / LOCK_NAME
-    if not lock.is_file():
-        return
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.lockf(fd, fcntl.LOCK_UN)
-                return
-            except OSError:
-                if time.monotonic() >= deadline:
-                    return  # the run's own claim reports the holder
-                time.sleep(0.2)
-    finally:
-        os.close(fd)
-
-
 def _checkpoint_reporter(trial_name: str) -> Callable[..., None]:
     """``report(metrics, checkpoint=None)``: ``tune.report``, with a Tune checkpoint of ``last.pt``
     (hard-linked into a temporary folder with ``trial.json``: trial, step and the reported metrics, which a
@@ -147,12 +122,14 @@ def restore_trial_checkpoint(tune_checkpoint, spec: dict, trial_name: str, param
     ``tune.restored_from`` (``<trial>@<step>``) and the trial's current values as metrics ``tune.<key>``
     at that step (a PBT schedule is visible in MLflow). Returns the checkpoint's ``trial.json`` or None.
     """
-    from dias_dist import checkpoint
+    from dias_dist import checkpoint, run_lock
 
     if tune_checkpoint is None:
         return None
     own = Path(spec["run_dir"]) / trial_name / "checkpoints" / "last.pt"
-    _wait_for_holder(own.parent.parent)
+    # the stopped instance of this trial (PBT, restore) may still be exiting and writing last.pt; if it
+    # still holds the folder after the wait, the run's own claim reports the holder
+    run_lock.wait_free(own.parent.parent, HOLDER_EXIT_WAIT_S)
     with tune_checkpoint.as_directory() as folder:
         info_file = Path(folder) / TRIAL_FILE
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
@@ -162,8 +139,7 @@ def restore_trial_checkpoint(tune_checkpoint, spec: dict, trial_name: str, param
         if not (Path(folder) / CHECKPOINT_FILE).is_file():
             return None  # not a checkpoint of this module (nothing to continue from)
         payload = checkpoint.load(Path(folder) / CHECKPOINT_FILE)
-    run_id = payload.get("mlflow_run_id", "") if mine else (
-        checkpoint.load(own).get("mlflow_run_id", "") if own.is_file() else "")
+    run_id = payload.get("mlflow_run_id", "") if mine else _started_run_id(own.parent.parent)
     payload.update(run_name=trial_name, mlflow_run_id=run_id)
     checkpoint.save(own, payload)
     step = int(payload.get("step", 0))
@@ -182,6 +158,15 @@ def restore_trial_checkpoint(tune_checkpoint, spec: dict, trial_name: str, param
         except Exception as err:  # noqa: BLE001 - tracking must not stop the trial
             warnings.warn(f"MLflow: could not record the restore of {trial_name} ({err})", RuntimeWarning)
     return info
+
+
+def _started_run_id(run_folder: Path) -> str:
+    """The MLflow run of the trial's own run folder: ``start.json`` (``elastic.record_start``, written by every
+    run before its first step, so before any ``last.pt`` of it); "" when the folder has none (never started,
+    or gone)."""
+    from dias_dist.elastic import _read_start
+
+    return str((_read_start(run_folder) or {}).get("mlflow_run_id") or "")
 
 
 def rpst_trial(params: dict, spec: dict) -> None:
@@ -445,10 +430,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
     cfg_path = Path(spec.config).resolve()
     base = load_config(cfg_path, spec.overrides)  # validate before starting anything
     check_grid(cfg_path, spec.overrides, spec.param_space)
-    if spec.scheduler not in SCHEDULERS:
-        raise ValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
-    if spec.scheduler == "pbt":
-        _pbt_mutations(spec)  # raises when there is nothing to mutate
+    scheduler = _scheduler(spec)  # raises for an unknown --scheduler and PBT settings it cannot run
     run_dir = Path(base.train.run_dir).resolve()
     storage = storage_location(storage_path, run_dir)
     exp_location = experiment_location(storage, spec.name)  # Tune's experiment folder (maybe a URI)
@@ -506,7 +488,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
             tuner = tune.Tuner(
                 trainable,
                 param_space=_param_space(spec),
-                tune_config=tune.TuneConfig(num_samples=spec.num_samples, scheduler=_scheduler(spec)),
+                tune_config=tune.TuneConfig(num_samples=spec.num_samples, scheduler=scheduler),
                 run_config=tune.RunConfig(
                     name=spec.name, storage_path=storage,
                     stop=NoImprovementStopper() if spec.kind == "rpst" and spec.stop_on_plateau else None,
