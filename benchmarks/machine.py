@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from dias_dist.losses import ce_dice_loss
-from dias_dist.predict.cli import cpu_has_bf16
+from dias_dist.predict.cli import native_bf16
 
 
 def cpu_model() -> str:
@@ -31,10 +31,8 @@ def cpu_model() -> str:
 
 
 def has_bf16_matmul(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX-BF16."""
-    if device.type == "cuda":
-        return True
-    return cpu_has_bf16()  # the same test `dias predict --fast` uses
+    """Whether ``device`` multiplies bf16 natively: the same test `dias predict --fast` uses."""
+    return native_bf16(device)
 
 
 def load_average() -> list[float] | None:

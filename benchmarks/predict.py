@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="speed,dsc,tile-speed",
                         help="comma list of: speed (predict vs evaluate), dsc and tile-speed (the tile study)")
     parser.add_argument("--tile", default="64/32", help="TILE/STRIDE of the speed section (0/0: whole image)")
-    parser.add_argument("--speed-tiles", default="64/32,128/96,256/224,0/0",
+    parser.add_argument("--speed-tiles", default="64/32,64/48,128/96,256/224,0/0",
                         help="TILE/STRIDE settings timed by tile-speed (the others keep earlier values)")
     parser.add_argument("--dsc-limit", type=int, default=0, help="score only the first N test sequences of --data")
     parser.add_argument("--bf16", action="store_true",

@@ -33,6 +33,14 @@ def cpu_has_bf16() -> bool:
     return bool(set(flags.split()) & {"avx512_bf16", "amx_bf16"})
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 natively: a CUDA GPU that supports it (Ampere or later), or a
+    CPU with AVX512-BF16 or AMX-BF16. ``--fast`` turns bf16 on only there."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="best.pt / final.pt, or runs:/<id>/model, models:/<name>/<v>")
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
@@ -89,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
     if tile < 0 or (tile > 0 and not 0 < stride <= tile):
         raise ValueError(f"--tile {tile} --stride {stride}: need 0 < stride <= tile (or tile 0: whole image)")
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
-    fast_bf16 = args.fast and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
+    fast_bf16 = args.fast and native_bf16(device)
     amp = cfg.train.bf16_autocast(device) or args.bf16 or fast_bf16
     paths = expand_inputs(args.inputs)
     out_root = Path(args.out)
