@@ -17,7 +17,8 @@
   guarantees that no other process is writing them.
 - ``release(status)``: unlock; a run that failed before writing any checkpoint or metric in a
   folder it created removes that folder (a failed start leaves nothing behind), unless torchrun
-  will restart it (``keep_on_failure``): the restart continues that folder and its MLflow run.
+  will restart it and the folder already holds the job's ``start.json`` (``keep_on_failure``, set by the
+  trainer): the restart continues that folder and its MLflow run.
 
 Folder faults (``run_dir`` is a file, not writable, disk full) become ``RunFolderError``, a
 ``ValueError`` whose one line names the path and the cause (``describe_os_error``).
@@ -233,14 +234,13 @@ def claim(run_dir: str | Path, *, continuing: bool, auto: bool, overwrite: bool,
 
 
 def claim_on_main(run_dir: Path, train_cfg, resume_from: Path | None, *, enabled: bool = True,
-                  wait_s: float = 0.0, restarted_job: bool = False, keep_on_failure: bool = False) -> RunFolder:
+                  wait_s: float = 0.0, restarted_job: bool = False) -> RunFolder:
     """``claim`` on rank 0 (the rank that writes the run folder); every rank raises its error.
 
     train_cfg: the ``train`` config section (``resume``, ``overwrite``); resume_from: the checkpoint
     the run resumes from, if any. ``enabled=False`` (dry runs) claims nothing. restarted_job: rank 0 is a
     torchrun restart of the job that started this folder and wrote no checkpoint yet (``elastic.unfinished_start``):
-    the folder is continued as it is, and counts as created by this run (the job created it).
-    keep_on_failure: torchrun restarts a failed attempt (``elastic.restarts_left``), so a failure keeps the folder."""
+    the folder is continued as it is, and counts as created by this run (the job created it)."""
     from dias_dist import dist
 
     folder, error = RunFolder(None), None
@@ -251,7 +251,6 @@ def claim_on_main(run_dir: Path, train_cfg, resume_from: Path | None, *, enabled
             folder = claim(run_dir, continuing=continuing, auto=train_cfg.resume == "auto",
                            overwrite=train_cfg.overwrite, wait_s=wait_s)
             folder.created = folder.created or restarted_job
-            folder.keep_on_failure = keep_on_failure
         except ValueError as err:
             error = err
     message = dist.broadcast_object(None if error is None else str(error)) if enabled else None

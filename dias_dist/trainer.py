@@ -75,7 +75,11 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     # a torchrun restart of a job killed before its first checkpoint: the same folder and MLflow run, from step 0
     started = elastic.unfinished_start(run_dir, uri) if resume_from is None and dist.is_main() and not dry_run else None
     folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s(),
-                                    restarted_job=started is not None, keep_on_failure=elastic.restarts_left() > 0)
+                                    restarted_job=started is not None)
+    # a failure keeps the folder for torchrun's restart only while it holds a start.json to continue: without one
+    # the restart cannot tell the folder from another job's (elastic) and would refuse it, so until record_start
+    # below a failed start of a new folder leaves nothing behind
+    folder.keep_on_failure = started is not None and elastic.restarts_left() > 0
     t = cfg.train
     torch.backends.cudnn.benchmark = not t.deterministic  # the reference sets benchmark=True
     if t.deterministic:
@@ -101,6 +105,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
                            resume_run_id=state.run_id)
     if writes:  # before the first step: a restart finds this folder's MLflow run even without a checkpoint
         elastic.record_start(run_dir, tracker.run_id, uri)
+        folder.keep_on_failure = elastic.restarts_left() > 0  # torchrun's restart continues this folder and run
     log, tracker = run_history.skip_logged(log, tracker, state.step, uri,
                                            resumed=resume_from is not None or started is not None)
     if writes and state.step == 0:  # a new run, or a restart before the first checkpoint (the killed attempt

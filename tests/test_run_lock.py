@@ -133,10 +133,38 @@ def test_read_only_run_dir_is_one_line(tmp_path):
 
 def test_a_failed_attempt_that_torchrun_restarts_keeps_its_folder_for_the_restart(tmp_path):
     folder = claim(tmp_path / "runs" / "job", continuing=False, auto=False, overwrite=False)
-    folder.keep_on_failure = True  # elastic.restarts_left() > 0: run_lock.claim_on_main sets it
     (tmp_path / "runs" / "job" / "start.json").write_text("{}")
+    folder.keep_on_failure = True  # elastic.restarts_left() > 0: the trainer sets it once start.json is written
     folder.release("FAILED")
     assert (tmp_path / "runs" / "job" / "start.json").is_file()
+
+
+def test_an_attempt_that_fails_before_its_start_record_leaves_a_folder_the_restart_can_claim(
+        tiny_shards, tmp_path, monkeypatch, capsys):
+    """A named run under torchrun with restarts left fails after writing config.yaml but before start.json
+    (here: building the tracker): the folder goes, as for any failed start, and the restart trains in it;
+    kept, it would hold an earlier run that the restart cannot prove its own and would refuse."""
+    from dias_dist import cli, trainer
+
+    def unreachable(*args, **kwargs):
+        assert (tmp_path / "r" / "config.yaml").is_file()  # the window: the folder is prepared, no start.json
+        raise ValueError("tracker down")
+
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setattr(trainer, "make_tracker", unreachable)
+    argv = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.shards={tiny_shards}", f"train.run_dir={tmp_path}",
+            "train.run_name=r", "eval.test_split=", "train.epochs=1", "train.steps_per_epoch=2"]
+    assert cli.main(argv) == 2
+    assert "tracker down" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / "r" / "checkpoints" / "final.pt").is_file()
 
 
 @pytest.mark.parametrize("record, resumes", [
