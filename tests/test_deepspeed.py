@@ -192,6 +192,13 @@ def worker(out_dir: Path) -> None:
         result["zero2_from_ddp_state_diff"] = _state_diff(own, ddp_state)
     legacy = {"format": SHARDED_FORMAT, "zero_stage": 2, "bf16": False, "world_size": 2, "ranks": []}
     result["legacy_format_error"] = _error_of(lambda: engines["zero1"].load_state_dict({**zero2_state, "optimizer": legacy}))
+    # two AdamW step counts in one group (ZeRO keeps one): refused before any weight is loaded
+    uneven = copy.deepcopy(zero2_state)
+    uneven["optimizer"]["state"][0]["step"] = uneven["optimizer"]["state"][0]["step"] + 1
+    uneven["model"] = {k: v * 0 if v.is_floating_point() else v for k, v in uneven["model"].items()}
+    before = _params(engines["zero1"])
+    result["uneven_steps_error"] = _error_of(lambda: engines["zero1"].load_state_dict(uneven))
+    result["uneven_steps_weights_diff"] = _max_diff(_params(engines["zero1"]), before)
     result["deepspeed_version"] = deepspeed.__version__
 
     (out_dir / f"rank{dist.rank()}.json").write_text(json.dumps(result))
@@ -342,6 +349,12 @@ def test_cross_engine_and_cross_stage_resume(ranks):
         assert "cannot be resumed under DeepSpeed ZeRO-1" in result["legacy_format_error"]
     assert ranks[0]["zero1_from_zero2_state_diff"] == 0.0
     assert ranks[0]["zero2_from_ddp_state_diff"] == 0.0  # a DDP checkpoint partitioned by ZeRO-2, exactly
+
+
+def test_a_checkpoint_with_two_step_counts_in_one_group_is_refused_before_loading(ranks):
+    for result in ranks:
+        assert "parameter group 0 has AdamW step counts [" in result["uneven_steps_error"]
+        assert result["uneven_steps_weights_diff"] == 0.0  # the model is left as it was
 
 
 def test_state_dict_is_complete_on_rank0_only(ranks):

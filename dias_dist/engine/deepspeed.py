@@ -407,16 +407,33 @@ class DeepSpeedEngine:
         if sizes != ours:
             raise ValueError(f"checkpoint optimizer state has parameter groups of sizes {sizes}; this model's "
                              f"AdamW has {ours} (a different model or a foreign checkpoint)")
+        steps = self._group_steps(saved) if self.sharded else None  # refused before anything is loaded
         self.unwrap().load_state_dict(state["model"])  # copy_ casts fp32 -> the bf16 weights if needed
         if self.sharded:
-            self._distribute(state["model"], saved)
+            self._distribute(state["model"], saved, steps)
         else:
             self._client_optimizer.load_state_dict(saved)
         self.schedule.load_state_dict(state["scheduler"])
 
-    def _distribute(self, model_state: dict, saved: dict) -> None:
-        """Partition fp32 masters (from ``model_state``) and AdamW state (``saved``, plain torch format)
-        over this world size: each rank copies the fragments it owns.
+    def _group_steps(self, saved: dict) -> list[torch.Tensor]:
+        """The AdamW step count of each param group in ``saved`` (plain torch format; 0 for a group without
+        state). ValueError when the parameters of one group disagree: ZeRO keeps one count per group."""
+        entries, steps, index = saved["state"], [], 0
+        for g, group in enumerate(self._groups):
+            indices = range(index, index + len(group))
+            index += len(group)
+            counts = {float(entries[i]["step"]) for i in indices if i in entries}
+            if len(counts) > 1:
+                raise ValueError(f"checkpoint optimizer state: parameter group {g} has AdamW step counts "
+                                 f"{sorted(counts)}; ZeRO keeps one count per group")
+            first = next((i for i in indices if i in entries), None)
+            steps.append(torch.as_tensor(entries[first]["step"]).clone() if first is not None else torch.tensor(0.0))
+        return steps
+
+    def _distribute(self, model_state: dict, saved: dict, steps: list[torch.Tensor]) -> None:
+        """Partition fp32 masters (from ``model_state``) and AdamW state (``saved``, plain torch format, each
+        group's step count in ``steps``: ``_group_steps``) over this world size: each rank copies the fragments
+        it owns.
 
         ZeRO keeps one AdamW state per group (over its flat partition); a group the checkpoint has no
         state for starts at step 0 with zero moments, which is what torch's AdamW does for it."""
@@ -424,24 +441,18 @@ class DeepSpeedEngine:
 
         base, names, entries = self.optimizer.optimizer, self._param_names(), saved["state"]
         flats, index, spans = self._fp32_partitions(), 0, []
-        for g, (group, flat, saved_group) in enumerate(zip(self._groups, flats, saved["param_groups"])):
+        for g, (group, flat, saved_group, step) in enumerate(zip(self._groups, flats, saved["param_groups"], steps)):
             indices = list(range(index, index + len(group)))
             index += len(group)
-            steps = {float(entries[i]["step"]) for i in indices if i in entries}
-            if len(steps) > 1:
-                raise ValueError(f"checkpoint optimizer state: parameter group {g} has AdamW step counts "
-                                 f"{sorted(steps)}; ZeRO keeps one count per group")
-            first = next((i for i in indices if i in entries), None)
-            step = torch.as_tensor(entries[first]["step"]).clone() if first is not None else torch.tensor(0.0)
             spans.append((flat, step, group, indices))
             base.param_groups[g].update({k: v for k, v in saved_group.items()
                                          if k != "params" and k in base.param_groups[g]})
             for param in group:
                 safe_set_full_fp32_param(param, model_state[names[id(param)]].to(flat.device, torch.float32))
-        self.optimizer._hp_optimizer_states_linked = False  # DeepSpeed links the state fragments lazily
         if not entries:  # a checkpoint taken before the first step: AdamW starts fresh, as torch's would
             for flat in flats:
                 base.state.pop(flat, None)
+            self.optimizer._hp_optimizer_states_linked = False  # DeepSpeed links the fragments after the next step
             return
         for flat, step, _, _ in spans:
             base.state[flat] = {"step": step, **{key: torch.zeros_like(flat) for key in ADAM_STATE_KEYS}}
