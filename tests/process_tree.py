@@ -6,23 +6,32 @@ import subprocess
 from pathlib import Path
 
 
-def kill_job(agent_pid: int) -> None:
-    """SIGKILL the torchrun agent and every process below it at once. torchrun starts each worker in a
-    session of its own, so killing the agent's process group would leave the workers running (orphans)."""
-    children: dict[int, list[int]] = {}
+def children() -> dict[int, list[int]]:
+    """{pid: its child pids} of every process now running (read from /proc)."""
+    found: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [agent_pid]
+                continue  # gone meanwhile
+            found.setdefault(ppid, []).append(int(entry.name))
+    return found
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents before their children."""
+    below, found, todo = children(), [], [pid]
     while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    for pid in tree:
+        found.append(todo.pop())
+        todo.extend(below.get(found[-1], []))
+    return found
+
+
+def kill_job(agent_pid: int) -> None:
+    """SIGKILL the torchrun agent and every process below it at once. torchrun starts each worker in a
+    session of its own, so killing the agent's process group would leave the workers running (orphans)."""
+    for pid in tree(agent_pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

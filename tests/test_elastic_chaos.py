@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from process_tree import kill_job
+from process_tree import children, kill_job
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 6  # 2 epochs of 3 steps, a checkpoint every step, validation after each epoch
@@ -98,16 +98,13 @@ def mlflow_runs(run_dir: Path) -> list[str]:
 def worker_pids(agent_pid: int, rank: int) -> list[int]:
     """Worker processes of the torchrun agent ``agent_pid`` with RANK=``rank`` (read from /proc)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in children().get(agent_pid, []):
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == agent_pid and f"RANK={rank}".encode() in environ:
-            found.append(int(entry.name))
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if f"RANK={rank}".encode() in environ:
+            found.append(pid)
     return found
 
 
