@@ -1,49 +1,53 @@
 """The ``dias`` command line: one argparse subcommand per capability, each living next to the code it drives.
 
 Every command module exposes ``add_arguments(parser)`` and ``main(args) -> int``; ``COMMANDS`` below
-imports them explicitly and gives each a one-line help and one example.
+names them and gives each a one-line help and one example. A command's module (and with it torch,
+MLflow, ...) is imported only when that command runs or its help is asked for, so ``dias --version``
+and ``dias --help`` answer at once (``tests/test_cli_speed.py``).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from types import ModuleType
 
-from dias_dist import __version__, report, train_cli
-from dias_dist.data import phantom_cli, scribbles_cli, shard_cli
-from dias_dist.evaluation import baseline, evaluate_cli, score
-from dias_dist.models import listing
-from dias_dist.predict import cli as predict_cli
-from dias_dist.semi import rpst_cli
+from dias_dist import __version__
 
-COMMANDS: dict[str, tuple[ModuleType, str, str]] = {
+COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, one-line help, one example)
-    "phantom": (phantom_cli, "generate a synthetic DSA data set in the DIAS release layout",
+    "phantom": ("dias_dist.data.phantom_cli", "generate a synthetic DSA data set in the DIAS release layout",
                 "dias phantom data/phantom --size 256 --train 8 --val 2 --test 4"),
-    "shard": (shard_cli, "pack a DIAS-layout folder into WebDataset shards",
+    "shard": ("dias_dist.data.shard_cli", "pack a DIAS-layout folder into WebDataset shards",
               "dias shard data/phantom shards/demo"),
-    "scribbles": (scribbles_cli, "generate RDFA scribbles for a fully annotated data set",
+    "scribbles": ("dias_dist.data.scribbles_cli", "generate RDFA scribbles for a fully annotated data set",
                   "dias scribbles data/phantom --split training"),
-    "baseline": (baseline, "evaluate the MinIP-threshold baseline on a split of a shard set",
+    "baseline": ("dias_dist.evaluation.baseline", "evaluate the MinIP-threshold baseline on a split of a shard set",
                  "dias baseline shards/demo --split test --out runs/baseline"),
-    "score": (score, "score a folder of probability maps against label PNGs",
+    "score": ("dias_dist.evaluation.score", "score a folder of probability maps against label PNGs",
               "dias score predictions/ data/phantom/test/labels"),
-    "models": (listing, "list registered models with input layout and parameter count", "dias models"),
-    "train": (train_cli, "train in this process (several processes: torchrun -m dias_dist.train)",
+    "models": ("dias_dist.models.listing", "list registered models with input layout and parameter count", "dias models"),
+    "train": ("dias_dist.train_cli", "train in this process (several processes: torchrun -m dias_dist.train)",
               "dias train configs/debug.yaml train.max_steps=2"),
-    "evaluate": (evaluate_cli, "evaluate a checkpoint on a split",
+    "evaluate": ("dias_dist.evaluation.evaluate_cli", "evaluate a checkpoint on a split",
                  "dias evaluate runs/debug/NAME/checkpoints/best.pt --split test"),
-    "predict": (predict_cli, "vessel masks for your own series (frames, DICOM, .npy)",
+    "predict": ("dias_dist.predict.cli", "vessel masks for your own series (frames, DICOM, .npy)",
                 "dias predict runs:/RUN_ID/model my_series.dcm --out pred/"),
-    "report": (report, "Table II/III-style comparison of finished MLflow runs",
+    "report": ("dias_dist.report", "Table II/III-style comparison of finished MLflow runs",
                "dias report dias-supervised --metric dsc"),
-    "rpst": (rpst_cli, "semi-supervised random-patch self-training (teacher + rounds)",
+    "rpst": ("dias_dist.semi.rpst_cli", "semi-supervised random-patch self-training (teacher + rounds)",
              "dias rpst configs/semi/rpst_cpu.yaml data.num_labeled=3"),
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The ``dias`` parser and its subcommand parsers by name."""
+def command_module(name: str) -> ModuleType:
+    """The module behind command ``name`` (imported now)."""
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``dias`` parser and its subcommand parsers by name. Every subcommand parser gets its
+    arguments (its module is imported) unless ``only`` names one command: then only that one does."""
     parser = argparse.ArgumentParser(prog="dias", description="DSA artery segmentation: data, training, evaluation.",
                                      epilog="example: dias train configs/debug.yaml  (dias COMMAND -h for one command)")
     parser.add_argument("--version", action="version", version=f"dias {__version__}")
@@ -51,7 +55,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     commands = {}
     for name, (module, help_text, example) in COMMANDS.items():
         commands[name] = sub.add_parser(name, help=help_text, description=help_text, epilog=f"example: {example}")
-        module.add_arguments(commands[name])
+        if only is None or name == only:
+            command_module(name).add_arguments(commands[name])
     return parser, commands
 
 
@@ -68,9 +73,10 @@ def run_command(module: ModuleType, parser: argparse.ArgumentParser, argv: list[
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, commands = build_parser()
-    if argv and argv[0] in commands:
-        return run_command(COMMANDS[argv[0]][0], commands[argv[0]], argv[1:])
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    parser, commands = build_parser(only=chosen or "")
+    if chosen:
+        return run_command(command_module(chosen), commands[chosen], argv[1:])
     if argv and not argv[0].startswith("-"):
         parser.print_usage(sys.stderr)
         print(f"dias: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
