@@ -274,7 +274,8 @@ RANGES: dict[str, Range] = {
     "eval.patch_size_px": Range(1, 16384), "eval.stride_px": Range(1, 16384), "eval.batch_size": POSITIVE,
     "eval.threshold": Range(0.0, 1.0, open_low=True, open_high=True), "eval.val_every_epochs": POSITIVE,
     "eval.select_from_epoch": NON_NEGATIVE,
-    "rpst.num_unlabeled": NON_NEGATIVE, "rpst.labeled_prob": PROBABILITY, "rpst.rounds": Range(1, 1000),
+    "rpst.num_unlabeled": NON_NEGATIVE, "rpst.labeled_prob": Range(0.0, 1.0, open_low=True, open_high=True),
+    "rpst.rounds": Range(1, 1000),
     "rpst.teacher_epochs": NON_NEGATIVE, "rpst.student_epochs": NON_NEGATIVE,
 }
 # Numeric lists: every element in the range, and the list this long.
