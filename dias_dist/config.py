@@ -6,6 +6,11 @@ wrong types and missing required values raise ``ValueError`` naming the file, th
 valid keys. ``model.params`` and ``method.params`` are free-form dicts passed as keyword
 arguments to the registered constructor, whose signature is their schema (checked by
 ``dias_dist.models.build_model`` / ``dias_dist.methods.build_method``).
+
+Every numeric key has a range (``RANGES``, ``LIST_RANGES``, ``MODEL_PARAM_RANGES`` for the model sizes),
+checked by ``from_dict`` wherever a config comes from (a file, overrides, a checkpoint); ``load_config``
+also caps the file's size and its values with aliases expanded, and bounds the sizes by host memory
+(``check_memory``). ``train.run_name`` is one folder name; ``eval.select_metric`` a metric.
 """
 from __future__ import annotations
 
@@ -317,20 +322,18 @@ FORMS = {"data.shards": location.problem, "train.run_name": run_name_problem,
 
 
 def count_values(data: Any, where: str, source: str, limit: int = MAX_CONFIG_VALUES) -> int:
-    """Number of values in nested dicts / lists ``data``, counting a shared (aliased) one at every use;
-    ValueError as soon as it passes ``limit`` (so an alias bomb is refused after ``limit`` steps)."""
+    """Number of values in nested dicts / lists ``data`` (containers, keys and leaves), counting a shared
+    (aliased) one at every use; ValueError as soon as the values seen plus those waiting pass ``limit``,
+    so an alias bomb is refused after at most ``limit`` steps."""
     count, stack = 0, [data]
     while stack:
         item = stack.pop()
         count += 1
-        if count > limit:
-            raise ValueError(f"{source}: {where or 'the config'} holds more than {limit} values with its YAML "
-                             f"aliases expanded (an alias bomb?); the limit is {limit}")
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+        if isinstance(item, (dict, list, tuple)):
+            if count + len(stack) + len(item) * (2 if isinstance(item, dict) else 1) > limit:
+                raise ValueError(f"{source}: {where or 'the config'} holds more than {limit} values with its YAML "
+                                 f"aliases expanded (an alias bomb?); the limit is {limit}")
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
     return count
 
 
@@ -451,23 +454,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 
 def available_memory() -> int | None:
-    """Bytes of host memory available now (psutil when installed, else /proc/meminfo, else sysconf)."""
+    """Bytes of host memory available now: psutil when installed, else /proc/meminfo, else sysconf; within a
+    cgroup v2 memory limit (a container), what is left of the limit when that is less."""
+    found = None
     try:
         import psutil
 
-        return int(psutil.virtual_memory().available)
+        found = int(psutil.virtual_memory().available)
     except Exception:  # noqa: BLE001 - not installed or not supported here: try the next way
-        pass
+        try:
+            lines = Path("/proc/meminfo").read_text().splitlines()
+            found = next(int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:"))
+        except (OSError, ValueError, IndexError, StopIteration):
+            try:
+                found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError, AttributeError):
+                pass
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found = left if found is None else min(found, left)
+    except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return found
 
 
 def memory_estimate(cfg: Config) -> dict[str, int]:
