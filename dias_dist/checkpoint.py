@@ -22,6 +22,7 @@ import torch
 from dias_dist import dist
 from dias_dist.atomic import atomic_write
 from dias_dist.config import Config, TrainConfig, save_config
+from dias_dist.run_lock import RunFolderError, describe_os_error
 
 
 def rng_state() -> dict:
@@ -58,11 +59,45 @@ def restore_rng(states: list[dict], rank: int) -> bool:
     return True
 
 
+class CheckpointWriteError(RunFolderError, OSError):
+    """A checkpoint that could not be written (disk full, quota, I/O error): one line naming the file and the
+    cause. A ``ValueError`` (the CLIs print it as one error line) and an ``OSError`` (a file fault);
+    ``errno`` is the cause's."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def save(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically (a crash leaves the previous file intact)."""
-    with atomic_write(path, "wb", fsync=True) as handle:
-        torch.save(payload, handle)
+    """Write ``payload`` to ``path`` atomically (a crash leaves the previous file intact).
+
+    A failed write (``torch.save`` raises the ``OSError`` of a full disk as it is, or, when it happens while the
+    zip is being closed, a ``RuntimeError`` "unexpected pos" with the ``OSError`` as its context) becomes
+    ``CheckpointWriteError``: one line naming the file and the cause."""
+    try:
+        with atomic_write(path, "wb", fsync=True) as handle:
+            torch.save(payload, handle)
+    except (OSError, RuntimeError) as err:
+        raise _write_error(err, Path(path)) from None
     return Path(path)
+
+
+def _write_error(err: BaseException, path: Path) -> CheckpointWriteError:
+    """The one-line error of a failed checkpoint write, from the ``OSError`` behind ``err`` when there is one."""
+    cause = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        line = f"{path}: checkpoint could not be written ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    else:
+        line = describe_os_error(cause, str(path))
+        if cause.errno is None:  # an OSError without errno says only its text
+            line = f"{path}: checkpoint could not be written ({str(cause)[:200] or type(cause).__name__})"
+        elif cause.filename and Path(cause.filename).name != path.name:  # the temporary file: say what it was for
+            line = line.replace(f"{cause.filename}:", f"{cause.filename} (writing {path}):", 1)
+    error = CheckpointWriteError(line)
+    error.errno = getattr(cause, "errno", None)
+    return error
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
@@ -82,6 +117,27 @@ def model_state(path: str | Path) -> dict:
     if "model" not in payload:
         raise ValueError(f"checkpoint {path} has no 'model' entry; keys: {', '.join(payload)}")
     return payload["model"]
+
+
+def load_weights(network: torch.nn.Module, state: dict, source: str | Path) -> None:
+    """``network.load_state_dict(state)`` (strict); weights that do not fit the network (a checkpoint whose
+    config was edited, or another model's weights) are a ValueError naming ``source`` and the first
+    missing, unexpected or mismatching key with both shapes."""
+    own = network.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise ValueError(f"checkpoint {source}: weight {key!r} does not exist in the model its config builds "
+                             f"({type(network).__name__}); the weights are another model's")
+        shape = tuple(getattr(value, "shape", ()))
+        if torch.is_tensor(value) and shape != tuple(own[key].shape):
+            raise ValueError(f"checkpoint {source}: weight {key!r} has shape {shape} but the model its config builds "
+                             f"({type(network).__name__}) expects {tuple(own[key].shape)}; do the weights fit "
+                             f"model.params (width, num_frames, num_classes)?")
+    missing = [key for key in own if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {source}: the model its config builds ({type(network).__name__}) needs weight "
+                         f"{missing[0]!r}, which the checkpoint lacks ({len(missing)} missing)")
+    network.load_state_dict(state)
 
 
 def broadcast_model_state(path: str | Path) -> dict:

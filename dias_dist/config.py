@@ -6,10 +6,17 @@ wrong types and missing required values raise ``ValueError`` naming the file, th
 valid keys. ``model.params`` and ``method.params`` are free-form dicts passed as keyword
 arguments to the registered constructor, whose signature is their schema (checked by
 ``dias_dist.models.build_model`` / ``dias_dist.methods.build_method``).
+
+Every numeric key has a range (``RANGES``, ``LIST_RANGES``, ``MODEL_PARAM_RANGES`` for the model sizes),
+checked by ``from_dict`` wherever a config comes from (a file, overrides, a checkpoint); ``load_config``
+also caps the file's size and its values with aliases expanded, and bounds the sizes by host memory
+(``check_memory``). ``train.run_name`` is one folder name; ``eval.select_metric`` a metric.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,17 +225,142 @@ def _check_type(value: Any, annotation: Any, where: str, source: str) -> Any:
     raise ValueError(f"{source}: {where} must be {name}, got {type(value).__name__} {value!r}")
 
 
-# Lower bounds of numeric keys: a bad value is named here, not by the function that would trip on it.
-MINIMUMS = {
-    "data.patch_size_px": 1, "data.patches_per_sequence": 1, "data.shuffle_buffer": 0, "data.num_workers": 0,
-    "data.num_labeled": 0, "train.epochs": 1, "train.steps_per_epoch": 1, "train.batch_size": 1,
-    "train.grad_accum": 1, "train.max_steps": 0, "train.log_every_steps": 1, "train.checkpoint_every_steps": 0,
-    "eval.patch_size_px": 1, "eval.stride_px": 1, "eval.batch_size": 1, "eval.val_every_epochs": 1,
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key may take: ``low``..``high`` (None = unbounded), ends included
+    unless ``open_low`` / ``open_high``. Floats must also be finite (NaN, inf and YAML's 1e999 are refused)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with ``value`` (a phrase such as ``must be >= 1``), or None when it is in range."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number {self.describe()}".rstrip()
+        low_bad = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        high_bad = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        return f"must be {self.describe(low_bad, high_bad)}" if low_bad or high_bad else None
+
+    def describe(self, low_bad: bool = True, high_bad: bool = True) -> str:
+        """``in (0, 1)`` for a narrow range, else the violated side alone: ``>= 1``, ``<= 2147483647``."""
+        if self.low is not None and self.high is not None and self.high < INT_MAX:
+            return (f"in {'(' if self.open_low else '['}{_number(self.low)}, "
+                    f"{_number(self.high)}{')' if self.open_high else ']'}")
+        if low_bad and self.low is not None:
+            return f"{'>' if self.open_low else '>='} {_number(self.low)}"
+        if high_bad and self.high is not None:
+            return f"{'<' if self.open_high else '<='} {_number(self.high)}"
+        return ""
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+INT_MAX = 2**31 - 1  # counts and sizes: beyond this something is wrong (and torch/numpy would overflow)
+POSITIVE, NON_NEGATIVE, PROBABILITY = Range(1, INT_MAX), Range(0, INT_MAX), Range(0.0, 1.0)
+NON_NEGATIVE_REAL = Range(0.0)  # finite and >= 0: clipping, warm-up length
+RATE = Range(0.0, 1.0)  # AdamW learning rates and decay: a step of lr per weight, p *= 1 - lr * weight_decay
+
+# The range of EVERY numeric key (tests/test_config_ranges.py checks that none is missing). Checked by
+# ``from_dict``, i.e. for YAML files, overrides, derived configs and configs stored in checkpoints alike;
+# sizes are further bounded by the host memory they need (``check_memory``, run by ``load_config``).
+RANGES: dict[str, Range] = {
+    "data.patch_size_px": Range(1, 16384), "data.patches_per_sequence": POSITIVE,
+    "data.shuffle_buffer": NON_NEGATIVE, "data.num_workers": Range(0, 1024), "data.num_labeled": NON_NEGATIVE,
+    "optim.lr": RATE, "optim.weight_decay": RATE, "optim.eps": Range(0.0, 1.0, open_low=True),
+    "optim.warmup_epochs": NON_NEGATIVE_REAL, "optim.warmup_lr": RATE, "optim.min_lr": RATE,
+    "optim.grad_clip": NON_NEGATIVE_REAL,
+    "train.epochs": POSITIVE, "train.steps_per_epoch": POSITIVE, "train.batch_size": POSITIVE,
+    "train.grad_accum": POSITIVE, "train.max_steps": NON_NEGATIVE, "train.seed": Range(0, 2**63 - 1),
+    "train.log_every_steps": POSITIVE, "train.checkpoint_every_steps": NON_NEGATIVE,
+    "eval.patch_size_px": Range(1, 16384), "eval.stride_px": Range(1, 16384), "eval.batch_size": POSITIVE,
+    "eval.threshold": Range(0.0, 1.0, open_low=True, open_high=True), "eval.val_every_epochs": POSITIVE,
+    "eval.select_from_epoch": NON_NEGATIVE,
+    "rpst.num_unlabeled": NON_NEGATIVE, "rpst.labeled_prob": Range(0.0, 1.0, open_low=True, open_high=True),
+    "rpst.rounds": Range(1, 1000),
+    "rpst.teacher_epochs": NON_NEGATIVE, "rpst.student_epochs": NON_NEGATIVE,
 }
+# Numeric lists: every element in the range, and the list this long.
+LIST_RANGES: dict[str, tuple[int, Range]] = {"optim.betas": (2, Range(0.0, 1.0, open_high=True))}
+# Sizes and rates in the free-form ``model.params`` that the models share (their constructors check the
+# rest; ``models.build_model`` turns a constructor's failure into one line naming model.params).
+MODEL_PARAM_RANGES: dict[str, tuple[type, Range]] = {
+    "width": (int, Range(1, 4096)), "num_frames": (int, Range(1, 1024)), "num_classes": (int, Range(2, 1024)),
+    "feature_scale": (int, Range(1, 64)), "dropout": (float, PROBABILITY), "updown_dropout": (float, PROBABILITY),
+}
+MAX_CONFIG_BYTES = 1 << 20  # a YAML config file larger than this is refused before it is parsed
+MAX_CONFIG_VALUES = 100_000  # values of a config counted with every alias expanded (a YAML alias bomb)
+
+
+def run_name_problem(name: str) -> str | None:
+    """``train.run_name`` must be "" (a generated name) or ONE folder name inside ``train.run_dir``."""
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")) or Path(name).is_absolute():
+        return "must be one folder name inside train.run_dir (no '/', not '.' or '..')"
+    if len(name.encode()) > 255:
+        return "is longer than a folder name may be (255 bytes)"
+    return None
+
+
+def select_metric_problem(name: str) -> str | None:
+    """``eval.select_metric`` must be a metric the evaluation computes, one where higher is better."""
+    from dias_dist.metrics import LOWER_IS_BETTER, METRIC_NAMES
+
+    if name in LOWER_IS_BETTER:
+        return (f"is a metric where lower is better, but the best checkpoint keeps the highest score; "
+                f"choose one of {', '.join(m for m in METRIC_NAMES if m not in LOWER_IS_BETTER)}")
+    if name not in METRIC_NAMES:
+        return f"is not a metric; choose one of {', '.join(m for m in METRIC_NAMES if m not in LOWER_IS_BETTER)}"
+    return None
 
 
 # Keys whose string value must have a form: a function returning what is wrong, or None.
-FORMS = {"data.shards": location.problem}
+FORMS = {"data.shards": location.problem, "train.run_name": run_name_problem,
+         "eval.select_metric": select_metric_problem}
+
+
+def count_values(data: Any, where: str, source: str, limit: int = MAX_CONFIG_VALUES) -> int:
+    """Number of values in nested dicts / lists ``data`` (containers, keys and leaves), counting a shared
+    (aliased) one at every use; ValueError as soon as the values seen plus those waiting pass ``limit``,
+    so an alias bomb is refused after at most ``limit`` steps."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, (dict, list, tuple)):
+            if count + len(stack) + len(item) * (2 if isinstance(item, dict) else 1) > limit:
+                raise ValueError(f"{source}: {where or 'the config'} holds more than {limit} values with its YAML "
+                                 f"aliases expanded (an alias bomb?); the limit is {limit}")
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+    return count
+
+
+def _check_range(key: str, value: Any, source: str) -> None:
+    """ValueError naming ``key`` when a numeric ``value`` is outside its range (RANGES, LIST_RANGES)."""
+    if key in RANGES:
+        fault = RANGES[key].problem(value)
+        if fault:
+            raise ValueError(f"{source}: {key} {fault}, got {value!r}")
+    if key in LIST_RANGES:
+        length, allowed = LIST_RANGES[key]
+        if len(value) != length or any(isinstance(v, bool) or not isinstance(v, (int, float)) or allowed.problem(v)
+                                       for v in value):
+            raise ValueError(f"{source}: {key} must be {length} numbers, each {allowed.describe()}, got {value!r}")
+
+
+def _check_model_params(params: dict, source: str) -> None:
+    """Ranges of the size and rate keys of ``model.params`` (MODEL_PARAM_RANGES)."""
+    for name, (kind, allowed) in MODEL_PARAM_RANGES.items():
+        if name not in params:
+            continue
+        value = params[name]
+        ok_type = (isinstance(value, int) if kind is int else isinstance(value, (int, float))) \
+            and not isinstance(value, bool)
+        fault = allowed.problem(value) if ok_type else f"must be {kind.__name__}"
+        if fault:
+            raise ValueError(f"{source}: model.params.{name} {fault}, got {value!r}")
 
 
 def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):
@@ -258,9 +390,11 @@ def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):
             fault = form(kwargs[f.name]) if form is not None and kwargs[f.name] != MISSING_REQUIRED else None
             if fault:
                 raise ValueError(f"{source}: {prefix + f.name}={kwargs[f.name]!r} {fault}")
-            low = MINIMUMS.get(prefix + f.name)
-            if low is not None and kwargs[f.name] < low:
-                raise ValueError(f"{source}: {prefix + f.name} must be >= {low}, got {kwargs[f.name]!r}")
+            if isinstance(kwargs[f.name], (dict, list)):
+                count_values(kwargs[f.name], prefix + f.name, source)
+            _check_range(prefix + f.name, kwargs[f.name], source)
+            if prefix + f.name == "model.params":
+                _check_model_params(kwargs[f.name], source)
     return cls(**kwargs)
 
 
@@ -301,6 +435,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         source = str(path)
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: {size} bytes is more than a config file may hold ({MAX_CONFIG_BYTES} bytes)")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
@@ -310,7 +447,71 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     apply_overrides(data, list(overrides))
     if overrides:
         source += " + overrides"
-    return from_dict(Config, data, source)
+    count_values(data, "", source)  # before anything walks or copies it
+    cfg = from_dict(Config, data, source)
+    check_memory(cfg, source)
+    return cfg
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available now: psutil when installed, else /proc/meminfo, else sysconf; within a
+    cgroup v2 memory limit (a container), what is left of the limit when that is less."""
+    found = None
+    try:
+        import psutil
+
+        found = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - not installed or not supported here: try the next way
+        try:
+            lines = Path("/proc/meminfo").read_text().splitlines()
+            found = next(int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:"))
+        except (OSError, ValueError, IndexError, StopIteration):
+            try:
+                found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError, AttributeError):
+                pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found = left if found is None else min(found, left)
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def memory_estimate(cfg: Config) -> dict[str, int]:
+    """Host bytes the data path of a run holds at least, by the key that drives each part.
+
+    A lower bound (model activations and the shards themselves are not counted): per loader worker
+    (or the main process) a shuffle buffer of ``data.shuffle_buffer`` patches plus the patches of the
+    sequence being cut (float16 (T, P, P) image + uint8 (P, P) target each); the training batches in
+    flight (float32 (B, T, P, P) image + int64 (B, P, P) target, B = batch_size / grad_accum, two per
+    worker prefetched plus the one in use); one evaluation batch of float32 (eval.batch_size, T, P, P) tiles.
+    """
+    frames = int(cfg.model.params.get("num_frames", 8))
+    side, workers = cfg.data.patch_size_px, max(cfg.data.num_workers, 1)
+    patch = frames * side * side * 2 + side * side
+    micro = -(-cfg.train.batch_size // cfg.train.grad_accum)
+    in_flight = 2 * cfg.data.num_workers + 1
+    return {"data.shuffle_buffer": workers * (cfg.data.shuffle_buffer + cfg.data.patches_per_sequence) * patch,
+            "train.batch_size": in_flight * micro * (frames * side * side * 4 + side * side * 8),
+            "eval.batch_size": cfg.eval.batch_size * frames * cfg.eval.patch_size_px ** 2 * 4}
+
+
+def check_memory(cfg: Config, source: str = "config", available: int | None = None) -> None:
+    """ValueError naming the key that needs most when ``memory_estimate`` exceeds the available host memory."""
+    available = available_memory() if available is None else available
+    if not available:
+        return
+    parts = memory_estimate(cfg)
+    need = sum(parts.values())
+    if need > available:
+        key = max(parts, key=parts.get)
+        value = dict(flatten(to_dict(cfg)))[key]
+        raise ValueError(f"{source}: {key}={value} needs at least {parts[key] / 2**30:.1f} GiB of host memory "
+                         f"(the data path alone: {need / 2**30:.1f} GiB), but {available / 2**30:.1f} GiB is "
+                         f"available; lower {key}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -30,6 +30,8 @@ METRIC_NAMES = ("dsc", "acc", "sen", "spe", "iou", "auc", "cldice", "vc")
 #: display names for tables
 METRIC_TITLES = {"dsc": "DSC", "acc": "Acc", "sen": "Sen", "spe": "Spe", "iou": "IOU",
                  "auc": "AUC", "cldice": "clDice", "vc": "VC"}
+#: metrics where lower is better (VC: fragmentation); every other one is better higher
+LOWER_IS_BETTER = frozenset({"vc"})
 
 DTI_HIGH = 0.5  # FR-UNet config `threshold`
 DTI_LOW = 0.3  # FR-UNet config `threshold_low`

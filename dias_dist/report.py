@@ -31,9 +31,8 @@ import re
 from pathlib import Path
 
 from dias_dist.evaluation.tables import format_mean_std, markdown_table, write_csv
-from dias_dist.metrics import METRIC_NAMES, METRIC_TITLES
+from dias_dist.metrics import LOWER_IS_BETTER, METRIC_NAMES, METRIC_TITLES
 
-LOWER_IS_BETTER = {"vc"}
 REPORT_TAG = "dias.report"
 REPORT_EXPERIMENT = "dias-reports"
 # parameters that differ between any two runs without making them different experiments

@@ -8,6 +8,8 @@
   is per process, so DataLoader workers forked by the holder do not keep it alive after the holder
   died. The file holds the holder's host, pid, start time and command, which a second run that
   finds the folder locked prints in its error.
+- Only a run folder is ever emptied: a folder holding anything a run does not write (``foreign_files``)
+  is refused with its name before anything is touched, whatever ``resume`` and ``overwrite`` say.
 - Overwrite policy: a folder that holds files of an earlier run (finished or crashed) is
   continued only with ``train.resume=auto`` (or a checkpoint path inside it) and replaced only
   with ``train.overwrite=true``, which removes every file of the old run (``best.pt`` included).
@@ -38,6 +40,9 @@ import warnings
 from pathlib import Path
 
 LOCK_NAME = ".lock"
+# What a run writes in its folder (trainer, checkpoint.prepare_run_folder, elastic.START_RECORD, `dias evaluate`'s
+# default eval/, the demo's predict/): only a folder holding nothing else is ever emptied (``foreign_files``).
+RUN_ENTRIES = frozenset({"config.yaml", "metrics.jsonl", "start.json", "checkpoints", "eval", "plots", "predict"})
 _TMP_NAME = re.compile(r"\.tmp[0-9]*$")  # checkpoint.save: .<name>.tmp<pid>; config / manifest: <name>.tmp
 _HELD: set[str] = set()  # folders locked by this process (POSIX locks do not conflict within a process)
 
@@ -109,6 +114,43 @@ def _holder(path: Path) -> str:
 
 def _old_run_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.name != LOCK_NAME)
+
+
+def _written_by_a_run(name: str) -> bool:
+    """Whether a run folder entry called ``name`` is one a run writes (or a temporary file of one)."""
+    base = _TMP_NAME.sub("", name)
+    return name == LOCK_NAME or base in RUN_ENTRIES or (base.startswith(".") and base[1:] in RUN_ENTRIES)
+
+
+def foreign_files(path: Path) -> list[str]:
+    """Names in folder ``path`` that show it is not a run folder, so it must never be emptied; [] for a run folder.
+
+    The rule: a folder is a run folder when every entry in it is one a run writes (``RUN_ENTRIES``, their
+    interrupted temporary files, the lock) AND it holds at least one run record (config.yaml, start.json,
+    a non-empty metrics.jsonl, or a ``.pt`` file in checkpoints/). An empty folder (or one holding only the
+    lock) holds nothing to lose and counts as one too. Anything else is someone's data."""
+    entries = sorted(p.name for p in path.iterdir())
+    if all(name == LOCK_NAME for name in entries):
+        return []
+    strangers = [name for name in entries if not _written_by_a_run(name)]
+    if strangers:
+        return strangers
+    checkpoints = path / "checkpoints"
+    has_record = (any((path / name).is_file() for name in ("config.yaml", "start.json"))
+                  or ((path / "metrics.jsonl").is_file() and (path / "metrics.jsonl").stat().st_size > 0)
+                  or (checkpoints.is_dir() and not checkpoints.is_symlink()
+                      and any(p.suffix == ".pt" for p in checkpoints.iterdir())))
+    return [] if has_record else entries
+
+
+def _refuse_foreign(path: Path) -> None:
+    """RunFolderError naming ``path`` and its first foreign entries when it is not a run folder (nothing touched)."""
+    strangers = [name for name in foreign_files(path) if name != LOCK_NAME]
+    if strangers:
+        shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
+        raise RunFolderError(f"{path} is not a run folder (it holds {shown}, which no run wrote) and is never "
+                             f"emptied, whatever train.resume and train.overwrite say; choose another "
+                             f"train.run_name or train.run_dir")
 
 
 def _sweep_tmp(path: Path) -> None:
@@ -203,6 +245,8 @@ def claim(run_dir: str | Path, *, continuing: bool, auto: bool, overwrite: bool,
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"{path}: is a file, not a run folder; remove it or choose another train.run_name")
         created = not path.exists()
+        if not created:
+            _refuse_foreign(path)  # before the lock file: a refused folder is left exactly as it was
         path.mkdir(parents=True, exist_ok=True)
         fd = _lock(path, wait_s)
     except OSError as err:
@@ -211,6 +255,7 @@ def claim(run_dir: str | Path, *, continuing: bool, auto: bool, overwrite: bool,
     try:
         old = _old_run_files(path)
         if old and not continuing:
+            _refuse_foreign(path)  # again under the lock
             if not (overwrite or auto):
                 raise RunFolderError(
                     f"{path} holds an earlier run ({', '.join(p.name for p in old[:5])}); continue it with "

@@ -26,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         result = run(cfg, dry_run=args.dry_run)
+    except ValueError:
+        raise  # already one line (checkpoint.CheckpointWriteError is both a ValueError and an OSError)
     except OSError as err:  # a full disk or an unwritable folder: one line naming path and cause
         raise ValueError(describe_os_error(err)) from None
     finally:

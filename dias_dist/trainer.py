@@ -89,7 +89,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     method, model = build_network(cfg.model, cfg.method)
     loader.check_targets(method, sources)  # before the run folder and the MLflow run exist
     if init_from is not None:
-        model.load_state_dict(checkpoint.model_state(init_from))
+        checkpoint.load_weights(model, checkpoint.model_state(init_from), init_from)
     engine = make_engine(cfg, model, device)
     state = TrainState(run_id=started["mlflow_run_id"]) if started else TrainState()
     if resume_from is not None:
@@ -279,7 +279,7 @@ def _finish(parts: Parts, state: TrainState) -> dict:
             raise ValueError(f"eval.test_checkpoint={e.test_checkpoint!r} but {weights} was never written "
                              f"(no validation ran? eval.val_every_epochs={e.val_every_epochs}); use best | final")
         model = parts.engine.unwrap()
-        model.load_state_dict(checkpoint.broadcast_model_state(weights))
+        checkpoint.load_weights(model, checkpoint.broadcast_model_state(weights), weights)
         out_dir = parts.run_dir / "eval" / e.test_split
         _, summary = _evaluate(parts, model, e.test_split, out_dir, e.overlays)
         flat = flat_metrics(summary, "test")  # test_dsc, test_dsc_std, ... (evaluate_split wrote the tables)

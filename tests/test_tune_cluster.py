@@ -131,7 +131,8 @@ def test_pbt_over_sscr_lambdas_clones_a_trial_from_its_checkpoint(tiny_shards, t
     trial continues from the better one's checkpoint (weights, optimizer, step) under its own MLflow run.
 
     Which trial is worse after a few steps of a tiny model is chance, and asynchronous PBT clones only a
-    trial that was the top one at its own last report; eval.threshold=2.0 makes every val_dsc exactly 0,
+    trial that was the top one at its own last report; eval.threshold=0.99999999 makes every val_dsc exactly 0
+    (only a float32 probability of exactly 1.0 reaches it, which a few steps of a tiny model never give),
     and PBT ranks ties in the order the trials were added, so the first trial is always the bottom one
     and clones the second at its first report after the second reported as the top one. Four reports
     per trial: with two, a first trial that Ray starts well before the second (a loaded CI machine) could
@@ -142,7 +143,7 @@ def test_pbt_over_sscr_lambdas_clones_a_trial_from_its_checkpoint(tiny_shards, t
     runs = tmp_path / "runs"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tune.py"), "sscr-sweep", SSCR, *_tiny(tiny_shards, runs, 4, 2), "eval.test_split=",
-         "eval.threshold=2.0",
+         "eval.threshold=0.99999999",
          "--grid", "method.params.lambda1=0.5,2.0", "--grid", "method.params.lambda2=0.5",
          "--scheduler", "pbt", "--perturbation-interval", "1", "--name", "pbt", "--storage", str(tmp_path / "tune")],
         cwd=tmp_path, capture_output=True, text=True, timeout=280)

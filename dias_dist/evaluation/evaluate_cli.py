@@ -13,7 +13,7 @@ import argparse
 import re
 from pathlib import Path
 
-from dias_dist import dist
+from dias_dist import checkpoint, dist
 from dias_dist.config import Config, apply_overrides, from_dict
 
 
@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     device = dist.init(cfg.dist, cfg.train.device)
     try:
         _, model = build_network(cfg.model, cfg.method)
-        model.load_state_dict(payload["model"])
+        checkpoint.load_weights(model, payload["model"], args.checkpoint)
         model.to(device).eval()
         if args.out:
             out_dir = Path(args.out)

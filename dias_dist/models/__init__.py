@@ -79,7 +79,13 @@ def build_model(name: str, **params) -> nn.Module:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"model {name!r} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
-    return record_init_args(cls(**params), cls, params)  # what MLflow logs as model.params.*
+    try:
+        model = cls(**params)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as err:  # a size the layers cannot take
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(none)"
+        raise ValueError(f"model {name!r} cannot be built from model.params {shown} "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
+    return record_init_args(model, cls, params)  # what MLflow logs as model.params.*
 
 
 def input_layout(model: nn.Module) -> str:

@@ -103,7 +103,7 @@ def from_payload(payload: dict, source: str, overrides: list[str] | tuple = ()) 
     cfg = from_dict(Config, apply_overrides(payload["config"], list(overrides)),
                     f"{source} config" + (" + overrides" if overrides else ""))
     _, network = build_network(cfg.model, cfg.method)
-    network.load_state_dict(payload["model"])
+    checkpoint.load_weights(network, payload["model"], source)
     step = payload.get("step")
     return TrainedModel(network.eval(), cfg, source, None if step is None else int(step))
 
