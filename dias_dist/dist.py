@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
+from dias_dist import devices
 from dias_dist.config import DistConfig
 
 _OWNS_GROUP = False
@@ -32,9 +33,7 @@ def init(cfg: DistConfig | str = "auto", device: str = "auto") -> torch.device:
     backend = cfg if isinstance(cfg, str) else cfg.backend
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"train.device must be auto, cpu or cuda, got {device!r}")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA device is available")
+    use_cuda = devices.check(device)  # cuda without a usable GPU: ValueError with the reason; auto: warns
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1)) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -136,6 +135,11 @@ def rank() -> int:
 
 def world_size() -> int:
     return tdist.get_world_size() if is_distributed() else 1
+
+
+def backend() -> str:
+    """The process group's backend (nccl, gloo), or "none" for a single process without a group."""
+    return str(tdist.get_backend()) if is_distributed() else "none"
 
 
 def is_main() -> bool:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from dias_dist import checkpoint, dist, elastic, run_history, run_lock
+from dias_dist import checkpoint, devices, dist, elastic, run_history, run_lock
 from dias_dist.config import Config, derive, to_dict
 from dias_dist.curves import plot_curves
 from dias_dist.data import loader
@@ -91,6 +91,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     if init_from is not None:
         checkpoint.load_weights(model, checkpoint.model_state(init_from), init_from)
     engine = make_engine(cfg, model, device)
+    device_tags = devices.startup_tags(device, engine, world_size=dist.world_size(), backend=dist.backend())
+    devices.announce(device_tags, run_name=t.run_name, engine_name=cfg.dist.engine, enabled=dist.is_main())
     state = TrainState(run_id=started["mlflow_run_id"]) if started else TrainState()
     if resume_from is not None:
         saved = checkpoint.load(resume_from)
@@ -112,7 +114,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         # may have died before logging them; params it logged stay as they are)
         tracker.log_params(resolved_params(cfg, method, model, semi=cfg.track.tags["study"] == "semi"),
                            keep_logged=started is not None)
-        tracker.set_tags({**run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)), **engine.tags})
+        tracker.set_tags({**run_tags(cfg.data.shards, device=device, num_params=count_parameters(model)), **engine.tags,
+                          **device_tags})
         tracker.log_artifact(run_dir / "config.yaml")
     parts = Parts(cfg, run_dir, method, engine, micro_batch,
                   t.checkpoint_every_steps or t.steps_per_epoch, writes, log, tracker)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv in the repository root and install the pinned dependencies, once.
+# Create .venv in the repository root and install the pinned dependencies, once: the runtime set
+# (requirements/torch.txt, requirements/base.txt, as in the Docker image) and the test tools (requirements/test.txt).
 # A second run only checks a stamp (the sha256 of the requirement files) and returns at once.
 # GPU machines (nvidia-smi present) get the CUDA build of torch 2.13.0 from PyPI. Machines without
 # nvidia-smi get the CPU build: pip also searches https://download.pytorch.org/whl/cpu, whose
@@ -11,7 +12,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 venv="$root/.venv"
 stamp="$venv/.dias-stamp"
-want="$(cat requirements/torch.txt requirements/base.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements/torch.txt requirements/base.txt requirements/test.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
@@ -31,7 +32,7 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch is pinned in the same command (-c) so that no dependency can pull a different (CUDA) torch.
 "$venv/bin/python" -m pip install -q ${cpu_index[@]+"${cpu_index[@]}"} \
-  -c requirements/torch.txt -r requirements/torch.txt -r requirements/base.txt 2>&1 \
+  -c requirements/torch.txt -r requirements/torch.txt -r requirements/base.txt -r requirements/test.txt 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
 "$venv/bin/python" -m pip install -q -c requirements/torch.txt --no-deps -e . 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
