@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

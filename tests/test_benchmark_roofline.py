@@ -11,6 +11,8 @@ import torch
 
 from dias_dist.models.convgru import resolve_arrangement
 
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

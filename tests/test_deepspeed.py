@@ -260,6 +260,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_all_stages_train_in_sync_and_equal_ddp(ranks):
     for result in ranks:
         assert result["world_size"] == 2
@@ -279,6 +280,7 @@ def test_all_stages_train_in_sync_and_equal_ddp(ranks):
     assert len(set(losses)) == len(losses)
 
 
+@pytest.mark.slow
 def test_bf16_zero2_trains_in_sync(ranks):
     for result in ranks:
         stage = result["zero2_bf16"]
@@ -289,6 +291,7 @@ def test_bf16_zero2_trains_in_sync(ranks):
             assert got["loss"] == pytest.approx(want["loss"], rel=5e-2)
 
 
+@pytest.mark.slow
 def test_auto_json_trains_like_the_explicit_one(ranks):
     """configs/deepspeed/zero2_auto.json ("auto" for the batch keys, clipping, optimizer, scheduler) is
     filled from the dias config and trains exactly as zero2.json."""
@@ -297,6 +300,7 @@ def test_auto_json_trains_like_the_explicit_one(ranks):
         assert result["zero2_auto"]["max_diff_vs_rank0"] == 0.0
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_resumes_exactly(ranks):
     """2 ranks -> 2 ranks: the resumed engine continues bit-identically to the uninterrupted one."""
     for result in ranks:
@@ -306,6 +310,7 @@ def test_checkpoint_round_trip_resumes_exactly(ranks):
             assert lr_restored == lr_continued
 
 
+@pytest.mark.slow
 def test_deepspeed_checkpoint_loads_as_plain_model_weights(ranks):
     """``dias evaluate`` reads ``checkpoint.model_state``: fp32 weights of the bare module."""
     from dias_dist import checkpoint
@@ -320,6 +325,7 @@ def test_deepspeed_checkpoint_loads_as_plain_model_weights(ranks):
     assert not torch.allclose(logits, fresh_logits)  # trained weights, not the initial ones
 
 
+@pytest.mark.slow
 def test_sharded_checkpoints_hold_a_plain_adamw_state(ranks):
     """ZeRO-1/2 and bf16 write the optimizer state as torch's AdamW does: one entry per parameter."""
     from dias_dist import checkpoint
@@ -340,6 +346,7 @@ def test_sharded_checkpoints_hold_a_plain_adamw_state(ranks):
         assert [len(g["params"]) for g in saved["optimizer"]["param_groups"]] == [2, 4]  # decayed, not decayed
 
 
+@pytest.mark.slow
 def test_cross_engine_and_cross_stage_resume(ranks):
     for result in ranks:
         assert result["ddp_from_zero0_max_diff"] < 1e-6
@@ -351,12 +358,14 @@ def test_cross_engine_and_cross_stage_resume(ranks):
     assert ranks[0]["zero2_from_ddp_state_diff"] == 0.0  # a DDP checkpoint partitioned by ZeRO-2, exactly
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_two_step_counts_in_one_group_is_refused_before_loading(ranks):
     for result in ranks:
         assert "parameter group 0 has AdamW step counts [" in result["uneven_steps_error"]
         assert result["uneven_steps_weights_diff"] == 0.0  # the model is left as it was
 
 
+@pytest.mark.slow
 def test_state_dict_is_complete_on_rank0_only(ranks):
     """Only rank 0 writes, so only rank 0 gathers the optimizer shards and builds the fp32 model copy."""
     for name in ("zero0", "zero2", "zero2_bf16"):
@@ -373,6 +382,7 @@ def resumed(request, ranks, tmp_path_factory) -> list[dict]:
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_2_ranks_resumes_on_another_world_size(resumed):
     """Saved on 2 ranks, resumed on 1 or 4: the weights and AdamW state are exactly the saved ones
     (assembled again from the new world size's partitions), the schedule continues where it was, and
@@ -617,6 +627,7 @@ if __name__ == "__main__":
         worker(Path(sys.argv[1]))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_zero2_two_ranks_through_the_trainer_checkpoints_evaluates_and_resumes_on_one(tiny_shards, tmp_path):
     """2 torchrun ranks, ZeRO-2, the real loader: checkpoints are gathered collectively (a rank-0-only

@@ -17,6 +17,9 @@ import torch
 from dias_dist import dist, engine, trainer
 from dias_dist.config import load_config
 from dias_dist.data import loader
+import pytest
+
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
 
 captured = {}
 build_engine, train_stream = trainer.build_engine, loader.train_stream

@@ -14,6 +14,8 @@ import pytest
 import torch
 from process_tree import children, kill_job
 
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 6  # 2 epochs of 3 steps, a checkpoint every step, validation after each epoch
 LATE = "train.checkpoint_every_steps=6"  # the only checkpoint is the last step's

@@ -26,6 +26,8 @@ import os, sys, time
 import torch
 from dias_dist import dist
 
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
+
 restart, rank = int(os.environ["TORCHELASTIC_RESTART_COUNT"]), int(os.environ["RANK"])
 if restart == 1 and rank == 1:
     time.sleep(float(sys.argv[2]))  # the restarted rank 1 is late: rank 0 must wait for it, not dial the dead one

@@ -35,6 +35,7 @@ def _probability(model, compile_forward: bool) -> np.ndarray:
         return probability(image)
 
 
+@pytest.mark.slow
 def test_compiled_forward_equals_eager():
     torch.manual_seed(0)
     model = TinyFramesNet()

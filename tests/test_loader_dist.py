@@ -121,6 +121,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_ranks_two_workers(shard_dir, tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)

@@ -28,6 +28,8 @@ from dias_dist import trainer
 from dias_dist.config import load_config
 from dias_dist.report import build_report
 
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(

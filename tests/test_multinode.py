@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from process_tree import run_nodes
 
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

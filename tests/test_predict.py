@@ -281,6 +281,7 @@ def test_fast_is_stride_48_plus_bf16_where_the_cpu_has_it(tiny_checkpoint, phant
                      "--tile", "32"]) == 2
 
 
+@pytest.mark.slow
 def test_training_logs_a_pyfunc_model_that_predicts_like_the_checkpoint(tiny_shards, phantom_series, tmp_path):
     """rank 0 logs checkpoints + the pyfunc model; a fresh process loads runs:/<id>/model without the
     run folder and predicts what the checkpoint predicts; the registered version and `dias evaluate`

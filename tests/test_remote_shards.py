@@ -251,6 +251,7 @@ def s3_env(tmp_path_factory, tiny_shards):
     location._S3_CLIENTS.clear()
 
 
+@pytest.mark.slow
 def test_s3_shards_give_the_local_patches(s3_env, tiny_shards, tmp_path):
     assert read_manifest("s3://dias-test/sets/dsa") == read_manifest(tiny_shards)
     assert _same_batches(_batches(tiny_shards), _batches("s3://dias-test/sets/dsa"))
@@ -295,11 +296,13 @@ def _assert_same_run(a, b):
     assert test_a == test_b and len(test_a.splitlines()) == 1 + 2  # each test image once over both ranks
 
 
+@pytest.mark.slow
 def test_torchrun_on_http_shards_matches_local(local_run, served, tmp_path):
     _, url = served
     _assert_same_run(local_run, _train(f"{url}/dsa", tmp_path))
 
 
+@pytest.mark.slow
 def test_torchrun_on_s3_shards_with_cache_matches_local(local_run, s3_env, tmp_path):
     _assert_same_run(local_run, _train("s3://dias-test/sets/dsa", tmp_path, f"data.cache_dir={tmp_path / 'cache'}"))
     assert len(list((tmp_path / "cache").glob("*.tar"))) == 6  # 3 splits read, 2 shards each, downloaded once
@@ -330,6 +333,7 @@ def test_dias_baseline_reads_a_url(served, capsys):
     assert "MinIP-Otsu baseline" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_killed_run_on_http_shards_resumes_to_the_local_run(served, tiny_shards, tmp_path):
     """SIGKILL after a checkpoint, ``train.resume=auto``: the run on HTTP shards ends bit-identical to
     an uninterrupted run on the local folder (the stream is rebuilt from (seed, step), whatever reads it)."""

@@ -48,6 +48,7 @@ def store(mlflow_store, request):
     return uri, client, experiment_id, name
 
 
+@pytest.mark.slow
 def test_report_table_best_markers_files_and_report_run(tmp_path, store, capsys):
     uri, client, experiment_id, experiment = store
     _log_run(client, experiment_id, "unet", "unet", _values(0.77, 0.97, 63.6), num_params=31_040_000)

@@ -10,6 +10,7 @@ from dias_dist.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_two_trained_models_make_a_two_row_report(tiny_shards, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for name in ("fr_unet", "unet"):

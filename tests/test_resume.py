@@ -31,6 +31,7 @@ def last_step(path: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tiny_shards, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     from dias_dist import trainer

@@ -134,6 +134,7 @@ def test_stage_names_and_order_checks(shard_dir, tmp_path):
         rpst.run_stage(cfg, "round3")
 
 
+@pytest.mark.slow
 def test_two_round_rpst_under_two_process_gloo(shard_dir, tmp_path):
     """`dias rpst` under torchrun: 5 stages nested under one parent run, pseudo labels from both ranks."""
     run_dir = tmp_path / "runs"

@@ -43,6 +43,7 @@ def error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_running_run_owns_its_folder_until_it_dies(tiny_shards, tmp_path):
     runs = tmp_path / "runs"
     last = runs / "r" / "checkpoints" / "last.pt"
@@ -151,6 +152,7 @@ def test_bad_batch_size_names_the_key(tiny_shards, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_resume_does_not_log_steps_twice_and_jsonl_agrees_with_mlflow(tiny_shards, tmp_path):
     """A run 'killed' after logging step 5 but checkpointing only step 4: the resumed run replays step 5
     without logging it again, in metrics.jsonl and in MLflow."""

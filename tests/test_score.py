@@ -254,6 +254,7 @@ _TWO_RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_ranks_evaluate_each_image_once(tmp_path):
     script = tmp_path / "two_rank_eval.py"
     script.write_text(_TWO_RANK_SCRIPT)

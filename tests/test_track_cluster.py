@@ -24,6 +24,7 @@ def _track(store_uri: str, *extra: str):
     return load_config(None, [f"track.tracking_uri={store_uri}", "track.experiment=cluster", *extra]).track
 
 
+@pytest.mark.slow
 def test_runs_carry_source_tags_and_system_metrics(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
@@ -74,6 +75,7 @@ def test_psutil_is_pinned_for_system_metrics():
         (ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
 
 
+@pytest.mark.slow
 def test_git_sha_without_a_checkout_is_the_one_baked_into_the_image(tmp_path):
     """The Docker image has no .git: git_sha (and mlflow.source.git.commit) come from DIAS_GIT_SHA,
     which the Dockerfile sets from its GIT_SHA build argument."""
@@ -89,6 +91,7 @@ def test_git_sha_without_a_checkout_is_the_one_baked_into_the_image(tmp_path):
     assert out.stdout.split() == ["0123abc", "0123abc", "unknown", "None"]  # without the build argument
 
 
+@pytest.mark.slow
 def test_a_moved_store_opens_and_its_artifacts_download(tmp_path, monkeypatch):
     """Runs logged to the default store (runs/mlflow.db + runs/mlartifacts), the whole folder moved
     elsewhere (another directory; a container that mounted it at another path): opened again by dias,

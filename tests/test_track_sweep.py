@@ -76,6 +76,7 @@ def test_artifact_location_is_next_to_the_sqlite_db(tmp_path):
     assert artifact_location("http://127.0.0.1:5000") is None
 
 
+@pytest.mark.slow
 def test_sweep_parent_run_artifacts_land_next_to_the_db_not_in_cwd(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

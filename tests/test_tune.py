@@ -30,6 +30,7 @@ def _child_runs(tracking_uri: str, parent_id: str):
                                       filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_sscr_grid_nests_four_runs_and_a_failed_trial_keeps_the_rest(tiny_shards, tmp_path):
     from dias_dist.sweep import SweepSpec, run_sweep
@@ -86,6 +87,7 @@ def test_parse_grid_and_bad_grid():
         parse_grid(["lambda1"])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_rpst_trial_reports_after_teacher_and_each_round(tiny_shards, tmp_path):
     from dias_dist.sweep import SweepSpec, run_sweep
@@ -109,6 +111,7 @@ def test_rpst_trial_reports_after_teacher_and_each_round(tiny_shards, tmp_path):
     assert trained == ["round1", "round2", "teacher"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_multi_worker_trial_runs_the_same_run_in_a_torch_trainer(tiny_shards, tmp_path):
     """A trial with 2 workers: Ray Train's TorchTrainer (gloo on CPU) around the same trainer.run."""
@@ -176,6 +179,7 @@ def test_restarted_trial_waits_for_the_run_lock_and_keeps_its_mlflow_run(tmp_pat
     assert _started_run_id(folder) == "abc"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_tune_cli_with_asha(tiny_shards, tmp_path):
     """`python tune.py sscr-sweep ... --scheduler asha`: every result carries val_dsc (ASHA checks it)."""

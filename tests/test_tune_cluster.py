@@ -78,6 +78,7 @@ def s3(monkeypatch):
     server.stop()
 
 
+@pytest.mark.slow
 def test_pyarrow_s3_honours_the_endpoint_variable(s3):
     """Ray resolves ``s3://`` storage with pyarrow: it must reach the server named by AWS_ENDPOINT_URL."""
     import pyarrow.fs
@@ -88,6 +89,7 @@ def test_pyarrow_s3_honours_the_endpoint_variable(s3):
     assert s3.get_object(Bucket="dias", Key="probe/hello.txt")["Body"].read() == b"hi"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_s3_storage_holds_checkpoints_a_restored_trial_continues_from(s3, tiny_shards, tmp_path):
     """--storage s3://...: Tune's state and the trials' checkpoints land in the bucket. The trial fails
@@ -125,6 +127,7 @@ def test_s3_storage_holds_checkpoints_a_restored_trial_continues_from(s3, tiny_s
     assert child.data.metrics["val_dsc"] >= 0  # the first attempt's history is the same run's
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_pbt_over_sscr_lambdas_clones_a_trial_from_its_checkpoint(tiny_shards, tmp_path):
     """`tune.py sscr-sweep --scheduler pbt`: 2 trials, a perturbation after every validation; the worse

@@ -404,6 +404,7 @@ def ddp_results(tmp_path_factory):
     return json.loads((out_dir / "weak_ddp.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", WEAK_METHODS)
 def test_every_method_trains_under_two_process_ddp_and_resumes_exactly(ddp_results, name):
     found = ddp_results[name]
