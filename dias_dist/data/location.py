@@ -16,6 +16,15 @@ Every URL is opened by ``webdataset.gopen.gopen``; ``s3://`` is added to its sch
 ``open_url``, the first time an ``s3://`` file is opened) because WebDataset itself has no s3
 handler. Only file names that ``dias shard`` writes are joined onto a location (``join`` refuses
 anything else), so a crafted manifest cannot inject a shell command into a ``pipe:`` location.
+
+Which locations run a program of the location's choosing (``RUNS_COMMAND``): ``pipe:`` only, its
+text is a shell command. The other schemes are reads of a URL by a fixed reader: ``http(s)://``
+runs ``curl`` and ``gs://`` runs ``gsutil cat`` with the URL as their one argument (no shell, no
+option can be smuggled in: the argument starts with the scheme), ``s3://`` is boto3 in this
+process, ``file://`` a local read; whatever they read is checked against the manifest's byte
+counts and sha256. A ``pipe:`` location is therefore accepted from the command line or a config
+file the user passes, never from a config stored in a checkpoint or MLflow model
+(``dias_dist.stored_config``).
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from contextlib import closing
 from pathlib import Path
 
 SCHEMES = ("file", "http", "https", "s3", "gs", "pipe")
+RUNS_COMMAND = ("pipe",)  # schemes whose location is a command line (see the module docstring)
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)")
 # relative names inside a shard set: split folders, tars, manifest.json (what `dias shard` writes)
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -61,6 +71,11 @@ def problem(location: str) -> str | None:
     if kind and kind != "file" and not _URL.match(location).group(2).split("/")[0]:
         return f"names no {'bucket' if kind in ('s3', 'gs') else 'host'} after {kind}://"
     return None
+
+
+def runs_command(location: str | os.PathLike) -> bool:
+    """True when opening files at ``location`` runs a command taken from its text (``pipe:``)."""
+    return scheme(location) in RUNS_COMMAND
 
 
 def join(location: str | os.PathLike, name: str) -> str:
