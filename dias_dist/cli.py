@@ -6,6 +6,7 @@ imports them explicitly and gives each a one-line help and one example.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from types import ModuleType
 
@@ -14,6 +15,7 @@ from dias_dist.data import phantom_cli, scribbles_cli, shard_cli
 from dias_dist.evaluation import baseline, evaluate_cli, score
 from dias_dist.models import listing
 from dias_dist.predict import cli as predict_cli
+from dias_dist.run_lock import describe_os_error
 from dias_dist.semi import rpst_cli
 
 COMMANDS: dict[str, tuple[ModuleType, str, str]] = {
@@ -55,15 +57,38 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, commands
 
 
+# OSErrors that are about the machine, not the code, even when they name no file (a write to a full disk)
+_MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def os_error_line(err: OSError, args: argparse.Namespace) -> str | None:
+    """One line naming the path and the cause of ``err``, or None when it is no file system fault
+    (no file named and not a full disk / permission error: it stays a traceback, it may be a bug).
+    A fault that names no file names the command's output folder (``out`` / ``out_dir``)."""
+    if err.filename is None and err.errno not in _MACHINE_ERRNOS:
+        return None
+    output = getattr(args, "out", None) or getattr(args, "out_dir", None)
+    line = describe_os_error(err, f"{output} (writing into it)" if output else "", run_dir=False)
+    return line + (f" (and {err.filename2})" if err.filename2 else "")
+
+
 def run_command(module: ModuleType, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Parse ``argv`` with ``parser`` (options may follow key=value overrides) and run ``module.main``;
-    a ``ValueError`` (a user error) becomes one clear line and exit status 2."""
+    a ``ValueError`` (a user error) becomes one clear line and exit status 2, an ``OSError`` of the
+    file system (a path under a file, a read-only folder, a full disk: ``os_error_line``) one line
+    naming the path and exit status 1."""
     args = parser.parse_intermixed_args(argv)
     try:
         return int(module.main(args) or 0)
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        line = os_error_line(err, args)
+        if line is None:
+            raise
+        print(f"{parser.prog}: error: {line}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
