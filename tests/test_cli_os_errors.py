@@ -104,3 +104,20 @@ def test_other_errors_stay_tracebacks(error, monkeypatch, tmp_path):
     monkeypatch.setattr(phantom_cli, "main", broken)
     with pytest.raises(type(error)):
         cli.main(["phantom", str(tmp_path / "x")])
+
+
+@pytest.mark.timeout(60)
+def test_report_against_an_unreachable_server_is_one_line(tmp_path, capsys):
+    """Before: five chained tracebacks. Port 1 on 127.0.0.1 refuses every connection."""
+    import time
+
+    start = time.monotonic()
+    code = cli.main(["report", "dias-supervised", "--tracking-uri", "http://127.0.0.1:1", "--out", str(tmp_path / "r")])
+    seconds = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("dias report: error: MLflow store http://127.0.0.1:1 cannot be used (")
+    assert "Connection refused" in err
+    assert seconds < 20
+    assert not (tmp_path / "r").exists()
