@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from dias_dist.atomic import atomic_write
-from dias_dist.data import location
+from dias_dist.data import location, timeouts
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +43,8 @@ class DataConfig:
     on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
     verify: bool = True  # sha256 of each shard checked against the manifest at its first use (per process)
     cache_dir: str = ""  # remote shards: keep a local copy here (downloaded on first use); "" = stream them into memory at each use
+    read_timeout_s: float = timeouts.DEFAULT.read_timeout_s  # remote shards: an attempt fails after this long without a byte (60)
+    download_budget_s: float = timeouts.DEFAULT.budget_s  # remote shards: the most one file may take, retries included (3600)
 
 
 @dataclass(kw_only=True)
@@ -227,8 +229,9 @@ MINIMUMS = {
 }
 
 
-# Keys whose string value must have a form: a function returning what is wrong, or None.
-FORMS = {"data.shards": location.problem}
+# Keys whose value must have a form: a function returning what is wrong, or None.
+FORMS = {"data.shards": location.problem, "data.read_timeout_s": timeouts.problem,
+         "data.download_budget_s": timeouts.problem}
 
 
 def from_dict(cls, data: dict, source: str = "<dict>", prefix: str = ""):

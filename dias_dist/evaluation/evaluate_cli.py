@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from dias_dist import dist
+from dias_dist.data import timeouts
 from dias_dist.stored_config import from_stored
 
 
@@ -40,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")
     cfg = from_stored(payload["config"], args.checkpoint, args.overrides, reads_data=True)
+    timeouts.set_limits(cfg.data.read_timeout_s, cfg.data.download_budget_s)
     device = dist.init(cfg.dist, cfg.train.device)
     try:
         _, model = build_network(cfg.model, cfg.method)
