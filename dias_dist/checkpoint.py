@@ -8,7 +8,9 @@ a run may resume on another number of ranks),
 and the seed it was built from), ``config`` (the resolved config as a dict), ``mlflow_run_id``,
 ``best`` (best validation score so far) and ``run_name``. Only tensors and plain containers are
 stored, and files are loaded with ``weights_only=True``, whose restricted unpickler refuses
-anything else (no arbitrary code runs when a checkpoint is read).
+anything else (no arbitrary code runs when a checkpoint is read). Nor does its stored ``config``
+run anything: commands that use it (``dias evaluate``, ``dias predict``) read it through
+``dias_dist.stored_config``, which never takes a ``pipe:`` command from it.
 """
 from __future__ import annotations
 

@@ -8,11 +8,13 @@ and ``dias --help`` answer at once (``tests/test_cli_speed.py``).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from types import ModuleType
 
 from dias_dist import __version__
+from dias_dist.run_lock import describe_os_error  # standard library only: dias --version stays fast
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, one-line help, one example)
@@ -60,15 +62,38 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict
     return parser, commands
 
 
+# OSErrors that are about the machine, not the code, even when they name no file (a write to a full disk)
+_MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
+def os_error_line(err: OSError, args: argparse.Namespace) -> str | None:
+    """One line naming the path and the cause of ``err``, or None when it is no file system fault
+    (no file named and not a full disk / permission error: it stays a traceback, it may be a bug).
+    A fault that names no file names the command's output folder (``out`` / ``out_dir``)."""
+    if err.filename is None and err.errno not in _MACHINE_ERRNOS:
+        return None
+    output = getattr(args, "out", None) or getattr(args, "out_dir", None)
+    line = describe_os_error(err, f"{output} (writing into it)" if output else "", run_dir=False)
+    return line + (f" (and {err.filename2})" if err.filename2 else "")
+
+
 def run_command(module: ModuleType, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """Parse ``argv`` with ``parser`` (options may follow key=value overrides) and run ``module.main``;
-    a ``ValueError`` (a user error) becomes one clear line and exit status 2."""
+    a ``ValueError`` (a user error) becomes one clear line and exit status 2, an ``OSError`` of the
+    file system (a path under a file, a read-only folder, a full disk: ``os_error_line``) one line
+    naming the path and exit status 1."""
     args = parser.parse_intermixed_args(argv)
     try:
         return int(module.main(args) or 0)
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        line = os_error_line(err, args)
+        if line is None:
+            raise
+        print(f"{parser.prog}: error: {line}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

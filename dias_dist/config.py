@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from dias_dist.atomic import atomic_write
-from dias_dist.data import location
+from dias_dist.data import location, timeouts
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,8 @@ class DataConfig:
     on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
     verify: bool = True  # sha256 of each shard checked against the manifest at its first use (per process)
     cache_dir: str = ""  # remote shards: keep a local copy here (downloaded on first use); "" = stream them into memory at each use
+    read_timeout_s: float = timeouts.DEFAULT.read_timeout_s  # remote shards: an attempt fails after this long without a byte (60)
+    download_budget_s: float = timeouts.DEFAULT.budget_s  # remote shards: the most one file may take, retries included (3600)
 
 
 @dataclass(kw_only=True)
@@ -270,6 +272,7 @@ RATE = Range(0.0, 1.0)  # AdamW learning rates and decay: a step of lr per weigh
 RANGES: dict[str, Range] = {
     "data.patch_size_px": Range(1, 16384), "data.patches_per_sequence": POSITIVE,
     "data.shuffle_buffer": NON_NEGATIVE, "data.num_workers": Range(0, 1024), "data.num_labeled": NON_NEGATIVE,
+    "data.read_timeout_s": Range(0.0, 7 * 86400.0, open_low=True), "data.download_budget_s": Range(0.0, 7 * 86400.0, open_low=True),
     "optim.lr": RATE, "optim.weight_decay": RATE, "optim.eps": Range(0.0, 1.0, open_low=True),
     "optim.warmup_epochs": NON_NEGATIVE_REAL, "optim.warmup_lr": RATE, "optim.min_lr": RATE,
     "optim.grad_clip": NON_NEGATIVE_REAL,

@@ -44,6 +44,14 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
 
 
+def store_fault(err: Exception) -> str:
+    """The cause of an MLflow store failure in one short clause (the root cause of a refused or
+    timed-out connection when MLflow's message holds one)."""
+    text = " ".join(str(err).split())
+    cause = re.search(r"(\[Errno -?\d+\][^\"')]*|Read timed out[^\"')]*|timed out)", text)
+    return (cause.group(1).strip() if cause else text[:300]) + f" [{type(err).__name__}]"
+
+
 def search_finished(client, experiment_ids: list[str], filter_string: str = "") -> list:
     """Every FINISHED run of ``experiment_ids`` matching MLflow search expression ``filter_string``."""
     query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
@@ -304,9 +312,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = build_report(args.experiments, tracking_uri=args.tracking_uri or default_tracking_uri(),
-                          metric=args.metric, filter_string=args.filter_string, out_dir=args.out,
-                          log_to_mlflow=not args.no_log, report_experiment=args.report_experiment)
+    """A store that cannot be reached or read (a server that is down, a bad URI) is one ValueError line:
+    MLflow's own errors carry the URL and the cause (connection refused, timed out); its HTTP retries
+    are few and short (``track.py`` sets MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT unless set)."""
+    from mlflow.exceptions import MlflowException
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    try:
+        result = build_report(args.experiments, tracking_uri=tracking_uri,
+                              metric=args.metric, filter_string=args.filter_string, out_dir=args.out,
+                              log_to_mlflow=not args.no_log, report_experiment=args.report_experiment)
+    except MlflowException as err:
+        raise ValueError(f"MLflow store {tracking_uri} cannot be used ({store_fault(err)})") from None
     print(result["files"][0].read_text(), end="")
     print("wrote " + ", ".join(str(p) for p in result["files"]))
     if result["report_run_id"]:

@@ -51,10 +51,20 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used: busy, not writable, a file, or the disk is full."""
 
 
-def describe_os_error(err: OSError, what: str = "") -> str:
-    """One line naming the path and the cause of an ``OSError`` (ENOSPC, EACCES, ENOTDIR ...)."""
+def describe_os_error(err: OSError, what: str = "", *, run_dir: bool = True) -> str:
+    """One line naming the path and the cause of an ``OSError`` (ENOSPC, EACCES, ENOTDIR ...).
+
+    what: the path to name when the error carries none (a write to a full disk); run_dir: the hints
+    speak of ``train.run_dir`` and resuming (training), else of the path only (the other commands)."""
     path = err.filename or what or "?"
     cause = err.strerror or type(err).__name__
+    if not run_dir:
+        hint = {errno.ENOSPC: "; the disk is full", errno.EDQUOT: "; the disk quota is used up",
+                errno.EACCES: "; not writable by this user, choose another output folder",
+                errno.EROFS: "; choose another output folder",
+                errno.ENOTDIR: "; a file is in the way (a part of the path is a file, not a folder)",
+                errno.EEXIST: "; a file is in the way (a folder must go there)"}.get(err.errno, "")
+        return f"{path}: {cause}{hint}"
     hint = {errno.ENOSPC: "; the last complete checkpoint and metrics.jsonl are kept, free space and resume "
                           "with train.resume=auto",
             errno.EDQUOT: "; free space and resume with train.resume=auto",

@@ -183,6 +183,34 @@ def relocate_store(uri: str) -> list[tuple[str, str]]:
     return [(old, new_root) for old in old_roots]
 
 
+def check_writable(uri: str) -> None:
+    """Raise ``OSError`` naming the database when the SQLite store ``uri`` cannot be written (a read-only
+    file, folder or ``mode=ro`` URI, a folder where the file should be); nothing for a server.
+
+    MLflow itself retries opening a database it cannot open ten times with exponential back-off (about
+    100 s) and logs every failed write with its traceback; this probe (a table created and rolled back
+    in one transaction, so the journal is written too) fails at once, and the tracker's one warning says
+    why."""
+    import sqlite3
+    from contextlib import closing
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path, _, query = uri[len("sqlite:///"):].partition("?")
+    if not path or path == ":memory:":
+        return
+    as_uri = "uri=true" in query.lower()  # sqlite:///file:/x/mlflow.db?mode=ro&uri=true
+    if not as_uri:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as MLflow does before opening it
+    try:
+        with closing(sqlite3.connect(f"{path}?{query}" if as_uri else path, uri=as_uri, timeout=30)) as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("CREATE TABLE dias_write_probe (x INTEGER)")
+            con.rollback()
+    except sqlite3.Error as err:
+        raise OSError(f"MLflow store {path} cannot be written ({err})") from None
+
+
 def open_store(uri: str):
     """An ``MlflowClient`` of the store at ``uri``, re-pointed at its own ``mlartifacts/`` first when
     the store's folder was moved (``relocate_store``): how dias opens a store to write or report."""
@@ -254,6 +282,7 @@ class MLflowTracker:
 
     def _start(self, track: TrackConfig, run_name: str, run_root: str | Path, method: str, resume_run_id: str) -> None:
         uri = tracking_uri(track, run_root)
+        check_writable(uri)  # a read-only store: one warning now, not ~100 s of MLflow's retries and tracebacks
         client = open_store(uri)
         if resume_run_id:
             client.update_run(resume_run_id, status="RUNNING")

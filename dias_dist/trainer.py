@@ -16,7 +16,7 @@ import torch
 from dias_dist import checkpoint, devices, dist, elastic, run_history, run_lock
 from dias_dist.config import Config, derive, to_dict
 from dias_dist.curves import plot_curves
-from dias_dist.data import loader
+from dias_dist.data import loader, timeouts
 from dias_dist.engine import Engine, StepSettings, build_engine, micro_batch_size
 from dias_dist.evaluation import evaluate
 from dias_dist.evaluation.tables import flat_metrics
@@ -66,6 +66,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     Returns ``{"run_dir", "run_id", "step", "best_val_score" (of ``eval.select_metric``), "test_<metric>",
     "test_<metric>_std"...}``.
     """
+    timeouts.set_limits(cfg.data.read_timeout_s, cfg.data.download_budget_s)  # every remote read of this run
     device = dist.init(cfg.dist, cfg.train.device)
     micro_batch = micro_batch_size(cfg.train.batch_size, cfg.train.grad_accum)
     cfg = elastic.continue_job(cfg)  # under torchrun --max-restarts: the same run name, resume after a restart

@@ -13,18 +13,31 @@ A location is a local folder or a URL of the folder holding the ``manifest.json`
                                         ``pipe:aws s3 cp s3://bucket/dsa/{} -``
 
 Every URL is opened by ``webdataset.gopen.gopen``; ``s3://`` is added to its scheme table (by
-``open_url``, the first time an ``s3://`` file is opened) because WebDataset itself has no s3
-handler. Only file names that ``dias shard`` writes are joined onto a location (``join`` refuses
+``open_url``, the first time a URL is opened) because WebDataset itself has no s3 handler, and the
+read handlers of ``http(s)://``, ``gs://`` and ``pipe:`` are replaced by the same programs under a
+read timeout and a download budget (``timeouts.py``: ``data.read_timeout_s``, ``data.download_budget_s``). Only file names that ``dias shard`` writes are joined onto a location (``join`` refuses
 anything else), so a crafted manifest cannot inject a shell command into a ``pipe:`` location.
+
+Which locations run a program of the location's choosing (``RUNS_COMMAND``): ``pipe:`` only, its
+text is a shell command. The other schemes are reads of a URL by a fixed reader: ``http(s)://``
+runs ``curl`` and ``gs://`` runs ``gsutil cat`` with the URL as their one argument (no shell, no
+option can be smuggled in: the argument starts with the scheme), ``s3://`` is boto3 in this
+process, ``file://`` a local read; whatever they read is checked against the manifest's byte
+counts and sha256. A ``pipe:`` location is therefore accepted from the command line or a config
+file the user passes, never from a config stored in a checkpoint or MLflow model
+(``dias_dist.stored_config``).
 """
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from contextlib import closing
 from pathlib import Path
 
 SCHEMES = ("file", "http", "https", "s3", "gs", "pipe")
+RUNS_COMMAND = ("pipe",)  # schemes whose location is a command line (see the module docstring)
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)")
 # relative names inside a shard set: split folders, tars, manifest.json (what `dias shard` writes)
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -63,6 +76,11 @@ def problem(location: str) -> str | None:
     return None
 
 
+def runs_command(location: str | os.PathLike) -> bool:
+    """True when opening files at ``location`` runs a command taken from its text (``pipe:``)."""
+    return scheme(location) in RUNS_COMMAND
+
+
 def join(location: str | os.PathLike, name: str) -> str:
     """The location of the file ``name`` (a path inside the set, e.g. ``training/training-000000.tar``)."""
     if not isinstance(name, str) or NAME.fullmatch(name) is None or ".." in name.split("/"):
@@ -77,9 +95,9 @@ def join(location: str | os.PathLike, name: str) -> str:
 
 
 def open_url(url: str):
-    """A binary stream of ``url`` through ``webdataset.gopen.gopen`` (``s3://`` through boto3)."""
-    if scheme(url) == "s3":
-        register_s3()
+    """A binary stream of ``url`` through ``webdataset.gopen.gopen`` (``s3://`` through boto3), under
+    this process's read timeout and download budget (``timeouts.py``)."""
+    register_s3()
     return _gopen_module().gopen(url, "rb")
 
 
@@ -91,7 +109,11 @@ def _gopen_module():
 
 
 def register_s3() -> None:
-    """Add ``gopen_s3`` to WebDataset's gopen scheme table (an s3 handler already there wins)."""
+    """Add ``gopen_s3`` to WebDataset's gopen scheme table (an s3 handler already there wins), and
+    the read handlers of ``timeouts.py`` (curl, gsutil, pipe: under the read timeout and budget)."""
+    from . import timeouts
+
+    timeouts.register()
     _gopen_module().gopen_schemes.setdefault("s3", gopen_s3)
 
 
@@ -116,21 +138,28 @@ def reason(err: Exception) -> str:
     return text
 
 
-_S3_CLIENTS: dict[int, object] = {}
+_S3_CLIENTS: dict[tuple, object] = {}
 
 
 def _s3_client():
-    """One boto3 S3 client per process (clients must not cross a fork into DataLoader workers)."""
-    pid = os.getpid()
-    if pid not in _S3_CLIENTS:
+    """One boto3 S3 client per process and limits (clients must not cross a fork into DataLoader
+    workers): connect and read timeouts from ``data.read_timeout_s``, 4 attempts (standard retries)."""
+    from . import timeouts
+
+    limit = timeouts.limits()
+    slot = (os.getpid(), limit)
+    if slot not in _S3_CLIENTS:
         try:
             import boto3
+            from botocore.config import Config
         except ImportError:
             raise ValueError("s3:// shard locations need boto3 (pip install boto3; its pin is in "
                              "requirements/base.txt), or use data.shards='pipe:aws s3 cp s3://BUCKET/FOLDER/{} -'"
                              ) from None
-        _S3_CLIENTS[pid] = boto3.session.Session().client("s3")
-    return _S3_CLIENTS[pid]
+        config = Config(connect_timeout=min(30.0, limit.read_timeout_s), read_timeout=limit.read_timeout_s,
+                        retries={"total_max_attempts": timeouts.CURL_RETRIES + 1, "mode": "standard"})
+        _S3_CLIENTS[slot] = boto3.session.Session().client("s3", config=config)
+    return _S3_CLIENTS[slot]
 
 
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
@@ -141,22 +170,30 @@ def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
     stores such as MinIO)."""
     if mode[0] != "r":
         raise ValueError(f"{url}: s3:// is read-only here; upload shard sets with `aws s3 cp --recursive`")
+    from . import timeouts
+
     bucket, _, key = url[len("s3://"):].partition("/")
     client = _s3_client()
+    deadline = time.monotonic() + timeouts.limits().budget_s
     try:
-        return _S3Body(client.get_object(Bucket=bucket, Key=key)["Body"])
+        return _S3Body(client.get_object(Bucket=bucket, Key=key)["Body"], deadline)
     except Exception as err:  # noqa: BLE001 - botocore's errors (NoSuchKey, credentials, endpoint) -> one OSError
         raise OSError(f"{type(err).__name__}: {err}") from None
 
 
 class _S3Body:
     """A GetObject body whose read errors (botocore's IncompleteReadError, urllib3's connection
-    errors: not OSErrors) are OSErrors, as the other gopen streams' are."""
+    errors: not OSErrors) are OSErrors, as the other gopen streams' are; a read after ``deadline``
+    (``time.monotonic``, the download budget) fails."""
 
-    def __init__(self, body):
-        self.body = body
+    def __init__(self, body, deadline: float = math.inf):
+        self.body, self.deadline = body, deadline
 
     def read(self, size: int = -1) -> bytes:
+        if time.monotonic() > self.deadline:
+            from . import timeouts
+
+            raise OSError(f"no complete answer within data.download_budget_s={timeouts.limits().budget_s:g} s")
         try:
             return self.body.read() if size is None or size < 0 else self.body.read(size)
         except Exception as err:  # noqa: BLE001

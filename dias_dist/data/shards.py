@@ -309,6 +309,8 @@ def read_manifest(shard_dir: str | Path) -> dict:
         try:
             text = location.read_bytes(path).decode("utf-8", errors="replace")
         except OSError as err:
+            if "data.read_timeout_s" in str(err) or "data.download_budget_s" in str(err):  # timeouts.py
+                raise ValueError(f"{path}: no shard manifest could be read ({err})") from None
             raise ValueError(f"{path}: no shard manifest could be read ({err}); upload the folder "
                              f"`dias shard` wrote, manifest.json last (README, 'Shards from anywhere')") from None
     try:
@@ -564,7 +566,7 @@ def cached_copy(url: str, cache_dir: str | Path, entry: dict | None = None) -> s
     digest = entry.get("sha256") or hashlib.sha256(url.encode()).hexdigest()
     base = str(entry.get("name") or "shard.tar").rsplit("/", 1)[-1]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{str(digest)[:32]}-{base}")
-    location.register_s3()  # FileCache downloads through gopen
+    location.register_s3()  # FileCache downloads through gopen (its handlers under timeouts.py's limits)
     try:
         return FileCache(str(cache_dir), url_to_name=lambda _url: name).get_file(url)
     except (OSError, ValueError, AssertionError) as err:

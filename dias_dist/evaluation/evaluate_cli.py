@@ -6,6 +6,9 @@ protocol (runs under torchrun too: images are spread over ranks, each evaluated 
 the mean ± std table. Outputs (per-image CSV, summary CSV/Markdown, overlays, probability maps)
 go to ``--out`` (default: ``<run folder>/eval/<split>``; for an MLflow model URI
 ``<train.run_dir>/eval-mlflow/<uri>/<split>``).
+
+The stored config runs no command: a ``pipe:`` ``data.shards`` in it is refused unless
+``data.shards=...`` is given here (``dias_dist.stored_config``).
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import re
 from pathlib import Path
 
 from dias_dist import checkpoint, dist
-from dias_dist.config import Config, apply_overrides, from_dict
+from dias_dist.data import timeouts
+from dias_dist.stored_config import from_stored
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +40,8 @@ def main(args: argparse.Namespace) -> int:
     payload, _ = load_payload(args.checkpoint, args.tracking_uri)
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")
-    cfg = from_dict(Config, apply_overrides(payload["config"], list(args.overrides)),
-                    f"{args.checkpoint} config" + (" + overrides" if args.overrides else ""))
+    cfg = from_stored(payload["config"], args.checkpoint, args.overrides, reads_data=True)
+    timeouts.set_limits(cfg.data.read_timeout_s, cfg.data.download_budget_s)
     device = dist.init(cfg.dist, cfg.train.device)
     try:
         _, model = build_network(cfg.model, cfg.method)

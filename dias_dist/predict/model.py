@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dias_dist import checkpoint
-from dias_dist.config import Config, apply_overrides, from_dict
+from dias_dist.config import Config
 from dias_dist.data.preprocess import NUM_FRAMES, preprocess_scaled
 
 MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
@@ -95,13 +95,15 @@ def load_payload(spec: str, tracking_uri: str | None = None) -> tuple[dict, str]
 
 
 def from_payload(payload: dict, source: str, overrides: list[str] | tuple = ()) -> TrainedModel:
-    """Rebuild the network of a checkpoint payload (``model`` weights + ``config``)."""
+    """Rebuild the network of a checkpoint payload (``model`` weights + ``config``). Prediction reads
+    no shards: a stored ``data.shards`` / ``data.cache_dir`` that ``stored_config`` refuses (a
+    ``pipe:`` command) is replaced by the default in ``cfg``, never run."""
     from dias_dist.methods import build_network
+    from dias_dist.stored_config import from_stored
 
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"{source} lacks 'config' or 'model'; was it written by dias_dist training?")
-    cfg = from_dict(Config, apply_overrides(payload["config"], list(overrides)),
-                    f"{source} config" + (" + overrides" if overrides else ""))
+    cfg = from_stored(payload["config"], source, overrides, reads_data=False)
     _, network = build_network(cfg.model, cfg.method)
     checkpoint.load_weights(network, payload["model"], source)
     step = payload.get("step")

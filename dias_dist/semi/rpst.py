@@ -189,6 +189,9 @@ def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
     from dias_dist.semi.pseudo_label import pseudo_label_split
     from dias_dist.track import make_tracker
 
+    from dias_dist.data import timeouts
+
+    timeouts.set_limits(cfg.data.read_timeout_s, cfg.data.download_budget_s)
     source_stage = "teacher" if k == 1 else f"round{k - 1}"
     source = _finished(state, source_stage, f"pseudo{k}")
     # idempotent (an existing group is reused): gives this rank's device, also when run_stage runs standalone
