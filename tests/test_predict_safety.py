@@ -154,6 +154,11 @@ def test_an_existing_folder_predict_did_not_write_is_refused_up_front(tiny_check
     assert f"{out / 's1'}: exists (a folder) and was not written by dias predict (no {MARKER} marker)" in line
     assert "--overwrite" in line
     assert _tree(tmp_path) == before
+    (tmp_path / "out2" / "a").mkdir(parents=True)
+    (tmp_path / "out2" / "s1").mkdir()
+    assert _predict(tiny_checkpoint, first, series, "--out", tmp_path / "out2") == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'out2' / 'a'}: exists (a folder)" in line and f"(and 1 more: {tmp_path / 'out2' / 's1'})" in line
     assert _predict(tiny_checkpoint, first, series, "--out", out, "--overwrite") == 0
     assert sorted(p.name for p in out.iterdir()) == ["a", "s1"]
     assert (out / "s1" / "mask.png").is_file() and not (out / "s1" / "notes.txt").exists()

@@ -118,8 +118,16 @@ def main(args: argparse.Namespace) -> int:
     out_root = Path(args.out)
     check_output_location(out_root, list(dict.fromkeys([*input_matches(args.inputs), *paths])))
     names = unique_names(paths)
+    refused = []
     for name in names:
-        check_replaceable(out_root / name, overwrite=args.overwrite)
+        try:
+            check_replaceable(out_root / name, overwrite=args.overwrite)
+        except ValueError as err:
+            refused.append(str(err))
+    if refused:
+        more = f" (and {len(refused) - 1} more: {', '.join(m.split(': ')[0] for m in refused[1:4])}" \
+               f"{' ...' if len(refused) > 4 else ''})" if len(refused) > 1 else ""
+        raise ValueError(refused[0] + more)
     model = load_trained_model(args.model, tracking_uri=args.tracking_uri)
     cfg = model.cfg
     tile = cfg.eval.patch_size_px if tile is None else tile
