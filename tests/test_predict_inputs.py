@@ -50,7 +50,8 @@ def test_a_file_without_instance_number_falls_back_to_acquisition_time_with_a_wa
     """Before: the frame of the file without InstanceNumber was moved last ([10, 30, 40, 20]). Now the
     series is ordered by acquisition time (file names deliberately in the reverse order)."""
     folder = _single_frames(tmp_path / "s", [10, 20, 30, 40], instances=[1, None, 3, 4],
-                            times=["120000", "120001.5", "120002", "120003"], names=["d.dcm", "c.dcm", "b.dcm", "a.dcm"])
+                            times=["120000", "120001.5", "120002", "120003"],
+                            names=["d.dcm", "c.dcm", "b.dcm", "a.dcm"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         series = read_series(folder)
@@ -172,7 +173,8 @@ def test_frame_counts_are_refused_from_headers(tmp_path):
     ds = dcmread(_dicom(np.zeros((2, 8, 8), np.uint8), tmp_path / "two.dcm"))
     ds.NumberOfFrames = 10000
     ds.save_as(tmp_path / "many.dcm")
-    _refused_without_decoding(tmp_path / "many.dcm", rf"many.dcm: 10000 frames exceed --max-frames {DEFAULT_MAX_FRAMES}")
+    _refused_without_decoding(tmp_path / "many.dcm",
+                              rf"many.dcm: 10000 frames exceed --max-frames {DEFAULT_MAX_FRAMES}")
     series = tmp_path / "dicoms"
     series.mkdir()
     for index in range(65):
@@ -192,7 +194,8 @@ def test_frame_counts_are_refused_from_headers(tmp_path):
         handle.write(b"\0" * 64)
     _refused_without_decoding(tmp_path / "claims.npy", r"claims.npy: 16000x16000 = 256000000 pixels per frame")
     assert read_series(frames, Budget(max_pixels=64, max_frames=65)).frames.shape == (65, 8, 8)
-    with pytest.raises(ValueError, match=r"f0.png: 8x8 = 64 pixels per frame \(width x height\) exceeds --max-pixels 63"):
+    with pytest.raises(ValueError, match=r"f0.png: 8x8 = 64 pixels per frame \(width x height\) exceeds "
+                                         r"--max-pixels 63"):
         read_series(frames, Budget(max_pixels=63, max_frames=65))
 
 

@@ -32,6 +32,7 @@ without ``InstanceNumber`` and the order used, and the summary records it (``Ser
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -83,7 +84,8 @@ def open_regular(path: Path):
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as err:
-        raise ValueError(f"{path}: cannot open ({entry_kind(path) or err.strerror})") from None
+        kind = entry_kind(path)
+        raise ValueError(f"{path}: cannot open ({err.strerror if kind in (None, 'missing') else kind})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -96,7 +98,7 @@ def _mode_kind(mode: int) -> str:
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
         if test(mode):
             return kind
-    return "not a regular file"
+    return "a special file"
 
 
 def entry_kind(path: Path) -> str | None:
@@ -107,7 +109,7 @@ def entry_kind(path: Path) -> str | None:
         mode = os.stat(path).st_mode
     except OSError as err:
         if os.path.islink(path):
-            return "a symbolic link loop" if err.errno == 40 else "a dangling symbolic link"
+            return "a symbolic link loop" if err.errno == errno.ELOOP else "a dangling symbolic link"
         return "missing"
     return None if stat.S_ISREG(mode) else _mode_kind(mode)
 
@@ -530,6 +532,7 @@ def read_dicom_series(folder: Path, budget: Budget | None = None) -> Series:
     if len(series_uids) > 1:
         raise ValueError(f"{folder}: files of {len(series_uids)} series in one folder "
                          f"(SeriesInstanceUID {', '.join(series_uids)}); put each series in its own folder")
+    budget.check_frames(folder, sum(_int_or(getattr(ds, "NumberOfFrames", 1), 1) for _, ds in datasets))
     datasets, frame_order = order_dicom_frames(datasets, folder)
     frames = []
     for path, ds in datasets:
@@ -538,8 +541,6 @@ def read_dicom_series(folder: Path, budget: Budget | None = None) -> Series:
             raise ValueError(f"{path}: frame size {pixels.shape[2]}x{pixels.shape[1]} differs from "
                              f"{datasets[0][0].name} {frames[0].shape[2]}x{frames[0].shape[1]} (width x height)")
         frames.append(pixels)
-    stack = np.concatenate(frames)
-    budget.check_frames(folder, stack.shape[0])
     first = datasets[0][1]
-    return Series(folder.name, folder, "dicom-series", stack, [p for p, _ in datasets],
+    return Series(folder.name, folder, "dicom-series", np.concatenate(frames), [p for p, _ in datasets],
                   _frame_time(first), _pixel_spacing(first), [ds for _, ds in datasets], frame_order)
