@@ -5,7 +5,18 @@ model URI (``runs:/<run_id>/model``, ``models:/<name>/<version>``; store: ``--tr
 ``$MLFLOW_TRACKING_URI``, else ``runs/mlflow.db``). INPUT: frame folders, DICOM files or folders,
 ``.npy`` arrays, or folders of those (batch; globs too), see ``dias_dist.predict.readers``.
 Each series gets ``DIR/<name>/`` (see ``dias_dist.predict.writers``). A series that fails leaves
-no folder and is listed at the end; the others complete and the exit status is 1.
+no folder and is listed at the end; the others complete and the exit status is 1. An input that
+yields no series (an empty folder, a folder of only ``.txt`` files or broken links) is such a
+failure, with its reason; a FIFO or other non-regular file is refused, never waited on.
+
+Refused before the model is loaded or anything is written (one line, exit status 2): a ``--out``
+that is, contains or lies inside an input (real paths: symbolic links resolved), and an existing
+``DIR/<name>`` that is not a folder written by predict (it carries the marker ``.dias-predict``)
+unless ``--overwrite`` is given. Series names are made one safe path component
+(``writers.safe_name``: an input ``..npy`` gives ``_``, never ``DIR`` itself).
+
+Budget: a frame over ``--max-pixels`` pixels (default 2048x2048) or a series over ``--max-frames``
+frames (default 64) is refused from its header, before any pixel is decoded (a failed series).
 """
 from __future__ import annotations
 
@@ -15,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from dias_dist.predict.readers import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
 
 # The documented fast setting (benchmarks/README.md, results/predict_cpu.json): the paper's 64-px tiles
 # at stride 48 (2.2x fewer tiles than stride 32 on 800x800), the sparsest measured tiling whose DSC change
@@ -64,6 +77,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward (default: the model's)")
     parser.add_argument("--device", default="auto", help="auto (GPU when there is one) | cpu | cuda | cuda:N")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store of a runs:/ or models:/ MODEL")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT/<name> that predict did not write (default: refused; a "
+                             "result of an earlier dias predict, marked by its .dias-predict file, is replaced)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"largest frame in pixels, width x height (default {DEFAULT_MAX_PIXELS} = 2048x2048, "
+                             "the largest DSA detectors); checked from the file header before decoding")
+    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
+                        help=f"most frames per series (default {DEFAULT_MAX_FRAMES}); checked from the headers "
+                             "before decoding")
 
 
 def _device(name: str) -> torch.device:
@@ -80,8 +102,8 @@ def _device(name: str) -> torch.device:
 
 def main(args: argparse.Namespace) -> int:
     from dias_dist.predict.model import load_trained_model, series_probability
-    from dias_dist.predict.readers import expand_inputs, read_series
-    from dias_dist.predict.writers import unique_names, write_series_outputs
+    from dias_dist.predict.readers import Budget, expand_inputs, input_matches, read_series
+    from dias_dist.predict.writers import check_output_location, check_replaceable, unique_names, write_series_outputs
     from dias_dist.progress import bar
 
     tile, stride = (FAST_TILE, FAST_STRIDE) if args.fast else (args.tile, args.stride)
@@ -89,7 +111,23 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--fast sets --tile and --stride; give either --fast or --tile/--stride")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
+    budget = Budget(args.max_pixels, args.max_frames)
     device = _device(args.device)
+    # everything about the inputs and --out is checked before the model loads and anything is written
+    paths = expand_inputs(args.inputs)
+    out_root = Path(args.out)
+    check_output_location(out_root, list(dict.fromkeys([*input_matches(args.inputs), *paths])))
+    names = unique_names(paths)
+    refused = []
+    for name in names:
+        try:
+            check_replaceable(out_root / name, overwrite=args.overwrite)
+        except ValueError as err:
+            refused.append(str(err))
+    if refused:
+        more = f" (and {len(refused) - 1} more: {', '.join(m.split(': ')[0] for m in refused[1:4])}" \
+               f"{' ...' if len(refused) > 4 else ''})" if len(refused) > 1 else ""
+        raise ValueError(refused[0] + more)
     model = load_trained_model(args.model, tracking_uri=args.tracking_uri)
     cfg = model.cfg
     tile = cfg.eval.patch_size_px if tile is None else tile
@@ -99,13 +137,11 @@ def main(args: argparse.Namespace) -> int:
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
     fast_bf16 = args.fast and native_bf16(device)
     amp = cfg.train.bf16_autocast(device) or args.bf16 or fast_bf16
-    paths = expand_inputs(args.inputs)
-    out_root = Path(args.out)
     failures, written = [], []
-    for path, name in bar(list(zip(paths, unique_names(paths))), desc="predict", unit="series", enabled=None):
+    for path, name in bar(list(zip(paths, names)), desc="predict", unit="series", enabled=None):
         tic = time.perf_counter()
         try:
-            series = read_series(path)
+            series = read_series(path, budget)
             prob = series_probability(model, series.frames, device=device, tile=tile, stride=stride,
                                       batch_size=args.batch_size, amp=amp, compile=args.compile or None)
             summary = {"input": str(path), "kind": series.kind, "num_files": len(series.files),
@@ -115,8 +151,10 @@ def main(args: argparse.Namespace) -> int:
                        "tile": tile, "stride": stride, "device": str(device), "bf16_autocast": amp,
                        "compiled": bool(args.compile or cfg.eval.compile),
                        "seconds": round(time.perf_counter() - tic, 3)}
+            if series.frame_order is not None:
+                summary["frame_order"] = series.frame_order
             written.append(write_series_outputs(out_root / name, series, prob, threshold=threshold,
-                                                dti=cfg.eval.dti, summary=summary))
+                                                dti=cfg.eval.dti, summary=summary, overwrite=args.overwrite))
         except Exception as err:  # noqa: BLE001 — one bad series must not stop the batch
             message = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
             failures.append((path, message))

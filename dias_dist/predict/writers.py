@@ -7,14 +7,28 @@
     summary.json  input, model, threshold, vessel area (pixels; mm² when the DICOM gives pixel
                   spacing), frame time, seconds taken
     seg.dcm       DICOM Segmentation (highdicom) referencing the source instance (DICOM input only)
+    .dias-predict predict's marker (JSON: written_by, version, input): this folder is a result
 
 Everything is written into a hidden temporary folder beside the target and renamed into place when
 complete, so a failure leaves no partial folder (and an earlier result for the series stays).
+
+Nothing predict did not write is replaced or deleted:
+
+- ``check_output_location``: an output folder that is, contains or lies inside an input (real paths,
+  symbolic links resolved) is refused before anything runs.
+- An existing ``OUT/<name>`` is replaced only when it is a folder (not a link) carrying the marker
+  ``.dias-predict``, or with ``overwrite=True`` (``--overwrite``); ``check_replaceable`` refuses the
+  others up front, and ``write_series_outputs`` checks again before its swap.
+- ``safe_name``: the series name is one safe path component: ``/``, ``\\``, NUL and other control
+  characters become ``_``, every leading ``.`` becomes ``_`` (so never ``.``, ``..``, hidden, nor one
+  of predict's ``.<name>.tmp-`` folders), an empty name becomes ``series``, and the name is cut to
+  200 bytes (room for ``_N`` and the temporary folder's prefix within the 255-byte limit).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -42,11 +56,28 @@ def overlay_on_minip(frames_thw: np.ndarray, mask_hw: np.ndarray) -> np.ndarray:
     return np.round(rgb).astype(np.uint8)
 
 
+MARKER = ".dias-predict"
+MAX_NAME_BYTES = 200
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def safe_name(name: str) -> str:
+    """``name`` as one safe path component (rule in the module docstring)."""
+    name = _UNSAFE.sub("_", name)
+    stripped = name.lstrip(".")
+    name = "_" * (len(name) - len(stripped)) + stripped
+    while len(os.fsencode(name)) > MAX_NAME_BYTES:
+        name = name[:-1]
+    return name or "series"
+
+
 def unique_names(series_paths: list[Path]) -> list[str]:
-    """Output folder names: the series' file stem / folder name, ``_2``, ``_3``... on collisions."""
+    """Output folder names: the series' file stem / folder name made a ``safe_name``, ``_2``,
+    ``_3``... on collisions."""
     names, seen = [], set()
     for path in series_paths:
-        base = (path.stem if path.is_file() else path.name) or "series"
+        absolute = Path(os.path.abspath(path))  # "." and "x/.." name their folder
+        base = safe_name(absolute.name if path.is_dir() else absolute.stem)
         name, count = base, 1
         while name in seen:
             count += 1
@@ -56,11 +87,66 @@ def unique_names(series_paths: list[Path]) -> list[str]:
     return names
 
 
+def is_predict_result(folder: Path) -> bool:
+    """Whether ``folder`` is a folder (not a symbolic link) holding predict's marker file."""
+    if os.path.islink(folder) or not folder.is_dir():
+        return False
+    marker = folder / MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            return False
+        return json.loads(marker.read_text()).get("written_by") == "dias predict"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_replaceable(out_dir: Path, *, overwrite: bool = False) -> None:
+    """ValueError naming ``out_dir`` when it exists and is not predict's own result (unless ``overwrite``)."""
+    if overwrite or not os.path.lexists(out_dir) or is_predict_result(out_dir):
+        return
+    what = "a symbolic link" if os.path.islink(out_dir) else "a folder" if out_dir.is_dir() else "a file"
+    raise ValueError(f"{out_dir}: exists ({what}) and was not written by dias predict (no {MARKER} marker); "
+                     "choose another --out, move it away, or give --overwrite to replace it")
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def check_output_location(out_root: Path, inputs: list[Path]) -> None:
+    """ValueError naming both paths when ``out_root`` is, contains or lies inside one of ``inputs``
+    (compared as real paths: symbolic links resolved, also those of an input folder's entries)."""
+    out_real = _real(out_root)
+    if os.path.lexists(out_root) and not out_real.is_dir():
+        raise ValueError(f"--out {out_root}: exists and is not a folder")
+    for path in inputs:
+        candidates = [path]
+        if path.is_dir():
+            try:
+                candidates += sorted(path.iterdir())  # a frame symlinked from elsewhere
+            except OSError:
+                pass
+        for candidate in candidates:
+            real = _real(candidate)
+            relation = ("is" if real == out_real else "contains" if out_real in real.parents
+                        else "lies inside" if real in out_real.parents else None)
+            if relation is None:
+                continue
+            shown = [f"{p}" + (f" (real path {r})" if Path(os.path.abspath(p)) != r else "")
+                     for p, r in ((out_root, out_real), (candidate, real))]
+            raise ValueError(f"--out {shown[0]} {relation} the input {shown[1]}; predict never writes over its "
+                             "inputs: choose an output folder outside them")
+
+
 def write_series_outputs(out_dir: str | Path, series: Series, prob_hw: np.ndarray, *, threshold: float,
-                         dti: bool, summary: dict) -> Path:
+                         dti: bool, summary: dict, overwrite: bool = False) -> Path:
     """Write the files of the module docstring for one series into ``out_dir`` (replacing an
-    earlier result only once everything is written); returns ``out_dir``."""
+    earlier result only once everything is written, and only predict's own result unless
+    ``overwrite``: see ``check_replaceable``); returns ``out_dir``."""
+    import dias_dist
+
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, overwrite=overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     prob_hw = np.asarray(prob_hw, dtype=np.float32)
     mask = binarize(prob_hw, threshold, dti)
@@ -86,8 +172,11 @@ def write_series_outputs(out_dir: str | Path, series: Series, prob_hw: np.ndarra
                 warnings.warn(f"{series.source}: no DICOM Segmentation written ({type(err).__name__}: {err})",
                               RuntimeWarning, stacklevel=2)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / MARKER).write_text(json.dumps({"written_by": "dias predict", "version": dias_dist.__version__,
+                                              "input": str(series.source)}) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if out_dir.exists():  # swap: the old result is removed only after the new one is complete
+        check_replaceable(out_dir, overwrite=overwrite)  # again: it may have appeared while predicting
+        if os.path.lexists(out_dir):  # swap: the old result is removed only after the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.replace(out_dir, old / out_dir.name)
             os.replace(tmp, out_dir)
