@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -86,7 +87,8 @@ def run_command(module: ModuleType, parser: argparse.ArgumentParser, argv: list[
     try:
         return int(module.main(args) or 0)
     except ValueError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        if not (getattr(err, "same_on_every_rank", False) and os.environ.get("LOCAL_RANK", "0") != "0"):
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         line = os_error_line(err, args)

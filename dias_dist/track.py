@@ -161,12 +161,14 @@ def relocate_store(uri: str) -> list[tuple[str, str]]:
     new_root = (db.resolve().parent / "mlartifacts").as_uri()
     try:
         with closing(sqlite3.connect(str(db), timeout=30)) as connection, connection as con:  # one transaction
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "experiments" not in tables:  # a new (or just write-probed, check_writable) store: nothing to move
+                return []
             rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
             old_roots = sorted({loc.split("/mlartifacts", 1)[0] + "/mlartifacts" for (loc,) in rows
                                 if loc and loc.startswith("file://") and "/mlartifacts" in loc} - {new_root})
             if not old_roots:
                 return []
-            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             for old in old_roots:
                 for table, column in _URI_COLUMNS:
                     if table not in tables:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from dias_dist import checkpoint, devices, dist, elastic, run_history, run_lock
+from dias_dist import checkpoint, console, devices, dist, elastic, run_history, run_lock
 from dias_dist.config import Config, derive, to_dict
 from dias_dist.curves import plot_curves
 from dias_dist.data import loader, timeouts
@@ -71,7 +71,11 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     micro_batch = micro_batch_size(cfg.train.batch_size, cfg.train.grad_accum)
     cfg = elastic.continue_job(cfg)  # under torchrun --max-restarts: the same run name, resume after a restart
     name, run_dir, resume_from = checkpoint.resolve_run(cfg.train, f"{cfg.model.name}-{cfg.method.name}")
-    cfg = with_study(derive(cfg, {"train.run_name": name}, "resolved config"))
+    # paths that go into MLflow and checkpoints are absolute: `dias evaluate` works from any directory
+    cfg = with_study(derive(cfg, {"train.run_name": name, "train.run_dir": console.absolute(cfg.train.run_dir),
+                                  "data.shards": console.absolute(cfg.data.shards),
+                                  "data.cache_dir": console.absolute(cfg.data.cache_dir)}, "resolved config"))
+    run_dir = Path(cfg.train.run_dir) / name
     uri = tracking_uri(cfg.track, cfg.train.run_dir) if cfg.track.enabled else ""
     # a torchrun restart of a job killed before its first checkpoint: the same folder and MLflow run, from step 0
     started = elastic.unfinished_start(run_dir, uri) if resume_from is None and dist.is_main() and not dry_run else None
@@ -93,7 +97,6 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         checkpoint.load_weights(model, checkpoint.model_state(init_from), init_from)
     engine = make_engine(cfg, model, device)
     device_tags = devices.startup_tags(device, engine, world_size=dist.world_size(), backend=dist.backend())
-    devices.announce(device_tags, run_name=t.run_name, engine_name=cfg.dist.engine, enabled=dist.is_main())
     state = TrainState(run_id=started["mlflow_run_id"]) if started else TrainState()
     if resume_from is not None:
         saved = checkpoint.load(resume_from)
@@ -121,6 +124,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     parts = Parts(cfg, run_dir, method, engine, micro_batch,
                   t.checkpoint_every_steps or t.steps_per_epoch, writes, log, tracker)
     total_steps = 1 if dry_run else min(t.epochs * t.steps_per_epoch, t.max_steps or math.inf)
+    console.announce_start(t.run_name, _start_facts(parts, device_tags, state.step, total_steps, resume_from, uri),
+                           enabled=dist.is_main())
     progress = Progress(total_steps, state.step, t.batch_size, enabled=dist.is_main() and t.progress)
     status = "FAILED"
     try:
@@ -171,6 +176,27 @@ def train_step(parts: Parts, stream, step: int) -> tuple[dict[str, torch.Tensor]
     return sums, engine.step(), data_wait
 
 
+def _start_facts(parts: Parts, device_tags: dict, step: int, total_steps: int, resume_from: Path | None,
+                 uri: str) -> dict[str, str]:
+    """The start block's facts (``console.start_block``): where the run goes and what it runs on."""
+    c, t = parts.cfg, parts.cfg.train
+    if not c.track.enabled:
+        mlflow = "off (track.enabled=false); metrics.jsonl keeps everything"
+    elif not parts.tracker.run_id:
+        mlflow = f"unavailable ({uri}, see the warning above); metrics.jsonl keeps everything"
+    else:
+        try:
+            experiment = parts.tracker.client.get_run(parts.tracker.run_id).info.experiment_id
+            mlflow = f"run {parts.tracker.run_id}: {console.run_page(uri, experiment, parts.tracker.run_id)}"
+        except Exception:  # noqa: BLE001 (the block is information; the tracker's own guard reports failures)
+            mlflow = f"run {parts.tracker.run_id} in {uri}"
+    resumed = f", resumed from {resume_from}" if resume_from is not None else ""
+    return {"folder": str(parts.run_dir), "mlflow": mlflow, **device_tags, "engine": c.dist.engine,
+            "data": str(c.data.shards),
+            "steps": f"{step} -> {total_steps} ({t.epochs} epochs x {t.steps_per_epoch} steps, global batch "
+                     f"{t.batch_size}, validation every {c.eval.val_every_epochs} epochs){resumed}"}
+
+
 def _train(parts: Parts, state: TrainState, sources: list, total_steps: int, progress: Progress,
            report: Callable[[dict], None] | None, dry_run: bool) -> dict[str, torch.Tensor]:
     """The epoch/validation driver: steps until ``total_steps``, validating at epoch ends, saving
@@ -197,6 +223,8 @@ def _train(parts: Parts, state: TrainState, sources: list, total_steps: int, pro
         validation, last = None, None
         if end_of_epoch == 0 and epoch % parts.cfg.eval.val_every_epochs == 0:
             validation, improved = _validate(parts, state, epoch)
+            console.say(console.validation_line(state.step, total_steps, epoch, validation,
+                                                parts.cfg.eval.select_metric, improved), enabled=dist.is_main())
             if improved:
                 _save(parts, state, "best.pt")
         if state.step % parts.boundary == 0 or state.step == total_steps:

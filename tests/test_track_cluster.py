@@ -137,3 +137,18 @@ def test_a_moved_store_opens_and_its_artifacts_download(tmp_path, monkeypatch):
         got = Path(client.download_artifacts(run_id, "notes/note.txt", str(tmp_path / run_id)))
         assert got.read_text() == "vessels\n"
     assert not first.exists() and not (tmp_path / "mlruns").exists()  # nothing written at the old place
+
+
+def test_a_new_store_opens_without_a_warning(tmp_path):
+    """check_writable's probe leaves an empty database behind; opening it must not take it for a moved
+    store (it once warned 'was moved but cannot be re-pointed ... no such table: experiments')."""
+    import warnings
+
+    from dias_dist.track import check_writable, open_store
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    check_writable(uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        client = open_store(uri)
+    assert client.search_experiments()[0].name == "Default"

@@ -31,7 +31,9 @@ def test_spec_leaves_gpus_to_the_cluster_by_default():
 def test_check_grid_rejects_typos_and_bad_values():
     from dias_dist.sweep import check_grid
 
-    check_grid(SSCR, [], {"method.params.lambda1": [0.5, 1.0], "optim.lr": [1e-3], "model.params.width": [-4]})
+    check_grid(SSCR, [], {"method.params.lambda1": [0.5, 1.0], "optim.lr": [1e-3], "model.params.width": [4]})
+    with pytest.raises(ValueError, match=r"model.params.width must be in \[1, 4096\], got -4"):  # config.RANGES
+        check_grid(SSCR, [], {"model.params.width": [-4]})
     with pytest.raises(ValueError, match="optim.lrr"):
         check_grid(SSCR, [], {"optim.lrr": [1e-3]})
     with pytest.raises(ValueError, match="lamda1"):  # method.params is free-form in the schema

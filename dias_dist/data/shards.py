@@ -302,6 +302,9 @@ def read_manifest(shard_dir: str | Path) -> dict:
     when missing or malformed."""
     path = location.join(shard_dir, MANIFEST)
     if location.is_local(shard_dir):
+        if not Path(shard_dir).exists():
+            raise ValueError(f"{shard_dir}: no shard set there (moved or deleted?); give its new place with "
+                             f"data.shards=NEW_PLACE, or write one with `dias shard SRC {shard_dir}`")
         if not Path(path).is_file():
             raise ValueError(f"{path}: no shard manifest (write one with `dias shard SRC {shard_dir}`)")
         text = Path(path).read_text()
