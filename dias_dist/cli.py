@@ -15,7 +15,7 @@ import sys
 from types import ModuleType
 
 from dias_dist import __version__
-from dias_dist.run_lock import describe_os_error  # standard library only: dias --version stays fast
+from dias_dist.run.folder import describe_os_error  # standard library only: dias --version stays fast
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, one-line help, one example)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dias_dist.atomic import atomic_write
+from dias_dist.run.atomic import atomic_write
 from dias_dist.data import location, timeouts
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class TrackConfig:
 
     enabled: bool = True
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
-    experiment: str = ""  # "" = dias-<study>: supervised | weak | semi (see dias_dist.track)
+    experiment: str = ""  # "" = dias-<study>: supervised | weak | semi (see dias_dist.run.track)
     parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
     tags: dict = field(default_factory=dict)
     register_as: str = ""  # register the logged model under this name in the MLflow model registry

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dias_dist.track import sqlite_path
+from dias_dist.run.track import sqlite_path
 
 MLFLOW_UI_PORT = 5000  # ``mlflow ui``'s default
 

@@ -246,7 +246,7 @@ def build_report(experiments: str | list[str] = (), *, tracking_uri: str, metric
                  filter_string: str = "", out_dir: str | Path | None = None, log_to_mlflow: bool = True,
                  report_experiment: str = REPORT_EXPERIMENT) -> dict:
     """Write the report files; returns ``{"rows", "files", "report_run_id"}``."""
-    from dias_dist.track import experiment_id, open_store
+    from dias_dist.run.track import experiment_id, open_store
 
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
     if metric not in METRIC_NAMES:

@@ -9,7 +9,7 @@ import argparse
 
 from dias_dist import dist
 from dias_dist.config import load_config
-from dias_dist.run_lock import describe_os_error
+from dias_dist.run.folder import describe_os_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

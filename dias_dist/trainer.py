@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-from dias_dist import checkpoint, console, devices, dist, elastic, run_history, run_lock
+from dias_dist import console, devices, dist
+from dias_dist.run import checkpoint, elastic, folder as run_folder, history as run_history
 from dias_dist.config import Config, derive, to_dict
 from dias_dist.curves import plot_curves
 from dias_dist.data import loader, timeouts
@@ -24,9 +25,9 @@ from dias_dist.methods import Method, build_network
 from dias_dist.models import count_parameters, input_layout, to_layout
 from dias_dist.predict.mlflow_model import log_trained_model
 from dias_dist.progress import Progress
-from dias_dist.run_params import resolved_params
+from dias_dist.run.params import resolved_params
 from dias_dist.schedule import build_optimizer
-from dias_dist.track import MetricsLog, Tracker, make_tracker, run_tags, tracking_uri, with_study
+from dias_dist.run.track import MetricsLog, Tracker, make_tracker, run_tags, tracking_uri, with_study
 
 
 @dataclass
@@ -79,7 +80,7 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
     uri = tracking_uri(cfg.track, cfg.train.run_dir) if cfg.track.enabled else ""
     # a torchrun restart of a job killed before its first checkpoint: the same folder and MLflow run, from step 0
     started = elastic.unfinished_start(run_dir, uri) if resume_from is None and dist.is_main() and not dry_run else None
-    folder = run_lock.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s(),
+    folder = run_folder.claim_on_main(run_dir, cfg.train, resume_from, enabled=not dry_run, wait_s=elastic.lock_wait_s(),
                                     restarted_job=started is not None)
     # a failure keeps the folder for torchrun's restart only while it holds a start.json to continue: without one
     # the restart cannot tell the folder from another job's (elastic) and would refuse it, so until record_start

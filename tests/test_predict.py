@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config, to_dict
 from dias_dist.data import dias
 from dias_dist.models import build_model

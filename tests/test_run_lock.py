@@ -1,4 +1,4 @@
-"""Run-folder ownership (dias_dist.run_lock): the OS lock against other processes, stale locks after a
+"""Run-folder ownership (dias_dist.run.folder): the OS lock against other processes, stale locks after a
 crash, the overwrite policy, failed starts, stale temporary files and folder faults."""
 import errno
 import os
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from dias_dist import run_lock
-from dias_dist.run_lock import RunFolderError, claim
+from dias_dist.run import folder as run_folder
+from dias_dist.run.folder import RunFolderError, claim
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = ("import sys, time\n"
-          "from dias_dist import run_lock\n"
-          "held = run_lock.claim(sys.argv[1], continuing=False, auto=True, overwrite=False)\n"
+          "from dias_dist.run import folder as run_folder\n"
+          "held = run_folder.claim(sys.argv[1], continuing=False, auto=True, overwrite=False)\n"
           "print('held', flush=True)\n"
           "time.sleep(120)\n")
 
@@ -121,7 +121,7 @@ def test_folder_faults_are_one_line_naming_the_path(tmp_path, monkeypatch):
         claim(tmp_path / "ro" / "r", continuing=False, auto=False, overwrite=False)
     assert str(info.value) == f"{tmp_path / 'ro' / 'r'}: Permission denied; choose a writable train.run_dir"
     full = OSError(errno.ENOSPC, "No space left on device", "/x/last.pt")
-    assert run_lock.describe_os_error(full).startswith("/x/last.pt: No space left on device; the last complete")
+    assert run_folder.describe_os_error(full).startswith("/x/last.pt: No space left on device; the last complete")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -177,7 +177,7 @@ def test_a_restart_resumes_only_a_folder_its_own_job_started(tmp_path, monkeypat
     """Under a torchrun restart resume=never becomes auto, but not on a named run folder that another
     job holds: attempt 0 was refused there, and the restart must be refused too, not continue (or
     overwrite) somebody else's run."""
-    from dias_dist import elastic
+    from dias_dist.run import elastic
     from dias_dist.config import Config, derive
 
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config, to_dict
 from dias_dist.models import build_model
 from dias_dist.predict.model import load_trained_model

@@ -71,7 +71,7 @@ def test_cluster_store_warning_only_for_a_sqlite_store_on_a_cluster():
 
 
 def test_artifact_location_is_next_to_the_sqlite_db(tmp_path):
-    from dias_dist.track import artifact_location
+    from dias_dist.run.track import artifact_location
 
     db = tmp_path / "store" / "mlflow.db"
     assert artifact_location(f"sqlite:///{db}") == (tmp_path / "store" / "mlartifacts").as_uri()
@@ -103,7 +103,7 @@ def test_sweep_parent_run_artifacts_land_next_to_the_db_not_in_cwd(tmp_path, mon
     assert not (cwd / "mlruns").exists()
     # the trainer path shares the helper: an explicit sqlite:// tracking_uri also keeps artifacts by the db
     from dias_dist.config import load_config
-    from dias_dist.track import MLflowTracker
+    from dias_dist.run.track import MLflowTracker
 
     tracker = MLflowTracker(load_config(None, [f"track.tracking_uri={uri}", "track.experiment=trainer"]).track, "r",
                             run_root=tmp_path / "runs", method="supervised")

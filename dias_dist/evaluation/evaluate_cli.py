@@ -16,7 +16,8 @@ import argparse
 import re
 from pathlib import Path
 
-from dias_dist import checkpoint, dist
+from dias_dist import dist
+from dias_dist.run import checkpoint
 from dias_dist.data import timeouts
 from dias_dist.stored_config import from_stored
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from dias_dist.config import MethodConfig, ModelConfig
 
-from dias_dist.run_params import record_init_args
+from dias_dist.run.params import record_init_args
 
 from .base import IGNORE_INDEX, Method
 

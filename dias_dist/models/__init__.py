@@ -16,7 +16,7 @@ import inspect
 import torch
 from torch import nn
 
-from dias_dist.run_params import record_init_args
+from dias_dist.run.params import record_init_args
 
 MODELS: dict[str, type[nn.Module]] = {}
 

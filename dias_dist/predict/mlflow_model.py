@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dias_dist import checkpoint
+from dias_dist.run import checkpoint
 from dias_dist.predict.model import CHECKPOINT_ARTIFACT
 
 MODEL_ARTIFACT = "model"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dias_dist import checkpoint
+from dias_dist.run import checkpoint
 from dias_dist.config import Config
 from dias_dist.data.preprocess import NUM_FRAMES, preprocess_scaled
 
@@ -57,7 +57,7 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = No
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
-    from dias_dist.track import relocate_store
+    from dias_dist.run.track import relocate_store
 
     store = tracking_uri or default_tracking_uri()
     relocate_store(store)  # a store folder moved since the model was logged

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow.pyfunc
 import numpy as np
 
-from dias_dist import checkpoint
+from dias_dist.run import checkpoint
 from dias_dist.predict.model import TrainedModel, from_payload, series_probability
 
 

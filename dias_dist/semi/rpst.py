@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from dias_dist import dist
-from dias_dist.atomic import atomic_write
+from dias_dist.run.atomic import atomic_write
 from dias_dist.config import Config, derive
 
 STATE_FILE = "rpst_state.json"
@@ -125,8 +125,8 @@ def _tags(cfg: Config, stage: str) -> dict:
 
 def open_parent(cfg: Config, state: dict):
     """The job's parent run (created once, resumed later); nested under ``track.parent_run_id`` if set."""
-    from dias_dist.run_params import resolved_params
-    from dias_dist.track import make_tracker
+    from dias_dist.run.params import resolved_params
+    from dias_dist.run.track import make_tracker
 
     parent_cfg = derive(cfg, {"track.tags": {**cfg.track.tags, "study": "semi", "rpst.job": state["job"],
                                              "rpst.num_labeled": str(cfg.data.num_labeled)}})
@@ -184,10 +184,10 @@ def teacher_stage(cfg: Config, state: dict, *, report=None) -> dict:
 
 def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
     """Label ``rpst.unlabeled_split`` with the final checkpoint of the previous training stage (a nested run)."""
-    from dias_dist.checkpoint import broadcast_model_state
+    from dias_dist.run.checkpoint import broadcast_model_state
     from dias_dist.methods import build_network
     from dias_dist.semi.pseudo_label import pseudo_label_split
-    from dias_dist.track import make_tracker
+    from dias_dist.run.track import make_tracker
 
     from dias_dist.data import timeouts
 

@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from dias_dist.atomic import atomic_write
+from dias_dist.run.atomic import atomic_write
 from dias_dist.config import Config, derive
 
 HOLDER_EXIT_WAIT_S = 60.0  # a restarted rank 0 waits this long for the old one to let go of the run folder

@@ -405,7 +405,7 @@ def manifest_sha256(shards: str | Path) -> str:
 
 class MetricsLog:
     """Append-only ``metrics.jsonl`` (rank 0). A resumed run does not write again what a killed run
-    logged after its checkpoint (``dias_dist.run_history.skip_logged``)."""
+    logged after its checkpoint (``dias_dist.run.history.skip_logged``)."""
 
     def __init__(self, path: str | Path, enabled: bool):
         self.path = Path(path)
@@ -421,6 +421,6 @@ class MetricsLog:
 
     def read(self) -> list[dict]:
         """Every record; a torn last line is dropped with a warning, other bad lines name file:line."""
-        from dias_dist.run_history import read_records
+        from dias_dist.run.history import read_records
 
         return read_records(self.path)
