@@ -144,7 +144,8 @@ def test_an_attempt_that_fails_before_its_start_record_leaves_a_folder_the_resta
     """A named run under torchrun with restarts left fails after writing config.yaml but before start.json
     (here: building the tracker): the folder goes, as for any failed start, and the restart trains in it;
     kept, it would hold an earlier run that the restart cannot prove its own and would refuse."""
-    from dias_dist import cli, trainer
+    from dias_dist import cli
+    from dias_dist.run import lifecycle
 
     def unreachable(*args, **kwargs):
         assert (tmp_path / "r" / "config.yaml").is_file()  # the window: the folder is prepared, no start.json
@@ -153,7 +154,7 @@ def test_an_attempt_that_fails_before_its_start_record_leaves_a_folder_the_resta
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    monkeypatch.setattr(trainer, "make_tracker", unreachable)
+    monkeypatch.setattr(lifecycle, "make_tracker", unreachable)
     argv = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.shards={tiny_shards}", f"train.run_dir={tmp_path}",
             "train.run_name=r", "eval.test_split=", "train.epochs=1", "train.steps_per_epoch=2"]
     assert cli.main(argv) == 2
