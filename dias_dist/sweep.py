@@ -164,9 +164,9 @@ def _started_run_id(run_folder: Path) -> str:
     """The MLflow run of the trial's own run folder: ``start.json`` (``elastic.record_start``, written by every
     run before its first step, so before any ``last.pt`` of it); "" when the folder has none (never started,
     or gone)."""
-    from dias_dist.run.elastic import _read_start
+    from dias_dist.run.elastic import read_start
 
-    return str((_read_start(run_folder) or {}).get("mlflow_run_id") or "")
+    return str((read_start(run_folder) or {}).get("mlflow_run_id") or "")
 
 
 def rpst_trial(params: dict, spec: dict) -> None:

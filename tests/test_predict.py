@@ -326,7 +326,7 @@ def test_training_logs_a_pyfunc_model_that_predicts_like_the_checkpoint(tiny_sha
 def test_mlflow_download_leaves_the_process_tracking_environment_as_it_was(tmp_path, monkeypatch):
     """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI; a lookup must not leave it behind, or later
     runs in the same process (a sweep, a notebook) would log to the wrong store."""
-    from dias_dist.predict.model import download_checkpoint
+    from dias_dist.run.artifacts import download_checkpoint
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

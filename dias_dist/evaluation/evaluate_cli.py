@@ -17,8 +17,11 @@ import re
 from pathlib import Path
 
 from dias_dist import dist
-from dias_dist.run import checkpoint
 from dias_dist.data import timeouts
+from dias_dist.evaluation.evaluate import evaluate_split, print_summary
+from dias_dist.methods import build_network
+from dias_dist.run import checkpoint
+from dias_dist.run.artifacts import is_mlflow_uri, load_payload
 from dias_dist.stored_config import from_stored
 
 
@@ -34,10 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dias_dist.evaluation.evaluate import evaluate_split, print_summary
-    from dias_dist.methods import build_network
-    from dias_dist.predict.model import is_mlflow_uri, load_payload
-
     payload, _ = load_payload(args.checkpoint, args.tracking_uri)
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")

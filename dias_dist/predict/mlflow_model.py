@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dias_dist.run import checkpoint
-from dias_dist.predict.model import CHECKPOINT_ARTIFACT
+from dias_dist.run.artifacts import CHECKPOINT_ARTIFACT
 
 MODEL_ARTIFACT = "model"
 

@@ -77,7 +77,7 @@ def _held_by_another_job(cfg: Config) -> bool:
     folder = Path(cfg.train.run_dir) / cfg.train.run_name
     if not folder.is_dir():
         return False
-    record = _read_start(folder)
+    record = read_start(folder)
     return record is None or record.get("job") != job_id()
 
 
@@ -100,13 +100,13 @@ def unfinished_start(run_dir: str | Path, tracking_uri: str) -> dict | None:
     run (``record["mlflow_run_id"]``) from step 0."""
     if restart_count() == 0 or not job_id():
         return None
-    record = _read_start(run_dir)
+    record = read_start(run_dir)
     if record is None or record.get("job") != job_id() or record.get("tracking_uri") != tracking_uri:
         return None
     return record
 
 
-def _read_start(run_dir: str | Path) -> dict | None:
+def read_start(run_dir: str | Path) -> dict | None:
     """The start record of ``run_dir``; None when there is none or it cannot be read as a JSON object."""
     try:
         record = json.loads((Path(run_dir) / START_RECORD).read_text())

@@ -44,7 +44,10 @@ from typing import Any, Protocol
 import torch
 
 from dias_dist import dist
-from dias_dist.config import TrackConfig
+from dias_dist.config import TrackConfig, derive
+from dias_dist.data import location
+from dias_dist.methods import METHODS
+from dias_dist.run.history import read_records
 
 # A server that is down must fail fast, not after minutes of retries (respect explicit settings).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -104,8 +107,6 @@ def study_of(track: TrackConfig, method: str) -> str:
     """``track.tags["study"]`` if set, else the study of method ``method``'s kind of targets."""
     if track.tags.get("study"):
         return str(track.tags["study"])
-    from dias_dist.methods import METHODS
-
     return STUDY_OF_TARGET.get(getattr(METHODS.get(method), "target_kind", ""), method)
 
 
@@ -116,8 +117,6 @@ def experiment_name(track: TrackConfig, method: str) -> str:
 
 def with_study(cfg):
     """``cfg`` with ``track.experiment`` and ``track.tags["study"]`` filled in (saved with the run)."""
-    from dias_dist.config import derive
-
     study = study_of(cfg.track, cfg.method.name)
     return derive(cfg, {"track.experiment": experiment_name(cfg.track, cfg.method.name),
                         "track.tags": {**cfg.track.tags, "study": study}}, "resolved config")
@@ -393,8 +392,6 @@ def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> di
 def manifest_sha256(shards: str | Path) -> str:
     """sha256 of the shard set's manifest, local or at a URL (``dias_dist.data.location``); "missing"
     when it cannot be read (the reader has already named the problem by then)."""
-    from dias_dist.data import location
-
     manifest = location.join(shards, "manifest.json")
     try:
         data = Path(manifest).read_bytes() if location.is_local(shards) else location.read_bytes(manifest)
@@ -421,6 +418,4 @@ class MetricsLog:
 
     def read(self) -> list[dict]:
         """Every record; a torn last line is dropped with a warning, other bad lines name file:line."""
-        from dias_dist.run.history import read_records
-
         return read_records(self.path)
