@@ -17,7 +17,7 @@ A job killed before its first checkpoint has no ``last.pt``, so rank 0 also reco
 step, which job started the folder and its MLflow run (``start.json``, written atomically:
 ``record_start``). A restart of that job that finds no checkpoint but this record (``unfinished_start``)
 keeps the folder and continues the same MLflow run from step 0; what the killed attempt had logged is
-not logged again (``run_history.skip_logged``), and on CPU the re-run steps are bit-identical.
+not logged again (``history.skip_logged``), and on CPU the re-run steps are bit-identical.
 """
 from __future__ import annotations
 
