@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, one-line help, one example)
     "phantom": ("dias_dist.data.phantom_cli", "generate a synthetic DSA data set in the DIAS release layout",
                 "dias phantom data/phantom --size 256 --train 8 --val 2 --test 4"),
+    "import": ("dias_dist.data.import_cli", "a 2D vessel data set (images, masks, field of view) into the release layout",
+               "dias import data/DRIVE data/drive --masks vessel_masks --fov fov_masks --val 2"),
     "shard": ("dias_dist.data.shard_cli", "pack a DIAS-layout folder into WebDataset shards",
               "dias shard data/phantom shards/demo"),
     "scribbles": ("dias_dist.data.scribbles_cli", "generate RDFA scribbles for a fully annotated data set",
