@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "dias baseline shards/demo --split test --out runs/baseline"),
     "score": ("dias_dist.evaluation.score", "score a folder of probability maps against label PNGs",
               "dias score predictions/ data/phantom/test/labels"),
+    "tune-cpu": ("dias_dist.models.tune_cpu_cli", "measure which ConvGRU arrangement is fastest on this CPU (cached)",
+                 "dias tune-cpu configs/full/vss_net.yaml train.device=cpu"),
     "models": ("dias_dist.models.listing", "list registered models with input layout and parameter count", "dias models"),
     "train": ("dias_dist.train_cli", "train in this process (several processes: torchrun -m dias_dist.train)",
               "dias train configs/debug.yaml train.max_steps=2"),
