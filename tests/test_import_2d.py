@@ -173,3 +173,27 @@ def test_drive_imports_and_its_second_observer_scores_the_published_numbers(tmp_
         tn += np.count_nonzero(~second & ~gt & fov)
     assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(0.789, abs=5e-4)
     assert (tp + tn) / (tp + fp + fn + tn) == pytest.approx(0.947, abs=5e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not DRIVE.is_dir(), reason=f"DRIVE is not at {DRIVE}")
+def test_drive_end_to_end_import_shard_train_evaluate(tmp_path, capsys):
+    """The README's DRIVE example at a tiny budget: import, shard, train (3 steps), evaluate the
+    validation images inside their field of view."""
+    import_dataset(DRIVE, tmp_path / "drive", masks="vessel_masks", fov="fov_masks", val=2)
+    write_shards(tmp_path / "drive", tmp_path / "shards")
+    from dias_dist import trainer
+    from dias_dist.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "drive" / "fr_unet_cpu.yaml", [
+        f"data.shards={tmp_path / 'shards'}", f"train.run_dir={tmp_path / 'runs'}", "train.run_name=drive",
+        "model.params.width=2", "train.max_steps=3", "train.batch_size=4", "data.num_workers=0",
+        "eval.val_every_epochs=1000", "eval.test_split=", "track.enabled=false"])
+    trainer.run(cfg)
+    capsys.readouterr()
+    last = tmp_path / "runs" / "drive" / "checkpoints" / "last.pt"
+    assert cli.main(["evaluate", str(last), "--split", "validation", "--out", str(tmp_path / "ev"), "--no-images"]) == 0
+    assert "inside each image's field of view" in capsys.readouterr().out
+    rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].endswith(",fov") and all(row.endswith(",True") for row in rows[1:])
