@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 import warnings
 from pathlib import Path
@@ -42,14 +43,14 @@ def cache_file() -> Path:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``unknown`` where it cannot be read)."""
+    """The processor's model name from /proc/cpuinfo, else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def machine_key() -> str:
