@@ -369,11 +369,12 @@ class SequenceStream(IterableDataset):
             finally:
                 if hasattr(reader, "release"):
                     reader.release(key)  # each sample is read once: free its bytes
-            label = sample.get("label")
+            label, fov = sample.get("label"), sample.get("fov")
             meta = sample["meta"]
             yield {"key": key, "id": int(meta.get("id", int(key[1:]))),
                    "image": torch.from_numpy(sample["frames"].astype(np.float32)),
-                   "label": None if label is None else torch.from_numpy(label), "meta": meta}
+                   "label": None if label is None else torch.from_numpy(label),
+                   "fov": None if fov is None else torch.from_numpy(fov), "meta": meta}
 
 
 class EvalSequences:
@@ -395,7 +396,8 @@ class EvalSequences:
 
 def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = "raise",
                    keys: set[str] | None = None, cache_dir: str = "", verify: bool = True) -> EvalSequences:
-    """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "meta"}.
+    """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "fov": uint8
+    {0,1} (H, W) field of view or None, "meta"}.
 
     Each sequence of ``split`` (only those in ``keys`` when given; others are not decoded) appears
     exactly once over all ranks and workers; this rank gets the samples of its slots (sorted-key

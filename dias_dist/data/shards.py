@@ -43,7 +43,7 @@ from .preprocess import PARAMS, preprocess_sequence
 
 MANIFEST = "manifest.json"
 FORMAT = "dias_dist-shards-v1"
-BINARY_MAPS = ("label", "pseudo")  # stored 0/255, decoded to {0, 1}
+BINARY_MAPS = ("label", "pseudo", "fov")  # stored 0/255, decoded to {0, 1}
 KEY_PATTERN = re.compile(r"s[0-9]{1,12}")  # what ``sample_key`` writes; keys become output file names
 
 
@@ -85,6 +85,8 @@ def sequence_sample(seq: dias.Sequence) -> dict:
         sample["label.png"] = seq.label * 255
     for name, scribble in sorted(seq.scribbles.items()):
         sample[f"scribble_{name}.png"] = scribble
+    if seq.fov is not None:
+        sample["fov.png"] = seq.fov * 255
     sample["meta.json"] = meta
     return sample
 

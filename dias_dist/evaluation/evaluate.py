@@ -39,8 +39,10 @@ def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict],
                        out_dir: str | Path | None = None, write_images: bool = True) -> list[dict]:
     """Score this rank's ``sequences`` and gather the rows of all ranks (sorted by key).
 
-    sequences: dicts ``{"key", "id", "image": float32 (T, H, W), "label": uint8 {0,1} (H, W) or None}``.
-    Rows of labelled images hold the 8 metrics; unlabelled ones only key and id. Raises if any key
+    sequences: dicts ``{"key", "id", "image": float32 (T, H, W), "label": uint8 {0,1} (H, W) or None}``
+    and optionally ``"fov"`` uint8 {0,1} (H, W): the metrics then count the field of view only, and
+    the row says so (``"fov": True``). Rows of labelled images hold the 8 metrics; unlabelled ones only
+    key and id. Raises if any key
     was evaluated twice over all ranks. With ``out_dir`` rank 0 writes the files listed in the
     module docstring (images only when ``write_images``; overlays only when ``eval_cfg.overlays``).
     """
@@ -50,11 +52,15 @@ def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict],
         prob = np.asarray(probability_fn(sample["image"]), dtype=np.float32)
         label = sample.get("label")
         label = None if label is None else np.asarray(label)
+        fov = sample.get("fov")
+        fov = None if fov is None else np.asarray(fov)
         row = {"key": str(sample["key"]), "id": sample.get("id")}
         pred_bin = None
         if label is not None:
             pred_bin = binarize(prob, eval_cfg.threshold, eval_cfg.dti)  # once: metrics and overlay share it
-            row.update(image_metrics(prob, label, eval_cfg.threshold, eval_cfg.dti, pred_bin=pred_bin))
+            row.update(image_metrics(prob, label, eval_cfg.threshold, eval_cfg.dti, pred_bin=pred_bin, fov=fov))
+            if fov is not None:
+                row["fov"] = True
         local_rows.append(row)
         if out_dir is not None and write_images:
             overlay = None if not overlays or label is None else anatomy_overlay(sample["image"], pred_bin,
@@ -95,6 +101,8 @@ def _write_images_on_main(local_images: list, out_dir: Path) -> None:
 def _write_tables(rows: list[dict], out_dir: Path) -> None:
     labelled = all(name in row for row in rows for name in METRIC_NAMES)
     columns = ["key", "id", *METRIC_NAMES] if labelled else ["key", "id"]
+    if any(row.get("fov") for row in rows):
+        columns.append("fov")  # True: this image's metrics count its field of view only
     write_csv(rows, out_dir / "metrics.csv", columns)
     if labelled and rows:
         write_summary(summarize(rows), out_dir)

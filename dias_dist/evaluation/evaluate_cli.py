@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
                               progress=None if dist.is_main() else False, cache_dir=cfg.data.cache_dir,
                               verify=cfg.data.verify)
         print_summary(rows, f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}, "
-                            f"{args.split} split of {cfg.data.shards}")
+                            f"{args.split} split of {cfg.data.shards}"
+                            + (", inside each image's field of view" if any(r.get("fov") for r in rows) else ""))
         if dist.is_main():
             print(f"tables, overlays and probability maps: {out_dir}")
     finally:
