@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dias_dist.run.atomic import atomic_write
 from dias_dist.data import location, timeouts
+from dias_dist.run.atomic import atomic_write
 
 if TYPE_CHECKING:
     import torch

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from dias_dist import dist
-from dias_dist.run.atomic import atomic_write
 from dias_dist.config import Config, TrainConfig, save_config
+from dias_dist.run.atomic import atomic_write
 from dias_dist.run.folder import RunFolderError, describe_os_error
 
 

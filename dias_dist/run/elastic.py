@@ -26,8 +26,8 @@ import os
 import re
 from pathlib import Path
 
-from dias_dist.run.atomic import atomic_write
 from dias_dist.config import Config, derive
+from dias_dist.run.atomic import atomic_write
 
 HOLDER_EXIT_WAIT_S = 60.0  # a restarted rank 0 waits this long for the old one to let go of the run folder
 START_RECORD = "start.json"  # in the run folder: the job that started it and its MLflow run
