@@ -312,7 +312,7 @@ def test_training_logs_a_pyfunc_model_that_predicts_like_the_checkpoint(tiny_sha
     shutil.move(tmp_path / "runs", tmp_path / "elsewhere")  # the model must not need the run folder
     np.save(tmp_path / "frames.npy", (frames / 255.0).astype(np.float32))
     code = ("import sys, mlflow, numpy as np; m = mlflow.pyfunc.load_model(sys.argv[1]); "
-            "assert m.metadata.signature.inputs.inputs[0].shape == (-1, -1, -1); "
+            "assert m.metadata.metadata['input_shape'] == [-1, -1, -1]; "
             "np.save(sys.argv[3], m.predict(np.load(sys.argv[2])))")
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code, f"runs:/{run_id}/model", str(tmp_path / "frames.npy"),
