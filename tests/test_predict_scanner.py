@@ -309,3 +309,17 @@ def test_seg_references_every_source_says_research_use_and_anonymize_empties_ide
     marker = (tmp_path / "anon" / "series" / ".dias-predict").read_text()
     for text in (summary, marker):
         assert str(tmp_path) not in text and "Phantom" not in text and '"P1"' not in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--frames", "2:4,x"], "--frames: 'x' is not a frame index"),
+    (["--subtract", "bogus"], "--subtract 'bogus': expected auto, never, mask=N"),
+    (["--native", "--subtract", "never"], "--native with --subtract never"),
+    (["--min-size", "3cm"], "--min-size '3cm': expected a size such as 20px or 1.5mm2"),
+])
+def test_bad_scanner_flags_are_refused_before_the_model_loads(tmp_path, capsys, flags, message):
+    np.save(tmp_path / "run.npy", np.zeros((2, 8, 8), np.uint8))
+    assert cli.main(["predict", str(tmp_path / "missing.pt"), str(tmp_path / "run.npy"), "--out",
+                     str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "missing.pt" not in err and not (tmp_path / "out").exists()
