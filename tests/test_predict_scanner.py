@@ -323,3 +323,23 @@ def test_bad_scanner_flags_are_refused_before_the_model_loads(tmp_path, capsys, 
                      str(tmp_path / "out"), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "missing.pt" not in err and not (tmp_path / "out").exists()
+
+
+def test_dias_phantom_native_writes_the_unsubtracted_runs_beside_the_same_release(tmp_path):
+    import hashlib
+
+    for flags, out in (([], "plain"), (["--native"], "native")):
+        assert cli.main(["phantom", str(tmp_path / out), "--size", "48", "--train", "0", "--val", "0", "--test", "2",
+                         "--unlabeled", "0", "--no-preview", *flags]) == 0
+    digest = {out: sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / out / "test").rglob("*.png"))
+              for out in ("plain", "native")}
+    assert digest["plain"] == digest["native"]  # the release files do not change
+    frames = sorted((tmp_path / "native" / "test" / "images").glob("image_s0_*.png"))
+    native = np.load(tmp_path / "native" / "native" / "native_s0.npy")
+    assert native.dtype == np.uint16 and native.shape == (1 + len(frames), 48, 48)
+    from dias_dist.predict.prepare import prepare
+
+    prepared = prepare(read_series(tmp_path / "native" / "native" / "native_s0.npy"), native=True, subtract="mask=0")
+    release = np.stack([np.asarray(Image.open(p)) for p in sorted(frames, key=lambda p: int(p.stem.split("_i")[1]))])
+    z = [(a - a.mean()) / a.std() for a in (prepared.frames, release.astype(np.float64))]
+    assert np.corrcoef(z[0].ravel(), z[1].ravel())[0, 1] > 0.95  # the same run, subtracted by predict
