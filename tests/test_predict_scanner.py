@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_predict import XA, _dicom, tiny_checkpoint  # noqa: F401 — DICOM writer, module fixture
+from test_predict import _dicom, tiny_checkpoint  # noqa: F401 — DICOM writer, module fixture
 
 from dias_dist import cli
 from dias_dist.data.phantom import generate_sequence, sequence_rng
