@@ -131,6 +131,7 @@ class EvalConfig:
     overlays: bool = True
     cpu_bf16: bool = False  # bf16 autocast for evaluation/prediction on CPU even after fp32 training (AVX512-BF16/AMX)
     compile: bool = False  # torch.compile the evaluation/prediction forward: 1.13x on CPU after ~15 s of compiling
+    blend: str = "uniform"  # tile overlap: uniform (the paper's average) | gaussian (seam-free; dias predict's default)
 
 
 @dataclass(kw_only=True)
@@ -321,7 +322,8 @@ def select_metric_problem(name: str) -> str | None:
 
 # Keys whose string value must have a form: a function returning what is wrong, or None.
 FORMS = {"data.shards": location.problem, "train.run_name": run_name_problem,
-         "eval.select_metric": select_metric_problem}
+         "eval.select_metric": select_metric_problem,
+         "eval.blend": lambda value: None if value in ("uniform", "gaussian") else "must be uniform or gaussian"}
 
 
 def count_values(data: Any, where: str, source: str, limit: int = MAX_CONFIG_VALUES) -> int:

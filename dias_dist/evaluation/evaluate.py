@@ -116,7 +116,7 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
     probability_fn: image float32 (T, H, W) (numpy or tensor) -> vessel probability np.float32 (H, W):
     the image goes to ``device`` once (tiles are cut there), ``eval_cfg.patch_size_px`` /
     ``stride_px`` tiles with zero padding, ``batch_size`` tiles per forward, overlap-averaged
-    softmax; ``amp``: bf16 autocast (also on when ``eval_cfg.cpu_bf16`` and ``device`` is a CPU);
+    softmax (``eval_cfg.blend``: uniform, the paper's protocol, or gaussian tile weights); ``amp``: bf16 autocast (also on when ``eval_cfg.cpu_bf16`` and ``device`` is a CPU);
     ``eval_cfg.compile``: the forward through ``torch.compile``. A DDP/DeepSpeed wrapper is bypassed (``.module``) so that
     ranks with different image counts never meet in a collective inside forward. The network is in
     eval mode inside the ``with`` block and gets its training mode back on leaving it.
@@ -131,7 +131,8 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
         # tile on the model's device: one host->device copy per image instead of one per batch
         image_THW = torch.as_tensor(image_THW).to(device, non_blocking=True)
         prob = sliding_window_probability(predict, image_THW, patch=eval_cfg.patch_size_px,
-                                          stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
+                                          stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size,
+                                          blend=eval_cfg.blend)
         return prob.cpu().numpy()
 
     try:

@@ -4,10 +4,13 @@
 logs ``checkpoints/best.pt`` and ``final.pt`` under the run's ``checkpoints/`` artifacts (so a
 remote tracking server holds the weights) and the selected model (``eval.test_checkpoint``, the one
 the test split was evaluated with; ``final`` when there is no test split) as the run's ``model``
-artifact: a ``pyfunc`` model whose ``predict`` takes one float (T, H, W) series, or a list of them,
+artifact: a ``pyfunc`` model whose ``predict`` takes one (T, H, W) series (uint8, uint16, float32 or
+float64; ``pyfunc_model.INPUT_DTYPES``), or a list of them,
 and returns the vessel probability map(s) float32 (H, W). It carries the weights and the resolved
-config (``artifacts/checkpoint.pt``, ``artifacts/config.yaml``), a signature (with ``tile`` /
-``stride`` / ``batch_size`` as optional parameters) and an input example. With
+config (``artifacts/checkpoint.pt``, ``artifacts/config.yaml``), a signature (the output, with ``tile`` /
+``stride`` / ``batch_size`` as optional parameters; the input dtypes and shape in the model's metadata
+``input``/``input_dtypes``/``input_shape``, since an MLflow tensor schema admits one dtype only) and a
+uint8 input example. With
 ``track.register_as=NAME`` it is also registered in the model registry.
 
 Afterwards, in any process that has dias_dist installed and reaches the store::
@@ -43,7 +46,7 @@ def save_pyfunc(weights: str | Path, config_yaml: str | Path, out_dir: str | Pat
         import torch
 
         import dias_dist
-        from dias_dist.predict.pyfunc_model import input_example, signature
+        from dias_dist.predict.pyfunc_model import input_example, metadata, signature
 
         mlflow.pyfunc.save_model(
             path=str(out_dir), python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
@@ -52,7 +55,7 @@ def save_pyfunc(weights: str | Path, config_yaml: str | Path, out_dir: str | Pat
             pip_requirements=[f"dias_dist=={dias_dist.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                               f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
             metadata={"model": payload["config"]["model"]["name"], "method": payload["config"]["method"]["name"],
-                      "step": int(payload.get("step", -1))})
+                      "step": int(payload.get("step", -1)), **metadata()})
     return out_dir
 
 

@@ -60,14 +60,17 @@ def load_trained_model(spec: str, *, tracking_uri: str | None = None, overrides=
 
 def series_probability(model: TrainedModel, frames_thw: np.ndarray, *, device: torch.device | str = "cpu",
                        tile: int | None = None, stride: int | None = None, batch_size: int | None = None,
-                       amp: bool = False, compile: bool | None = None) -> np.ndarray:
+                       amp: bool = False, compile: bool | None = None, blend: str | None = None,
+                       tta: bool = False) -> np.ndarray:
     """Vessel probability float32 (H, W) of one series.
 
     frames_thw: float (T, H, W), any T >= 1, any H, W; 8-bit frames / 255 as the readers give them
     (the z-score makes any positive linear scale give the same map). tile / stride / batch_size:
     sliding-window tiles (default: the model's ``eval`` settings, i.e. the paper's 64 / 32; tile 0
     = the whole image at once). amp: bf16 autocast on ``device``. compile: ``torch.compile`` the
-    forward (default: the model's ``eval.compile``).
+    forward (default: the model's ``eval.compile``). blend: tile overlap, "uniform" | "gaussian"
+    (default: the model's ``eval.blend``, uniform). tta: the mean of the maps of the frames as given,
+    flipped left-right, flipped up-down and both (each flipped back; 4x the time).
     """
     frames = np.asarray(frames_thw, dtype=np.float64)
     if frames.ndim != 3 or 0 in frames.shape:
@@ -77,10 +80,18 @@ def series_probability(model: TrainedModel, frames_thw: np.ndarray, *, device: t
     image, _ = preprocess_scaled(frames, model.num_frames)  # float16, as the shards store it
     eval_cfg = model.cfg.eval
     updates = {k: v for k, v in (("patch_size_px", tile), ("stride_px", stride), ("batch_size", batch_size),
-                                 ("compile", compile)) if v is not None}
+                                 ("compile", compile), ("blend", blend)) if v is not None}
     if tile == 0 and stride is None:
         updates["stride_px"] = 1  # ignored by the whole-image tile
     eval_cfg = dataclasses.replace(eval_cfg, **updates)
     model.network.to(device)
+    image = image.astype(np.float32)
     with model_probability_fn(model.network, eval_cfg, device, amp) as probability:
-        return probability(image.astype(np.float32))
+        if not tta:
+            return probability(image)
+        total = np.zeros(image.shape[1:], np.float64)
+        for axes in ((), (2,), (1,), (1, 2)):
+            flipped = np.ascontiguousarray(np.flip(image, axes)) if axes else image
+            prob = probability(flipped)
+            total += np.flip(prob, tuple(a - 1 for a in axes)) if axes else prob
+        return (total / 4).astype(np.float32)
