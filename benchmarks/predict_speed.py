@@ -42,7 +42,7 @@ print(json.dumps(min(times[1:])))
 
 MAKE = r"""
 import sys, numpy as np, torch
-from dias_dist import checkpoint
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config, to_dict
 from dias_dist.models import build_model
 from dias_dist.data.phantom import generate_sequence, sequence_rng

@@ -8,7 +8,8 @@ import yaml
 from PIL import Image
 from test_predict import tiny_checkpoint  # noqa: F401 — module fixture: a width-2 VSS-Net checkpoint
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 
 
 def test_score_reads_predict_output_folders(tiny_checkpoint, tmp_path):

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write
+from ..run.atomic import atomic_write
 from ..progress import bar
 from . import dias, location
 from .preprocess import PARAMS, preprocess_sequence

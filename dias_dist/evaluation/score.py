@@ -32,6 +32,7 @@ from PIL import Image
 
 from dias_dist.evaluation.tables import summarize, summary_markdown, write_csv
 from dias_dist.metrics import METRIC_NAMES, image_metrics
+from dias_dist.predict.writers import is_predict_result
 
 PREDICTION_SUFFIXES = (".npy", ".npz", ".png")
 CLASS_ID_MAX = 16  # an 8-bit PNG whose values all lie below this (and are not just {0, 1}) looks like class ids
@@ -133,8 +134,6 @@ def match_files(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
     for folder, what in ((pred_dir, "prediction"), (label_dir, "label")):
         if not folder.is_dir():
             raise ValueError(f"{what} folder {folder} does not exist")
-    from dias_dist.predict.writers import is_predict_result
-
     predictions: dict[str, Path] = {}
     for path in sorted(pred_dir.iterdir()):
         if is_predict_result(path) and (path / "prob.npy").is_file():  # a dias predict result folder

@@ -46,7 +46,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dias_dist import __version__
 from dias_dist.metrics import binarize
+from dias_dist.predict.calibration import isocentre_spacing
+from dias_dist.predict.overlay import predict_overlay
+from dias_dist.predict.postprocess import centreline_px, remove_small
 from dias_dist.predict.readers import Series
 
 RESEARCH_USE = ("For research use only. Not for diagnostic use: automatic vessel segmentation by dias_dist, "
@@ -152,11 +156,6 @@ def write_series_outputs(out_dir: str | Path, series: Series, prob_hw: np.ndarra
     ``overwrite``: see ``check_replaceable``); returns ``out_dir``. ``frames``: the frames the model saw
     (default ``series.frames``), for the overlay; ``min_size``: (value, "px" | "mm2") of the clean-up
     (``postprocess.parse_min_size``); ``anonymize``: module docstring."""
-    import dias_dist
-    from dias_dist.predict.calibration import isocentre_spacing
-    from dias_dist.predict.overlay import predict_overlay
-    from dias_dist.predict.postprocess import centreline_px, remove_small
-
     out_dir = Path(out_dir)
     check_replaceable(out_dir, overwrite=overwrite)
     prob_hw = np.asarray(prob_hw, dtype=np.float32)
@@ -208,7 +207,7 @@ def write_series_outputs(out_dir: str | Path, series: Series, prob_hw: np.ndarra
                 warnings.warn(f"{series.source}: no DICOM Segmentation written ({type(err).__name__}: {err})",
                               RuntimeWarning, stacklevel=2)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (tmp / MARKER).write_text(json.dumps({"written_by": "dias predict", "version": dias_dist.__version__,
+        (tmp / MARKER).write_text(json.dumps({"written_by": "dias predict", "version": __version__,
                                               "input": out_dir.name if anonymize else str(series.source)})
                                   + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
@@ -247,7 +246,6 @@ def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path, *, spacing_
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
-    import dias_dist
 
     source = copy.deepcopy(series.datasets[0])
     if "PixelData" in source:
@@ -271,7 +269,7 @@ def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path, *, spacing_
             if keyword in source:
                 delattr(source, keyword)
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="dias_dist", version=dias_dist.__version__,
+        name="dias_dist", version=__version__,
         family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"))
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label="vessel",
@@ -285,7 +283,7 @@ def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path, *, spacing_
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
             series_instance_uid=generate_uid(), series_number=9000, sop_instance_uid=generate_uid(),
             instance_number=1, manufacturer="dias_dist", manufacturer_model_name="dias_dist",
-            software_versions=dias_dist.__version__, device_serial_number="0",
+            software_versions=__version__, device_serial_number="0",
             content_description="RESEARCH USE ONLY", content_label="VESSELS")
     if spacing_description:
         seg.PixelSpacingCalibrationDescription = spacing_description[:64]
