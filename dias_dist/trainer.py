@@ -19,11 +19,12 @@ from dias_dist import console, devices, dist
 from dias_dist.config import Config, to_dict
 from dias_dist.curves import plot_curves
 from dias_dist.data import loader, timeouts
+from dias_dist.data.preprocess import NUM_FRAMES
 from dias_dist.engine import Engine, StepSettings, build_engine, micro_batch_size
 from dias_dist.evaluation import evaluate
 from dias_dist.evaluation.tables import flat_metrics
 from dias_dist.methods import Method, build_network
-from dias_dist.models import input_layout, to_layout
+from dias_dist.models import cpu_tuning, input_layout, to_layout
 from dias_dist.predict.mlflow_model import log_trained_model
 from dias_dist.progress import Progress
 from dias_dist.run import checkpoint
@@ -72,7 +73,8 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
         if init_from is not None:
             checkpoint.load_weights(model, checkpoint.model_state(init_from), init_from)
         engine = make_engine(cfg, model, device)
-        device_tags = devices.startup_tags(device, engine, world_size=dist.world_size(), backend=dist.backend())
+        device_tags = {**devices.startup_tags(device, engine, world_size=dist.world_size(), backend=dist.backend()),
+                       **choose_cpu_arrangements(cfg, model, device, measure=not dry_run)}
         state = life.restore(engine)
         life.start(state, method, model, device, {**engine.tags, **device_tags})
         parts = Parts(cfg, method, engine, micro_batch, life.boundary, life)
@@ -85,6 +87,23 @@ def run(cfg: Config, report: Callable[[dict], None] | None = None, *, sources: l
             return {"step": state.step, **{k: float(v) for k, v in metrics.items()}} if dry_run else _finish(parts, state)
         finally:
             progress.close()
+
+
+def choose_cpu_arrangements(cfg: Config, model: torch.nn.Module, device: torch.device, *,
+                             measure: bool = True) -> dict[str, str]:
+    """On a CPU: rank 0 measures (or reads from its cache) which ConvGRU arrangement runs ``model``
+    fastest at this run's training micro-batch and evaluation tiles (``models.cpu_tuning``), and every
+    rank applies rank 0's choice, so all ranks compute alike. Returns the choices and their timings as
+    tags for the run (``{}`` on a GPU, for a network without a ConvGRU, or with DIAS_CPU_CHOICES=table)."""
+    if device.type != "cpu" or not measure:
+        return {}
+    examples = cpu_tuning.examples_for(model, frames=NUM_FRAMES, train_batch=micro_batch_size(
+        cfg.train.batch_size, cfg.train.grad_accum), patch=cfg.data.patch_size_px, eval_batch=cfg.eval.batch_size,
+        tile=cfg.eval.patch_size_px)
+    tags = dist.broadcast_object(cpu_tuning.tune_network(model, examples) if dist.is_main() else None)
+    for key, value in tags.items():
+        cpu_tuning.apply(value.split()[0], grad=key == "convgru_train")
+    return tags
 
 
 def make_engine(cfg: Config, model: torch.nn.Module, device: torch.device) -> Engine:

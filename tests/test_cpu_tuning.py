@@ -97,3 +97,25 @@ def test_dias_tune_cpu_measures_the_configs_shapes_once(measuring, capsys):
     assert "convgru_train: " in out and "convgru_eval: " in out and "measured" in out
     assert cli.main(args) == 0
     assert capsys.readouterr().out.count("cached)") == 2
+
+
+def test_a_cpu_run_measures_applies_and_logs_its_choice(measuring, tiny_shards, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from dias_dist import trainer
+    from dias_dist.config import load_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = load_config(ROOT / "configs" / "debug.yaml", [
+        f"data.shards={tiny_shards}", f"train.run_dir={tmp_path}", "train.run_name=tuned", "train.max_steps=1",
+        "eval.val_every_epochs=1000", "eval.test_split=", "track.enabled=true", f"track.tracking_uri={uri}",
+        "eval.batch_size=4"])
+    result = trainer.run(cfg)
+    tags = MlflowClient(uri).get_run(result["run_id"]).data.tags
+    for key, grad in (("convgru_train", True), ("convgru_eval", False)):
+        choice = tags[key].split()[0]
+        assert choice in ("batched", "stepped") and "measured" in tags[key] and " s, " in tags[key]
+        assert convgru.resolve_arrangement("auto", torch.device("cpu"), grad) == choice
+    out = capsys.readouterr().out
+    assert "  convgru_train " in out and "  convgru_eval " in out  # in the start block
+    assert json.loads(measuring.read_text())  # cached for the next run

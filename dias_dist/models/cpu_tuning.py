@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dias_dist.models import input_layout, to_layout
 from dias_dist.models.convgru import ARRANGEMENT_CHOICES, PREFERRED_ARRANGEMENT, ConvGRU
 
 CACHE_NAME = "cpu_choices.json"
@@ -115,6 +116,11 @@ def measure(model: nn.Module, example: torch.Tensor, grad: bool, repeats: int = 
     """{arrangement: seconds}: the minimum of ``repeats`` interleaved runs of the network under each
     arrangement (after one warm-up run each), forward only or forward + backward. The network's
     parameters, buffers (BatchNorm statistics), gradients and mode are as they were afterwards."""
+    with torch.random.fork_rng(devices=[]):  # dropout in the timed runs leaves the caller's RNG as it was
+        return _measure(model, example, grad, repeats)
+
+
+def _measure(model: nn.Module, example: torch.Tensor, grad: bool, repeats: int) -> dict[str, float]:
     saved = ConvGRU.arrangement
     was_training = model.training
     buffers = [buffer.detach().clone() for buffer in model.buffers()]  # BatchNorm statistics move in training mode
@@ -162,6 +168,16 @@ def apply(choice: str, grad: bool) -> None:
     if choice not in CANDIDATES:
         raise ValueError(f"ConvGRU arrangement {choice!r}: choose one of {', '.join(CANDIDATES)}")
     PREFERRED_ARRANGEMENT[("cpu", bool(grad))] = choice
+
+
+def examples_for(model: nn.Module, *, frames: int, train_batch: int, patch: int, eval_batch: int,
+                 tile: int) -> dict[bool, torch.Tensor]:
+    """{True: a training micro-batch (train_batch, frames, patch, patch), False: an evaluation batch of
+    tiles (eval_batch, frames, tile, tile)}, random, in ``model``'s input layout."""
+    generator = torch.Generator().manual_seed(0)  # the caller's RNG is not drawn from
+    layout = input_layout(model)
+    return {True: to_layout(torch.randn(train_batch, frames, patch, patch, generator=generator), layout),
+            False: to_layout(torch.randn(eval_batch, frames, tile, tile, generator=generator), layout)}
 
 
 def tune_network(model: nn.Module, examples: dict[bool, torch.Tensor]) -> dict[str, str]:

@@ -11,17 +11,13 @@ from dias_dist.config import load_config
 from dias_dist.data.preprocess import NUM_FRAMES
 from dias_dist.engine import micro_batch_size
 from dias_dist.methods import build_network
-from dias_dist.models import input_layout, to_layout
-from dias_dist.models.cpu_tuning import cache_file, has_convgru, machine_key, tune_network
+from dias_dist.models.cpu_tuning import cache_file, examples_for, has_convgru, machine_key, tune_network
 
 
-def examples_for(cfg, model) -> dict[bool, torch.Tensor]:
-    """{True: a training micro-batch, False: an evaluation batch of tiles} in the model's input layout."""
-    micro = micro_batch_size(cfg.train.batch_size, cfg.train.grad_accum)
-    side, tile = cfg.data.patch_size_px, cfg.eval.patch_size_px
-    layout = input_layout(model)
-    return {True: to_layout(torch.randn(micro, NUM_FRAMES, side, side), layout),
-            False: to_layout(torch.randn(cfg.eval.batch_size, NUM_FRAMES, tile, tile), layout)}
+def examples_for_config(cfg, model) -> dict[bool, torch.Tensor]:
+    """The training micro-batch and the evaluation batch of tiles the config gives ``model``."""
+    return examples_for(model, frames=NUM_FRAMES, train_batch=micro_batch_size(cfg.train.batch_size, cfg.train.grad_accum),
+                        patch=cfg.data.patch_size_px, eval_batch=cfg.eval.batch_size, tile=cfg.eval.patch_size_px)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     if not has_convgru(model):
         print(f"{cfg.model.name} has no ConvGRU: nothing to choose")
         return 0
-    tags = tune_network(model, examples_for(cfg, model))
+    tags = tune_network(model, examples_for_config(cfg, model))
     print(f"{machine_key()}\n" + "\n".join(f"  {key}: {value}" for key, value in tags.items())
           + f"\ncached in {cache_file()}")
     return 0
