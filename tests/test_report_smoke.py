@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from dias_dist import cli, trainer
 from dias_dist.config import load_config
 
