@@ -51,7 +51,7 @@ class TrainSource:
 
     weight: mixing weight (patch probability proportional to it); target: the map that becomes
     ``target``; is_pseudo: flag copied to every patch; num_sequences > 0: only the first N
-    sequences by ID.
+    sequences by ID; num_folds >= 2: without the held-out fold ``fold`` (``data/folds.py``).
     """
 
     shard_dir: str
@@ -61,6 +61,9 @@ class TrainSource:
     target: str = "label"
     is_pseudo: bool = False
     num_sequences: int = 0
+    num_folds: int = 0  # >= 2: leave out fold ``fold`` of the sequences (data/folds.py; after the num_sequences cut)
+    fold: int = 0
+    fold_groups: str = ""
 
     def __post_init__(self):
         if self.augment not in AUGMENTS:
@@ -71,7 +74,7 @@ class TrainSource:
             raise ValueError(f"TrainSource weight must be > 0, got {self.weight}")
 
     def shard_keys(self) -> list[tuple[str, list[str], dict]]:
-        """[(shard path, keys to use, manifest entry)] after the ``num_sequences`` cut; empty shards dropped."""
+        """[(shard path, keys to use, manifest entry)] after the ``num_sequences`` cut and the fold; empty shards dropped."""
         entry = split_entry(self.shard_dir, self.split)
         keys = sorted(k for s in entry["shards"] for k in s["keys"])
         if self.num_sequences > 0:
@@ -79,6 +82,10 @@ class TrainSource:
                 raise ValueError(f"{self.shard_dir}/{self.split}: num_sequences={self.num_sequences} but only "
                                  f"{len(keys)} sequences")
             keys = keys[:self.num_sequences]
+        if self.num_folds:
+            from dias_dist.data.folds import split_keys
+
+            keys, _ = split_keys(keys, self.num_folds, self.fold, self.fold_groups)
         wanted = set(keys)
         out = [(location.join(self.shard_dir, s["name"]), [k for k in s["keys"] if k in wanted], s)
                for s in entry["shards"]]
@@ -421,9 +428,11 @@ def derived_seed(seed: int, *parts: int) -> int:
 
 
 def default_sources(cfg: DataConfig) -> list[TrainSource]:
-    """The training source described by the ``data`` section (labelled training split)."""
+    """The training source described by the ``data`` section (labelled training split; without the held-out
+    fold under ``data.num_folds``)."""
     return [TrainSource(cfg.shards, split="training", augment=cfg.augment, target=cfg.target,
-                        num_sequences=cfg.num_labeled)]
+                        num_sequences=cfg.num_labeled, num_folds=cfg.num_folds, fold=cfg.fold,
+                        fold_groups=cfg.fold_groups)]
 
 
 def check_targets(method, sources: list[TrainSource]) -> None:
