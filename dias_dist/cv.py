@@ -32,12 +32,16 @@ def check_partition(cfg) -> list[int]:
     return [sum(1 for f in fold_of.values() if f == fold) for fold in range(cfg.data.num_folds)]
 
 
+def check_k(k: int) -> None:
+    if not 2 <= k <= 1000:
+        raise ValueError(f"--k {k}: cross-validation needs 2..1000 folds")
+
+
 def fold_spec(config: str, k: int, overrides: list[str], **sweep_options):
     """The ``SweepSpec`` of K folds (``sweep_options``: name, cpus_per_trial, gpus_per_trial, workers_per_trial...)."""
     from dias_dist.sweep import SweepSpec
 
-    if not 2 <= k <= 1000:
-        raise ValueError(f"--k {k}: cross-validation needs 2..1000 folds")
+    check_k(k)
     return SweepSpec(kind="train", config=config, param_space={"data.fold": list(range(k))},
                      overrides=[*overrides, f"data.num_folds={k}"], **sweep_options)
 
@@ -101,6 +105,10 @@ def run_folds(config: str, k: int, overrides: list[str], *, address: str | None 
     from dias_dist.sweep import run_sweep
     from dias_dist.track import tracking_uri as store_uri
 
+    check_k(k)
+    base = load_config(Path(config).resolve(), [*overrides, f"data.num_folds={k}"])
+    if base.data.fold_groups:  # trials run in their own working directories
+        overrides = [*overrides, f"data.fold_groups={Path(base.data.fold_groups).resolve()}"]
     spec = fold_spec(config, k, overrides, **sweep_options)
     cfg = load_config(Path(config).resolve(), spec.overrides)
     sizes = check_partition(cfg)  # before Ray starts: K must fit the training split

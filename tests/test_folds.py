@@ -78,12 +78,23 @@ def test_a_fold_trains_without_its_held_out_part_and_validates_on_it(tiny_shards
     assert seen == set(all_keys)
 
 
-ray = pytest.importorskip("ray")
+def test_tune_folds_refuses_bad_k_before_ray_starts(tiny_shards, tmp_path, capsys):
+    import tune
+
+    config = str(ROOT / "configs" / "full" / "fr_unet.yaml")
+    base = [f"data.shards={tiny_shards}", f"train.run_dir={tmp_path / 'runs'}"]
+    assert tune.main(["folds", config, *base, "--k", "1"]) == 2
+    assert "--k 1: cross-validation needs 2..1000 folds" in capsys.readouterr().err
+    assert tune.main(["folds", config, *base, "--k", "5"]) == 2  # 4 training sequences
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.num_folds=5 but the training split has only 4 group(s)" in err[0]
+    assert not (tmp_path / "runs").exists()  # nothing started
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tune_folds_trains_two_folds_as_trials_and_evaluates_their_ensemble(tiny_shards, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
     import tune
     from mlflow.tracking import MlflowClient
 
