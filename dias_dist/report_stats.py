@@ -126,7 +126,9 @@ def settings_markdown(settings: list[dict], metric: str, alpha: float) -> str:
         f"paired images", f"p ({title} vs best)", f"beyond noise (p < {alpha:g})"]
     body = []
     for s in settings:
-        cells = [s["settings"].replace(" ", "<br>") or "-", str(s["n"]), s["model"], s["method"]]
+        names = s["label"].split(", ")
+        runs = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
+        cells = [(s["settings"].replace(" ", "<br>") or "-") + f"<br>({runs})", str(s["n"]), s["model"], s["method"]]
         cells += [format_mean_std(s[n], s[f"{n}_std"], 2 if n == "vc" else 4) for n in METRIC_NAMES]
         cells += [str(s["images"]), "-" if math.isnan(s["p"]) else f"{s['p']:.3g}", s["beyond_noise"]]
         body.append(cells)
