@@ -71,7 +71,7 @@ ENV TRITON_CACHE_DIR=/home/dias/.cache/triton \
     TORCHINDUCTOR_CACHE_DIR=/home/dias/.cache/torchinductor
 
 # The commit the image was built from (.git is not sent to the build): MLflow runs started in the image
-# carry it as mlflow.source.git.commit and git_sha (dias_dist.track.git_sha reads DIAS_GIT_SHA when
+# carry it as mlflow.source.git.commit and git_sha (dias_dist.run.track.git_sha reads DIAS_GIT_SHA when
 # there is no checkout). Declared after every RUN, so a new commit rebuilds no layer but this one.
 ARG GIT_SHA=unknown
 LABEL org.opencontainers.image.revision=$GIT_SHA

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import time
 from pathlib import Path
@@ -16,18 +15,8 @@ from pathlib import Path
 import torch
 
 from dias_dist.losses import ce_dice_loss
+from dias_dist.models.cpu_tuning import cpu_model  # noqa: F401 (the benchmarks' one name for the CPU)
 from dias_dist.predict.cli import native_bf16
-
-
-def cpu_model() -> str:
-    """The processor's model name from /proc/cpuinfo, else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def has_bf16_matmul(device: torch.device) -> bool:

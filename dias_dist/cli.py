@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from types import ModuleType
 
 from dias_dist import __version__
-from dias_dist.run_lock import describe_os_error  # standard library only: dias --version stays fast
+from dias_dist.run.folder import describe_os_error  # standard library only: dias --version stays fast
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
     # name: (module, one-line help, one example)
     "phantom": ("dias_dist.data.phantom_cli", "generate a synthetic DSA data set in the DIAS release layout",
                 "dias phantom data/phantom --size 256 --train 8 --val 2 --test 4"),
+    "import": ("dias_dist.data.import_cli", "a 2D vessel data set (images, masks, field of view) into the release layout",
+               "dias import data/DRIVE data/drive --masks vessel_masks --fov fov_masks --val 2"),
     "shard": ("dias_dist.data.shard_cli", "pack a DIAS-layout folder into WebDataset shards",
               "dias shard data/phantom shards/demo"),
     "scribbles": ("dias_dist.data.scribbles_cli", "generate RDFA scribbles for a fully annotated data set",
@@ -28,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "dias baseline shards/demo --split test --out runs/baseline"),
     "score": ("dias_dist.evaluation.score", "score a folder of probability maps against label PNGs",
               "dias score predictions/ data/phantom/test/labels"),
+    "tune-cpu": ("dias_dist.models.tune_cpu_cli", "measure which ConvGRU arrangement is fastest on this CPU (cached)",
+                 "dias tune-cpu configs/full/vss_net.yaml train.device=cpu"),
     "models": ("dias_dist.models.listing", "list registered models with input layout and parameter count", "dias models"),
     "train": ("dias_dist.train_cli", "train in this process (several processes: torchrun -m dias_dist.train)",
               "dias train configs/debug.yaml train.max_steps=2"),
@@ -88,7 +93,8 @@ def run_command(module: ModuleType, parser: argparse.ArgumentParser, argv: list[
     try:
         return int(module.main(args) or 0)
     except ValueError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        if not (getattr(err, "same_on_every_rank", False) and os.environ.get("LOCAL_RANK", "0") != "0"):
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         line = os_error_line(err, args)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dias_dist.atomic import atomic_write
-from dias_dist.data import location, timeouts
+from dias_dist.data import folds, location, timeouts
+from dias_dist.run.atomic import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -134,6 +134,7 @@ class EvalConfig:
     overlays: bool = True
     cpu_bf16: bool = False  # bf16 autocast for evaluation/prediction on CPU even after fp32 training (AVX512-BF16/AMX)
     compile: bool = False  # torch.compile the evaluation/prediction forward: 1.13x on CPU after ~15 s of compiling
+    blend: str = "uniform"  # tile overlap: uniform (the paper's average) | gaussian (seam-free; dias predict's default)
 
 
 @dataclass(kw_only=True)
@@ -153,7 +154,7 @@ class TrackConfig:
 
     enabled: bool = True
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or sqlite:///<run_dir>/mlflow.db
-    experiment: str = ""  # "" = dias-<study>: supervised | weak | semi (see dias_dist.track)
+    experiment: str = ""  # "" = dias-<study>: supervised | weak | semi (see dias_dist.run.track)
     parent_run_id: str = ""  # nest this run under a parent (RPST rounds, Tune sweeps)
     tags: dict = field(default_factory=dict)
     register_as: str = ""  # register the logged model under this name in the MLflow model registry
@@ -325,7 +326,8 @@ def select_metric_problem(name: str) -> str | None:
 
 # Keys whose string value must have a form: a function returning what is wrong, or None.
 FORMS = {"data.shards": location.problem, "train.run_name": run_name_problem,
-         "eval.select_metric": select_metric_problem}
+         "eval.select_metric": select_metric_problem,
+         "eval.blend": lambda value: None if value in ("uniform", "gaussian") else "must be uniform or gaussian"}
 
 
 def count_values(data: Any, where: str, source: str, limit: int = MAX_CONFIG_VALUES) -> int:
@@ -463,8 +465,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 def check_folds(cfg: Config, source: str = "config") -> None:
     """ValueError naming ``source`` when ``data.fold`` / ``data.num_folds`` do not make a fold (``data/folds.py``)."""
-    from dias_dist.data import folds
-
     try:
         folds.check(cfg.data.num_folds, cfg.data.fold)
     except ValueError as err:

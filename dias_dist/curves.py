@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dias_dist.metrics import METRIC_TITLES
+
 
 FEW_POINTS = 20  # short runs get a marker at every point: a single logged step is otherwise invisible
 
@@ -30,8 +32,6 @@ def _step_axis(ax, records: list[dict]) -> None:
 
 
 def _titles() -> dict[str, str]:
-    from dias_dist.metrics import METRIC_TITLES
-
     return {f"val_{name}": title for name, title in METRIC_TITLES.items()}
 
 

@@ -20,11 +20,12 @@ import dataclasses
 from pathlib import Path
 
 from dias_dist.config import load_config
+from dias_dist.data.folds import assign_folds, read_groups
+from dias_dist.sweep import SweepSpec, run_sweep
 
 
 def check_partition(cfg) -> list[int]:
     """Sizes of the K held-out parts of the training split (ValueError when K does not fit the data)."""
-    from dias_dist.data.folds import assign_folds, read_groups
     from dias_dist.data.loader import TrainSource
 
     keys = [k for _, ks, _ in TrainSource(cfg.data.shards, num_sequences=cfg.data.num_labeled).shard_keys() for k in ks]
@@ -39,8 +40,6 @@ def check_k(k: int) -> None:
 
 def fold_spec(config: str, k: int, overrides: list[str], **sweep_options):
     """The ``SweepSpec`` of K folds (``sweep_options``: name, cpus_per_trial, gpus_per_trial, workers_per_trial...)."""
-    from dias_dist.sweep import SweepSpec
-
     check_k(k)
     return SweepSpec(kind="train", config=config, param_space={"data.fold": list(range(k))},
                      overrides=[*overrides, f"data.num_folds={k}"], **sweep_options)
@@ -102,8 +101,7 @@ def run_folds(config: str, k: int, overrides: list[str], *, address: str | None 
               storage_path: str | None = None, **sweep_options) -> dict:
     """Train K folds as parallel trials (``run_sweep``), then evaluate their ensemble; returns the sweep's
     result with ``"ensemble"`` (``evaluate_ensemble``) and ``"fold_sizes"`` added."""
-    from dias_dist.sweep import run_sweep
-    from dias_dist.track import tracking_uri as store_uri
+    from dias_dist.run.track import tracking_uri as store_uri
 
     check_k(k)
     base = load_config(Path(config).resolve(), [*overrides, f"data.num_folds={k}"])

@@ -41,7 +41,7 @@ def _summary(run_dir: Path) -> dict[str, tuple[float, float]]:
 def _predict_unlabelled(python: str, run_dir: Path, number: int) -> Path:
     """``dias predict runs:/<id>/model`` on the unlabelled phantom series (the model training logged
     to MLflow); returns the series' output folder."""
-    from dias_dist import checkpoint
+    from dias_dist.run import checkpoint
 
     run_id = checkpoint.load(run_dir / "checkpoints" / "final.pt").get("mlflow_run_id", "")
     if not run_id:

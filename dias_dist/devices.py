@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import warnings
 
 import torch
@@ -97,11 +96,3 @@ def startup_tags(device: torch.device, engine, *, world_size: int, backend: str)
     name = str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})"
     return {"device": name, "world_size": str(world_size), "backend": backend, "precision": precision(engine)}
 
-
-def announce(tags: dict[str, str], *, run_name: str, engine_name: str, enabled: bool) -> None:
-    """Print the start block (rank 0): one line per fact, on stderr like the progress bar."""
-    if not enabled:
-        return
-    lines = [f"[dias_dist] run {run_name}: engine {engine_name}"]
-    lines += [f"  {key:<10} {tags[key]}" for key in ("device", "world_size", "backend", "precision")]
-    print("\n".join(lines), file=sys.stderr, flush=True)

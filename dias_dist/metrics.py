@@ -1,7 +1,10 @@
 """Per-image segmentation metrics of the DIAS paper (docs/REFERENCE.md §5), and DTI post-processing.
 
-Every metric is computed on ONE image over all of its pixels (no field of view), from
-``prob`` float (H, W) vessel probability in [0, 1] and ``gt`` (H, W) {0, 1} (bool / any int dtype).
+Every metric is computed on ONE image, from ``prob`` float (H, W) vessel probability in [0, 1] and
+``gt`` (H, W) {0, 1} (bool / any int dtype), over all of its pixels, or, when a field-of-view mask
+``fov`` (H, W) {0, 1} is given, inside it only (the DRIVE protocol, docs/DECISIONS.md "Field of view"):
+the confusion counts, Acc, Spe and AUC count FOV pixels only, and clDice and VC see both maps with
+everything outside the FOV set to background. DIAS has no FOV (the whole image counts).
 The binary map is ``prob >= threshold`` (0.5), or the DTI map when ``dti=True``. Aggregation over
 images (mean and population std) lives in ``dias_dist.evaluation.tables``. Nothing is rounded here.
 
@@ -165,11 +168,12 @@ def binarize(prob: np.ndarray, threshold: float = 0.5, dti: bool = False) -> np.
 
 
 def image_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5, dti: bool = False, *,
-                  pred_bin: np.ndarray | None = None) -> dict[str, float]:
+                  pred_bin: np.ndarray | None = None, fov: np.ndarray | None = None) -> dict[str, float]:
     """The 8 metrics of one image: prob float (H, W) in [0, 1], gt (H, W) in {0, 1} -> {name: float}.
 
     AUC uses the soft ``prob``; all other metrics the binary map (threshold or DTI). ``pred_bin``:
     that map when the caller already has it (it must be ``binarize(prob, threshold, dti)``).
+    ``fov``: (H, W) {0, 1} field of view; the metrics then count its pixels only (module docstring).
     """
     prob = np.asarray(prob)
     gt_bool = binary_gt(gt)
@@ -178,15 +182,27 @@ def image_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5, dti:
         pred_bin = binarize(prob, threshold, dti)
     else:
         _check_pair(np.asarray(pred_bin), gt_bool, "binary map", "ground truth")
-    tp, fp, fn, tn = confusion_counts(pred_bin, gt_bool)
+    pred_bin = np.asarray(pred_bin, dtype=bool)
+    if fov is not None:
+        inside = binary_gt(fov)
+        _check_pair(inside, gt_bool, "field of view", "ground truth")
+        if not inside.any():
+            raise ValueError("field-of-view mask is empty: no pixel to score")
+        pred_bin, gt_bool = pred_bin & inside, gt_bool & inside
+        tp, fp, fn, _ = confusion_counts(pred_bin, gt_bool)
+        tn = int(np.count_nonzero(inside)) - tp - fp - fn
+        auc = roc_auc(gt_bool[inside], prob[inside])
+    else:
+        tp, fp, fn, tn = confusion_counts(pred_bin, gt_bool)
+        auc = roc_auc(gt_bool, prob)
     overlap_denominator = 2 * tp + fp + fn
     return {
         "dsc": 2 * tp / overlap_denominator if overlap_denominator else 1.0,
-        "acc": (tp + tn) / pred_bin.size,
+        "acc": (tp + tn) / (tp + fp + fn + tn),
         "sen": tp / (tp + fn) if tp + fn else 1.0,
         "spe": tn / (tn + fp) if tn + fp else 1.0,
         "iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
-        "auc": roc_auc(gt_bool, prob),
+        "auc": auc,
         "cldice": cldice(pred_bin, gt_bool),
         "vc": vascular_connectivity(pred_bin, gt_bool),
     }

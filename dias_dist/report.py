@@ -36,6 +36,7 @@ import os
 import re
 from pathlib import Path
 
+from dias_dist import report_stats
 from dias_dist.evaluation.tables import format_mean_std, markdown_table, write_csv
 from dias_dist.metrics import LOWER_IS_BETTER, METRIC_NAMES, METRIC_TITLES
 
@@ -253,8 +254,7 @@ def build_report(experiments: str | list[str] = (), *, tracking_uri: str, metric
                  report_experiment: str = REPORT_EXPERIMENT, alpha: float = 0.05) -> dict:
     """Write the report files; returns ``{"rows", "settings", "files", "report_run_id"}`` (``settings``: runs
     that differ only in seed or fold averaged, with the paired test against the best; ``report_stats.py``)."""
-    from dias_dist import report_stats
-    from dias_dist.track import experiment_id, open_store
+    from dias_dist.run.track import experiment_id, open_store
 
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
     if metric not in METRIC_NAMES:

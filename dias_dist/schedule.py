@@ -46,7 +46,8 @@ def cosine_warmup_lr(step: int, *, base_lr: float, total_steps: int, warmup_step
 class WarmupCosine:
     """Sets ``lr`` of every param group of ``optimizer`` from ``cosine_warmup_lr`` once per step.
 
-    ``step()`` is called after each optimizer step; ``state_dict`` holds only the step count.
+    ``step()`` is called after each optimizer step; ``state_dict`` holds only the step count;
+    ``curve()`` names the curve (``cosine_warmup_lr``'s arguments besides the step).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, base_lr: float, total_steps: int,
@@ -54,13 +55,17 @@ class WarmupCosine:
         if total_steps <= 0:
             raise ValueError(f"schedule: total_steps must be > 0 (train.epochs * train.steps_per_epoch), got {total_steps}")
         self.optimizer = optimizer
-        self.kwargs = dict(base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps,
+        self._curve = dict(base_lr=base_lr, total_steps=total_steps, warmup_steps=warmup_steps,
                            warmup_lr=warmup_lr, min_lr=min_lr)
         self.last_step = 0
         self._apply()
 
+    def curve(self) -> dict[str, float | int]:
+        """``{"base_lr", "total_steps", "warmup_steps", "warmup_lr", "min_lr"}`` of this schedule (a copy)."""
+        return dict(self._curve)
+
     def lr(self) -> float:
-        return cosine_warmup_lr(self.last_step, **self.kwargs)
+        return cosine_warmup_lr(self.last_step, **self._curve)
 
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:

@@ -17,6 +17,7 @@ a fixed reader opens them and the manifest's sha256 checks what they return (``d
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 from dias_dist.config import Config, apply_overrides, from_dict, parse_override
 from dias_dist.data import location
@@ -63,5 +64,18 @@ def from_stored(stored: dict, source: str, overrides=(), *, reads_data: bool) ->
                 raise ValueError(f"{source}: its stored config has data.{key}={section[key]!r}, {fault}; "
                                  f"give your own: data.{key}=...")
             del section[key]  # this command reads no data: the default stands in
+    if reads_data and isinstance(section, dict) and not given & {"data", "data.shards"}:
+        moved = _moved(section.get("shards"))
+        if moved:
+            raise ValueError(f"{source}: the shard set its config records, {moved}, is not there any more "
+                             f"(moved or deleted?); give its new place: data.shards=NEW_PLACE")
     apply_overrides(data, list(overrides))
     return from_dict(Config, data, f"{source} config" + (" + overrides" if overrides else ""))
+
+
+def _moved(shards) -> str | None:
+    """``shards`` when it is a local folder that does not exist (from here: a relative path recorded by an
+    older version is resolved against the current directory), else None."""
+    if not isinstance(shards, str) or not shards or not location.is_local(shards):
+        return None
+    return None if Path(shards).exists() else shards

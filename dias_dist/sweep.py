@@ -122,14 +122,14 @@ def restore_trial_checkpoint(tune_checkpoint, spec: dict, trial_name: str, param
     ``tune.restored_from`` (``<trial>@<step>``) and the trial's current values as metrics ``tune.<key>``
     at that step (a PBT schedule is visible in MLflow). Returns the checkpoint's ``trial.json`` or None.
     """
-    from dias_dist import checkpoint, run_lock
+    from dias_dist.run import checkpoint, folder as run_folder
 
     if tune_checkpoint is None:
         return None
     own = Path(spec["run_dir"]) / trial_name / "checkpoints" / "last.pt"
     # the stopped instance of this trial (PBT, restore) may still be exiting and writing last.pt; if it
     # still holds the folder after the wait, the run's own claim reports the holder
-    run_lock.wait_free(own.parent.parent, HOLDER_EXIT_WAIT_S)
+    run_folder.wait_free(own.parent.parent, HOLDER_EXIT_WAIT_S)
     with tune_checkpoint.as_directory() as folder:
         info_file = Path(folder) / TRIAL_FILE
         info = json.loads(info_file.read_text()) if info_file.is_file() else {}
@@ -164,9 +164,9 @@ def _started_run_id(run_folder: Path) -> str:
     """The MLflow run of the trial's own run folder: ``start.json`` (``elastic.record_start``, written by every
     run before its first step, so before any ``last.pt`` of it); "" when the folder has none (never started,
     or gone)."""
-    from dias_dist.elastic import _read_start
+    from dias_dist.run.elastic import read_start
 
-    return str((_read_start(run_folder) or {}).get("mlflow_run_id") or "")
+    return str((read_start(run_folder) or {}).get("mlflow_run_id") or "")
 
 
 def rpst_trial(params: dict, spec: dict) -> None:
@@ -425,7 +425,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, storage_path: str 
     from ray import tune
 
     from dias_dist.sweep_report import log_summary, open_parent_run
-    from dias_dist.track import tracking_uri as store_uri
+    from dias_dist.run.track import tracking_uri as store_uri
 
     cfg_path = Path(spec.config).resolve()
     base = load_config(cfg_path, spec.overrides)  # validate before starting anything

@@ -13,7 +13,7 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, exp_dir: Path
 
     The id is kept in ``<exp_dir>/parent_run_id`` so a restarted sweep keeps logging under the same parent.
     """
-    from dias_dist.track import experiment_id, open_store, source_tags
+    from dias_dist.run.track import experiment_id, open_store, source_tags
 
     exp_dir.mkdir(parents=True, exist_ok=True)
     id_file = exp_dir / "parent_run_id"

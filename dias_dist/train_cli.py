@@ -9,7 +9,7 @@ import argparse
 
 from dias_dist import dist
 from dias_dist.config import load_config
-from dias_dist.run_lock import describe_os_error
+from dias_dist.run.folder import describe_os_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
+class SameOnEveryRank(ValueError):
+    """A user error every process of a launch meets alike (a bad config): under torchrun only local
+    rank 0 prints it (``cli.run_command``), so the console shows it once per node, not once per rank."""
+
+    same_on_every_rank = True
+
+
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ValueError as err:  # the same file and overrides on every rank: the same error
+        raise SameOnEveryRank(str(err)) from None
     from dias_dist.trainer import run
 
     try:

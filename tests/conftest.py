@@ -1,5 +1,6 @@
 """Shared test set-up: CPU-only environment knobs (docs/REFERENCE.md §10) and small synthetic data fixtures."""
 import os
+import tempfile
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -8,6 +9,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 os.environ.setdefault("WDS_SECURE", "1")
+# The suite's numbers must not depend on a timing: the ConvGRU arrangement comes from the table, not a
+# measurement (tests/test_cpu_tuning.py measures on purpose), and no test writes the user's cache.
+os.environ.setdefault("DIAS_CPU_CHOICES", "table")
+os.environ.setdefault("DIAS_CACHE_DIR", tempfile.mkdtemp(prefix="dias-test-cache-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

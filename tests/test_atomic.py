@@ -1,7 +1,7 @@
 """The one atomic-write helper: a reader never sees a half-written file, a failure keeps the old one."""
 import pytest
 
-from dias_dist.atomic import atomic_write
+from dias_dist.run.atomic import atomic_write
 
 
 def test_atomic_write_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dias_dist import checkpoint
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config
-from dias_dist.track import MetricsLog, MLflowTracker, NullTracker, experiment_name, make_tracker, tracking_uri
+from dias_dist.run.track import MetricsLog, MLflowTracker, NullTracker, experiment_name, make_tracker, tracking_uri
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
@@ -51,7 +51,7 @@ def test_rng_states_round_trip_through_a_file(tmp_path):
 
 
 def test_metrics_log_does_not_rewrite_steps_after_a_resume_point(tmp_path):
-    from dias_dist.run_history import skip_logged
+    from dias_dist.run.history import skip_logged
 
     log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True)
     for step in range(1, 6):

@@ -1,6 +1,6 @@
 """OS errors of the commands that write files (`dias phantom`, `dias shard`, `dias evaluate --out`, `dias baseline
 --out`): an output path under a regular file, a read-only folder, a full disk are one line naming the path and
-the cause, exit status 1, no traceback (cli.run_command, run_lock.describe_os_error). An OSError that is no
+the cause, exit status 1, no traceback (cli.run_command, run_folder.describe_os_error). An OSError that is no
 file-system fault stays a traceback: it may be a bug.
 
 Read-only folders: CI runs as root, and root writes into a chmod 0555 folder, so that variant is skipped for root
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config, to_dict
 from dias_dist.data import phantom_cli
 from dias_dist.models import build_model

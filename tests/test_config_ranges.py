@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 from dias_dist.config import (LIST_RANGES, MAX_CONFIG_BYTES, MAX_CONFIG_VALUES, RANGES, Config, check_memory,
                               from_dict, load_config, to_dict)
 from dias_dist.models import MODELS, build_model

@@ -117,7 +117,8 @@ def _error_of(fn) -> str:
 def worker(out_dir: Path) -> None:
     import deepspeed
 
-    from dias_dist import checkpoint, dist
+    from dias_dist import dist
+    from dias_dist.run import checkpoint
     from dias_dist.engine import SHARDED_FORMAT
 
     dist.init("gloo", "cpu")
@@ -215,7 +216,8 @@ RESUMES = (("zero0", "zero0.json"), ("zero1", "zero1.json"), ("zero2", "zero2.js
 
 def resume_worker(out_dir: Path, save_dir: Path) -> None:
     """Resume every checkpoint the 2-rank worker wrote on this launch's world size and continue it."""
-    from dias_dist import checkpoint, dist
+    from dias_dist import dist
+    from dias_dist.run import checkpoint
 
     dist.init("gloo", "cpu")
     result: dict = {"rank": dist.rank(), "world_size": dist.world_size()}
@@ -313,7 +315,7 @@ def test_checkpoint_round_trip_resumes_exactly(ranks):
 @pytest.mark.slow
 def test_deepspeed_checkpoint_loads_as_plain_model_weights(ranks):
     """``dias evaluate`` reads ``checkpoint.model_state``: fp32 weights of the bare module."""
-    from dias_dist import checkpoint
+    from dias_dist.run import checkpoint
 
     weights = checkpoint.model_state(Path(ranks[0]["out_dir"]) / "zero2.pt")
     assert all(t.dtype == torch.float32 for t in weights.values())
@@ -328,7 +330,7 @@ def test_deepspeed_checkpoint_loads_as_plain_model_weights(ranks):
 @pytest.mark.slow
 def test_sharded_checkpoints_hold_a_plain_adamw_state(ranks):
     """ZeRO-1/2 and bf16 write the optimizer state as torch's AdamW does: one entry per parameter."""
-    from dias_dist import checkpoint
+    from dias_dist.run import checkpoint
 
     from dias_dist.schedule import param_groups
 
@@ -590,7 +592,7 @@ def test_training_loop_with_deepspeed_and_grad_accumulation(tmp_path):
     """trainer.run with dist.engine=deepspeed (ZeRO 0 and 2, 2 micro-batches) ends with the same weights
     as the DDP engine with the same accumulation, and its final.pt holds plain fp32 model weights."""
     pytest.importorskip("deepspeed")
-    from dias_dist import checkpoint
+    from dias_dist.run import checkpoint
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -650,7 +652,7 @@ def test_zero2_two_ranks_through_the_trainer_checkpoints_evaluates_and_resumes_o
         cwd=root, env=env, capture_output=True, text=True, timeout=240)
     assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
     assert (tmp_path / "ev" / "summary.csv").is_file()
-    from dias_dist import checkpoint
+    from dias_dist.run import checkpoint
 
     resume = subprocess.run(
         [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=1", "launch/train.py", "configs/debug.yaml",

@@ -120,9 +120,10 @@ def test_run_prints_and_logs_device_world_size_backend_precision(tmp_path, fake_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = trainer.run(tiny_cfg(tmp_path, "train.max_steps=2", "track.enabled=true", f"track.tracking_uri={uri}",
                                   "track.experiment=devices"))
-    block = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("[dias_dist] run", "  "))]
-    assert block[:5] == ["[dias_dist] run t: engine ddp", "  device     cpu", "  world_size 1", "  backend    none",
-                         "  precision  fp32"], block
+    out = capsys.readouterr().out.splitlines()
+    facts = dict(line.split(None, 1) for line in out[out.index("[dias] run t") + 1:] if line.startswith("  "))
+    assert {k: facts[k] for k in ("device", "world_size", "backend", "precision", "engine")} == {
+        "device": "cpu", "world_size": "1", "backend": "none", "precision": "fp32", "engine": "ddp"}, out
     tags = MlflowClient(uri).get_run(result["run_id"]).data.tags
     assert {k: tags[k] for k in ("device", "world_size", "backend", "precision")} == {
         "device": "cpu", "world_size": "1", "backend": "none", "precision": "fp32"}

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from process_tree import run_nodes
+
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -17,9 +20,6 @@ import torch
 from dias_dist import dist, engine, trainer
 from dias_dist.config import load_config
 from dias_dist.data import loader
-import pytest
-
-pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
 
 captured = {}
 build_engine, train_stream = trainer.build_engine, loader.train_stream

@@ -61,7 +61,7 @@ def straight_late(tiny_shards, tmp_path_factory):
 
 
 def history(run: Path) -> list[tuple]:
-    from dias_dist.run_history import read_records
+    from dias_dist.run.history import read_records
 
     return [(r["kind"], r["step"], r.get("loss_total"), r.get("val_auc"))
             for r in read_records(run / "metrics.jsonl")]
@@ -146,7 +146,7 @@ def test_elastic_restart_before_the_first_checkpoint_continues_the_same_folder_a
         os.kill(victims[0], signal.SIGSTOP)
         # last.pt comes after the last step's line and a collective that needs rank 1, so while that line
         # is missing, no checkpoint can appear before the kill
-        from dias_dist.run_history import read_records
+        from dias_dist.run.history import read_records
 
         steps = [r["step"] for r in read_records(next(tmp_path.glob("*/metrics.jsonl")))]
         assert max(steps, default=0) < TOTAL_STEPS, "too late: rank 1 was stopped after the last step"

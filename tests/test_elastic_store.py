@@ -18,6 +18,8 @@ import torch.distributed as tdist
 from dias_dist.dist import attempt_epoch
 from process_tree import kill_job
 
+pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = datetime.timedelta(seconds=60)
 
@@ -25,8 +27,6 @@ WORKER = r'''
 import os, sys, time
 import torch
 from dias_dist import dist
-
-pytestmark = pytest.mark.slow  # multi-process / cluster / browser / benchmark: not in the fast tier
 
 restart, rank = int(os.environ["TORCHELASTIC_RESTART_COUNT"]), int(os.environ["RANK"])
 if restart == 1 and rank == 1:

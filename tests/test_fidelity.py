@@ -23,7 +23,10 @@ WEAK = sorted((ROOT / "configs" / "weak").glob("*.yaml"))
 @pytest.mark.parametrize("path", WEAK, ids=[p.stem for p in WEAK])
 def test_table3_configs_train_a_unet_and_fr_unet_is_one_override_away(path):
     cfg = load_config(path)
-    assert cfg.model.name == ("unet_cct" if path.stem == "dmpls" else "unet")
+    # each method on the reference script's UNet: DMPLS its UNet-CCT, SSCR UNet_DP (dropout 0.2), the rest UNet
+    assert cfg.model.name == {"dmpls": "unet_cct", "sscr": "unet_dp"}.get(path.stem, "unet")
+    if path.stem == "sscr":
+        assert cfg.model.params == {"dropout": 0.2}
     if path.stem != "dmpls":
         other = load_config(path, ["model.name=fr_unet", "model.params={width: 4}"])
         method = build_method(other.method.name, **other.method.params)

@@ -12,6 +12,7 @@ import pytest
 from dias_dist import cli
 from dias_dist.config import load_config
 from dias_dist.data import folds
+from dias_dist.data import loader
 from dias_dist.data.loader import TrainSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,11 +71,11 @@ def test_a_fold_trains_without_its_held_out_part_and_validates_on_it(tiny_shards
 
         (source,) = default_sources(cfg.data)
         train = sorted(k for _, ks, _ in source.shard_keys() for k in ks)
-        split, held_out = folds.eval_split(cfg.data, "validation")
+        split, held_out = loader.fold_eval_split(cfg.data, "validation")
         assert split == "training" and not held_out & set(train) and sorted(held_out | set(train)) == all_keys
         assert {all_keys[0], all_keys[1]} <= set(train) or {all_keys[0], all_keys[1]} <= held_out
         seen |= held_out
-        assert folds.eval_split(cfg.data, "test") == ("test", None)
+        assert loader.fold_eval_split(cfg.data, "test") == ("test", None)
     assert seen == set(all_keys)
 
 

@@ -176,7 +176,7 @@ def test_run_tag_hashes_the_manifest_at_a_url(served, tiny_shards):
     """The run's shard_manifest_sha256 tag is the manifest's hash for shards at a URL too."""
     import hashlib
 
-    from dias_dist.track import manifest_sha256
+    from dias_dist.run.track import manifest_sha256
 
     _, url = served
     expected = hashlib.sha256((Path(tiny_shards) / "manifest.json").read_bytes()).hexdigest()

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_shards, tmp_path):
 
     # metrics.jsonl: the resumed run's file equals the uninterrupted one (killed steps dropped)
     def losses(run):
-        from dias_dist.track import MetricsLog
+        from dias_dist.run.track import MetricsLog
 
         return [(r["kind"], r["step"], r.get("loss_total", r.get("val_auc")))
                 for r in MetricsLog(run / "r" / "metrics.jsonl", True).read()]

@@ -120,7 +120,7 @@ def test_run_dir_that_is_a_file_is_one_line(tiny_shards, tmp_path, capsys):
 
 
 def test_full_disk_keeps_what_was_saved_and_resume_finishes(tiny_shards, tmp_path, capsys, monkeypatch):
-    from dias_dist import checkpoint
+    from dias_dist.run import checkpoint
 
     real_save, calls = torch.save, []
 
@@ -160,7 +160,7 @@ def test_resume_does_not_log_steps_twice_and_jsonl_agrees_with_mlflow(tiny_shard
 
     from mlflow import MlflowClient
 
-    from dias_dist.run_history import read_records
+    from dias_dist.run.history import read_records
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = ("train.epochs=2", "train.steps_per_epoch=4", "eval.val_every_epochs=5", "track.enabled=true",

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dias_dist import checkpoint, cli, run_lock
+from dias_dist import cli
+from dias_dist.run import checkpoint, folder as run_folder
 from dias_dist.config import load_config
-from dias_dist.run_lock import RunFolderError, claim
+from dias_dist.run.folder import RunFolderError, claim
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "debug.yaml")
@@ -79,7 +80,7 @@ def test_a_run_folder_with_a_foreign_file_is_refused_but_a_clean_one_is_replaced
             claim(run, continuing=False, auto=auto, overwrite=overwrite)
         assert snapshot(run) == before
     (run / "draft.ipynb").unlink()
-    assert run_lock.foreign_files(run) == []
+    assert run_folder.foreign_files(run) == []
     claim(run, continuing=False, auto=False, overwrite=True).release("FINISHED")
     assert [p.name for p in run.iterdir()] == [".lock"]
 
@@ -87,18 +88,18 @@ def test_a_run_folder_with_a_foreign_file_is_refused_but_a_clean_one_is_replaced
 def test_the_run_folder_rule(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert run_lock.foreign_files(empty) == []  # nothing to lose
+    assert run_folder.foreign_files(empty) == []  # nothing to lose
     records = tmp_path / "records"
     (records / "eval" / "test").mkdir(parents=True)
     (records / "eval" / "test" / "summary.csv").write_text("x")
     (records / ".config.yaml.tmp42").write_text("torn")
-    assert run_lock.foreign_files(records) == [".config.yaml.tmp42", "eval"]  # no run record: not a run folder
+    assert run_folder.foreign_files(records) == [".config.yaml.tmp42", "eval"]  # no run record: not a run folder
     (records / "start.json").write_text("{}")
-    assert run_lock.foreign_files(records) == []
+    assert run_folder.foreign_files(records) == []
     (records / "checkpoints").mkdir()
     (records / "checkpoints" / "final.pt").write_bytes(b"x")
     (records / "start.json").unlink()
-    assert run_lock.foreign_files(records) == []
+    assert run_folder.foreign_files(records) == []
 
 
 # ------------------------------------------------------------------ a full disk while a checkpoint is written

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from dias_dist import elastic
+from dias_dist.run import elastic
 from dias_dist.config import load_config
-from dias_dist.run_history import _SkippingTracker, read_records, skip_logged
-from dias_dist.track import MetricsLog, NullTracker
+from dias_dist.run.history import _SkippingTracker, read_records, skip_logged
+from dias_dist.run.track import MetricsLog, NullTracker
 
 
 def _lines(path, records, tail=""):

@@ -1,4 +1,4 @@
-"""Run-folder ownership (dias_dist.run_lock): the OS lock against other processes, stale locks after a
+"""Run-folder ownership (dias_dist.run.folder): the OS lock against other processes, stale locks after a
 crash, the overwrite policy, failed starts, stale temporary files and folder faults."""
 import errno
 import os
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from dias_dist import run_lock
-from dias_dist.run_lock import RunFolderError, claim
+from dias_dist.run import folder as run_folder
+from dias_dist.run.folder import RunFolderError, claim
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = ("import sys, time\n"
-          "from dias_dist import run_lock\n"
-          "held = run_lock.claim(sys.argv[1], continuing=False, auto=True, overwrite=False)\n"
+          "from dias_dist.run import folder as run_folder\n"
+          "held = run_folder.claim(sys.argv[1], continuing=False, auto=True, overwrite=False)\n"
           "print('held', flush=True)\n"
           "time.sleep(120)\n")
 
@@ -121,7 +121,7 @@ def test_folder_faults_are_one_line_naming_the_path(tmp_path, monkeypatch):
         claim(tmp_path / "ro" / "r", continuing=False, auto=False, overwrite=False)
     assert str(info.value) == f"{tmp_path / 'ro' / 'r'}: Permission denied; choose a writable train.run_dir"
     full = OSError(errno.ENOSPC, "No space left on device", "/x/last.pt")
-    assert run_lock.describe_os_error(full).startswith("/x/last.pt: No space left on device; the last complete")
+    assert run_folder.describe_os_error(full).startswith("/x/last.pt: No space left on device; the last complete")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -144,7 +144,8 @@ def test_an_attempt_that_fails_before_its_start_record_leaves_a_folder_the_resta
     """A named run under torchrun with restarts left fails after writing config.yaml but before start.json
     (here: building the tracker): the folder goes, as for any failed start, and the restart trains in it;
     kept, it would hold an earlier run that the restart cannot prove its own and would refuse."""
-    from dias_dist import cli, trainer
+    from dias_dist import cli
+    from dias_dist.run import lifecycle
 
     def unreachable(*args, **kwargs):
         assert (tmp_path / "r" / "config.yaml").is_file()  # the window: the folder is prepared, no start.json
@@ -153,7 +154,7 @@ def test_an_attempt_that_fails_before_its_start_record_leaves_a_folder_the_resta
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    monkeypatch.setattr(trainer, "make_tracker", unreachable)
+    monkeypatch.setattr(lifecycle, "make_tracker", unreachable)
     argv = ["train", str(ROOT / "configs" / "debug.yaml"), f"data.shards={tiny_shards}", f"train.run_dir={tmp_path}",
             "train.run_name=r", "eval.test_split=", "train.epochs=1", "train.steps_per_epoch=2"]
     assert cli.main(argv) == 2
@@ -177,7 +178,7 @@ def test_a_restart_resumes_only_a_folder_its_own_job_started(tmp_path, monkeypat
     """Under a torchrun restart resume=never becomes auto, but not on a named run folder that another
     job holds: attempt 0 was refused there, and the restart must be refused too, not continue (or
     overwrite) somebody else's run."""
-    from dias_dist import elastic
+    from dias_dist.run import elastic
     from dias_dist.config import Config, derive
 
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")

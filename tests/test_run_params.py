@@ -11,8 +11,8 @@ from dias_dist.curves import plot_curves
 from dias_dist.evaluation.overlay import (ANATOMY_BRIGHTNESS, FN_COLOUR, FP_COLOUR, TP_COLOUR, anatomy_overlay,
                                           write_overlay_figure, write_probability_figure)
 from dias_dist.methods import build_method
-from dias_dist.run_params import resolved_params
-from dias_dist.track import experiment_name, study_of, with_study
+from dias_dist.run.params import resolved_params
+from dias_dist.run.track import experiment_name, study_of, with_study
 
 
 def _built(cfg):

@@ -18,7 +18,7 @@ import pytest
 
 from dias_dist import losses, trainer
 from dias_dist.config import load_config
-from dias_dist.track import MetricsLog
+from dias_dist.run.track import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "assets" / "losses" / "debug_cpu.txt"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dias_dist import checkpoint, cli
+from dias_dist import cli
+from dias_dist.run import checkpoint
 from dias_dist.config import load_config, to_dict
 from dias_dist.models import build_model
 from dias_dist.predict.model import load_trained_model
@@ -78,6 +79,7 @@ def test_predict_drops_a_stored_pipe_command(planted, allow_pipes):
 def test_stored_cache_dir_must_be_a_local_folder():
     stored = to_dict(load_config(ROOT / "configs" / "debug.yaml"))
     stored["data"]["cache_dir"] = "pipe:touch x"
+    stored["data"]["shards"] = str(ROOT / "shards")  # a folder that exists: this test is about cache_dir
     with pytest.raises(ValueError, match=r"^m.pt: its stored config has data.cache_dir='pipe:touch x', not a local "
                                          r"folder; give your own: data.cache_dir=\.\.\.$"):
         from_stored(stored, "m.pt", (), reads_data=True)

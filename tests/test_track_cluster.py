@@ -28,7 +28,7 @@ def _track(store_uri: str, *extra: str):
 def test_runs_carry_source_tags_and_system_metrics(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from dias_dist.track import MLflowTracker
+    from dias_dist.run.track import MLflowTracker
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     monkeypatch.delenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", raising=False)
@@ -50,7 +50,7 @@ def test_runs_carry_source_tags_and_system_metrics(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
 
     # off by default; MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true switches it on without the config key
-    from dias_dist.track import system_metrics_enabled
+    from dias_dist.run.track import system_metrics_enabled
 
     assert not system_metrics_enabled(_track(uri))
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
@@ -81,7 +81,7 @@ def test_git_sha_without_a_checkout_is_the_one_baked_into_the_image(tmp_path):
     which the Dockerfile sets from its GIT_SHA build argument."""
     shutil.copytree(ROOT / "dias_dist", tmp_path / "dias_dist", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import os; from dias_dist.track import git_sha, source_tags; "
+    code = ("import os; from dias_dist.run.track import git_sha, source_tags; "
             "print(git_sha(), source_tags().get('mlflow.source.git.commit')); os.environ.pop('DIAS_GIT_SHA'); "
             "print(git_sha(), source_tags().get('mlflow.source.git.commit'))")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "DIAS_GIT_SHA": "0123abc"}
@@ -99,7 +99,7 @@ def test_a_moved_store_opens_and_its_artifacts_download(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from dias_dist.config import load_config
-    from dias_dist.track import MLflowTracker, relocate_store, tracking_uri
+    from dias_dist.run.track import MLflowTracker, relocate_store, tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -137,3 +137,18 @@ def test_a_moved_store_opens_and_its_artifacts_download(tmp_path, monkeypatch):
         got = Path(client.download_artifacts(run_id, "notes/note.txt", str(tmp_path / run_id)))
         assert got.read_text() == "vessels\n"
     assert not first.exists() and not (tmp_path / "mlruns").exists()  # nothing written at the old place
+
+
+def test_a_new_store_opens_without_a_warning(tmp_path):
+    """check_writable's probe leaves an empty database behind; opening it must not take it for a moved
+    store (it once warned 'was moved but cannot be re-pointed ... no such table: experiments')."""
+    import warnings
+
+    from dias_dist.run.track import check_writable, open_store
+
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    check_writable(uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        client = open_store(uri)
+    assert client.search_experiments()[0].name == "Default"

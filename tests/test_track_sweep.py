@@ -31,7 +31,9 @@ def test_spec_leaves_gpus_to_the_cluster_by_default():
 def test_check_grid_rejects_typos_and_bad_values():
     from dias_dist.sweep import check_grid
 
-    check_grid(SSCR, [], {"method.params.lambda1": [0.5, 1.0], "optim.lr": [1e-3], "model.params.width": [-4]})
+    check_grid(SSCR, [], {"method.params.lambda1": [0.5, 1.0], "optim.lr": [1e-3], "model.params.width": [4]})
+    with pytest.raises(ValueError, match=r"model.params.width must be in \[1, 4096\], got -4"):  # config.RANGES
+        check_grid(SSCR, [], {"model.params.width": [-4]})
     with pytest.raises(ValueError, match="optim.lrr"):
         check_grid(SSCR, [], {"optim.lrr": [1e-3]})
     with pytest.raises(ValueError, match="lamda1"):  # method.params is free-form in the schema
@@ -69,7 +71,7 @@ def test_cluster_store_warning_only_for_a_sqlite_store_on_a_cluster():
 
 
 def test_artifact_location_is_next_to_the_sqlite_db(tmp_path):
-    from dias_dist.track import artifact_location
+    from dias_dist.run.track import artifact_location
 
     db = tmp_path / "store" / "mlflow.db"
     assert artifact_location(f"sqlite:///{db}") == (tmp_path / "store" / "mlartifacts").as_uri()
@@ -101,7 +103,7 @@ def test_sweep_parent_run_artifacts_land_next_to_the_db_not_in_cwd(tmp_path, mon
     assert not (cwd / "mlruns").exists()
     # the trainer path shares the helper: an explicit sqlite:// tracking_uri also keeps artifacts by the db
     from dias_dist.config import load_config
-    from dias_dist.track import MLflowTracker
+    from dias_dist.run.track import MLflowTracker
 
     tracker = MLflowTracker(load_config(None, [f"track.tracking_uri={uri}", "track.experiment=trainer"]).track, "r",
                             run_root=tmp_path / "runs", method="supervised")

@@ -12,7 +12,7 @@ from dias_dist.evaluation import evaluate
 from dias_dist.config import load_config
 from dias_dist.methods import METHODS, Method
 from dias_dist.models import MODELS
-from dias_dist.track import MetricsLog
+from dias_dist.run.track import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
 

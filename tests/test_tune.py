@@ -144,24 +144,24 @@ def test_last_validation_reporter_keeps_the_metric_in_the_final_report():
 
 
 def test_restarted_trial_waits_for_the_run_lock_and_keeps_its_mlflow_run(tmp_path):
-    """A restarted trial waits for the stopped instance's lock (``run_lock.wait_free``: never across a claim
+    """A restarted trial waits for the stopped instance's lock (``run_folder.wait_free``: never across a claim
     of this process, which it must not drop) and takes the trial's MLflow run from the folder's start.json."""
     import json
     import subprocess
     import sys
     import time
 
-    from dias_dist import run_lock
+    from dias_dist.run import folder as run_folder
     from dias_dist.sweep import _started_run_id
 
     folder = tmp_path / "trial"
-    assert run_lock.wait_free(folder, 0.0)  # no folder, no lock file
-    lock = str(folder / run_lock.LOCK_NAME)
+    assert run_folder.wait_free(folder, 0.0)  # no folder, no lock file
+    lock = str(folder / run_folder.LOCK_NAME)
     probe = "import fcntl, os, sys; fcntl.lockf(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)"
-    claim = run_lock.claim(folder, continuing=False, auto=False, overwrite=False)
+    claim = run_folder.claim(folder, continuing=False, auto=False, overwrite=False)
     try:
         begin = time.monotonic()
-        assert not run_lock.wait_free(folder, 30.0)  # held by this process: False at once
+        assert not run_folder.wait_free(folder, 30.0)  # held by this process: False at once
         assert time.monotonic() - begin < 5
         assert subprocess.run([sys.executable, "-c", probe, lock], capture_output=True).returncode != 0  # still held
     finally:
@@ -170,8 +170,8 @@ def test_restarted_trial_waits_for_the_run_lock_and_keeps_its_mlflow_run(tmp_pat
                                "import time; time.sleep(1.5)", lock], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert not run_lock.wait_free(folder, 0.3)  # another process holds it past the wait
-        assert run_lock.wait_free(folder, 30.0)  # ... until it exits
+        assert not run_folder.wait_free(folder, 0.3)  # another process holds it past the wait
+        assert run_folder.wait_free(folder, 30.0)  # ... until it exits
     finally:
         holder.wait(timeout=30)
     assert _started_run_id(folder) == ""

@@ -5,7 +5,12 @@ Layout::
     ROOT/{training,validation,test}/images/image_s{ID}_i{f}.png   8-bit frames, f = 0..T-1
     ROOT/{training,validation,test}/labels/label_s{ID}.png        8-bit, vessel where value >= 100
     ROOT/training/scribble_labels/{SALE,RDFA}/label_s{ID}.png     {0 bg, 1 vessel, 255 unannotated}
+    ROOT/{training,validation,test}/fov/fov_s{ID}.png             optional field of view, inside where >= 100
     ROOT/unlabeled_DSA/image_s{ID}_i{f}.png                       (or unlabeled_DSA/images/...)
+
+A field-of-view mask is not part of the DIAS release (its metrics count every pixel); 2D vessel data
+sets imported with ``dias import`` (fundus images: DRIVE) bring one, and every metric is then computed
+inside it. A split holds a mask for every sequence or for none.
 
 IDs are global across splits. Frames per sequence vary (4-14 in DIAS; 1 is accepted so that
 single-frame vessel data sets work too); frame numbers sort as integers (i10 after i9) and must
@@ -34,7 +39,8 @@ SCRIBBLE_FOLDERS = {"rdfa": "RDFA", "sale": "SALE"}  # scribble name -> folder i
 
 _FRAME_RE = re.compile(r"^image_s(\d+)_i(\d+)\.png$")
 _LABEL_RE = re.compile(r"^label_s(\d+)\.png$")
-_EXTENSION_RE = re.compile(r"^(image_s\d+_i\d+|label_s\d+)\.(?!png$)[^.]+$")  # a frame/label name, not .png
+_FOV_RE = re.compile(r"^fov_s(\d+)\.png$")
+_EXTENSION_RE = re.compile(r"^(image_s\d+_i\d+|label_s\d+|fov_s\d+)\.(?!png$)[^.]+$")  # a frame/label name, not .png
 
 
 def _check_extension(path: Path) -> None:
@@ -53,6 +59,7 @@ class SequenceFiles:
     frames: list[Path]
     label: Path | None = None
     scribbles: dict[str, Path] = field(default_factory=dict)
+    fov: Path | None = None
 
 
 @dataclass
@@ -62,7 +69,8 @@ class Sequence:
     frames    uint8 (T, H, W)
     label     uint8 {0,1} (H, W), or None (unlabeled split)
     scribbles name ("rdfa", "sale") -> uint8 (H, W) with values {0, 1, 255}
-    source    the files it was read from (frames, then label and scribbles)
+    source    the files it was read from (frames, then label, scribbles and field of view)
+    fov       uint8 {0,1} (H, W) field of view, or None (every pixel counts)
     """
 
     split: str
@@ -71,6 +79,7 @@ class Sequence:
     label: np.ndarray | None
     scribbles: dict[str, np.ndarray]
     source: list[str]
+    fov: np.ndarray | None = None
 
 
 def split_dir(root: str | Path, split: str) -> Path:
@@ -139,6 +148,15 @@ def list_sequences(root: str | Path, split: str) -> list[SequenceFiles]:
                     raise ValueError(f"{path}: scribble of sequence s{seq_id} has no frames in {image_dir}")
             if found:
                 scribbles[name] = found
+    fovs = _ids_in(split_dir(root, split) / "fov", _FOV_RE) if split != "unlabeled" else {}
+    for seq_id, path in sorted(fovs.items()):
+        if seq_id not in frames_by_id:
+            raise ValueError(f"{path}: field of view of sequence s{seq_id} has no frames in {image_dir}")
+    if fovs:
+        for seq_id in sorted(frames_by_id):
+            if seq_id not in fovs:
+                raise ValueError(f"{split_dir(root, split) / 'fov' / f'fov_s{seq_id}.png'}: missing; a split gives a "
+                                 f"field of view for every sequence or for none")
     out = []
     for seq_id in sorted(frames_by_id):
         by_number = frames_by_id[seq_id]
@@ -150,6 +168,7 @@ def list_sequences(root: str | Path, split: str) -> list[SequenceFiles]:
         out.append(SequenceFiles(
             split=split, seq_id=seq_id, frames=[by_number[n] for n in numbers], label=labels.get(seq_id),
             scribbles={name: found[seq_id] for name, found in scribbles.items() if seq_id in found},
+            fov=fovs.get(seq_id),
         ))
     return out
 
@@ -223,7 +242,15 @@ def read_sequence(files: SequenceFiles) -> Sequence:
                              f"found {bad[:10].tolist()}")
         scribbles[name] = raw
         source.append(str(path))
-    return Sequence(files.split, files.seq_id, frames_thw, label, scribbles, source)
+    fov = None
+    if files.fov is not None:
+        fov = read_label(files.fov)
+        if fov.shape != size:
+            raise ValueError(f"{files.fov}: field-of-view size {fov.shape} differs from frame size {size}")
+        if not fov.any():
+            raise ValueError(f"{files.fov}: field of view is empty (no pixel >= {LABEL_THRESHOLD})")
+        source.append(str(files.fov))
+    return Sequence(files.split, files.seq_id, frames_thw, label, scribbles, source, fov)
 
 
 def read_split(root: str | Path, split: str) -> list[Sequence]:

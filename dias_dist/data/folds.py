@@ -1,7 +1,7 @@
 """K-fold cross-validation over the training sequences (``data.num_folds`` = K >= 2, ``data.fold`` = f).
 
 Fold f trains on the training split's sequences outside fold f and validates on fold f (the trainer's
-``validation`` becomes these held-out training sequences, ``eval_split``); the test split is untouched.
+``validation`` becomes these held-out training sequences, ``loader.fold_eval_split``); the test split is untouched.
 
 Grouping: sequences of one group always share a fold, so that no patient is in both the training and the
 held-out part. The DIAS release layout (``data/dias.py``) holds no patient ID, only sequence IDs, so by
@@ -84,15 +84,3 @@ def split_keys(keys: list[str], num_folds: int, fold: int, groups_file: str = ""
     train = sorted(k for k, f in fold_of.items() if f != fold)
     held_out = sorted(k for k, f in fold_of.items() if f == fold)
     return train, held_out
-
-
-def eval_split(data_cfg, split: str) -> tuple[str, set[str] | None]:
-    """(split, keys) to evaluate for the trainer's ``split``: with ``data.num_folds`` the ``validation``
-    split becomes this fold's held-out training sequences; otherwise ``(split, None)`` (all of it)."""
-    if split != "validation" or not data_cfg.num_folds:
-        return split, None
-    from dias_dist.data.loader import TrainSource
-
-    keys = [k for _, ks, _ in TrainSource(data_cfg.shards, num_sequences=data_cfg.num_labeled).shard_keys() for k in ks]
-    _, held_out = split_keys(keys, data_cfg.num_folds, data_cfg.fold, data_cfg.fold_groups)
-    return "training", set(held_out)

@@ -36,6 +36,7 @@ from dias_dist.config import DataConfig
 
 from .augment import apply_weak, weak_params
 from . import location
+from .folds import split_keys
 from .shards import open_shard, split_entry
 
 AUGMENTS = ("none", "weak", "strong")
@@ -83,8 +84,6 @@ class TrainSource:
                                  f"{len(keys)} sequences")
             keys = keys[:self.num_sequences]
         if self.num_folds:
-            from dias_dist.data.folds import split_keys
-
             keys, _ = split_keys(keys, self.num_folds, self.fold, self.fold_groups)
         wanted = set(keys)
         out = [(location.join(self.shard_dir, s["name"]), [k for k in s["keys"] if k in wanted], s)
@@ -376,11 +375,12 @@ class SequenceStream(IterableDataset):
             finally:
                 if hasattr(reader, "release"):
                     reader.release(key)  # each sample is read once: free its bytes
-            label = sample.get("label")
+            label, fov = sample.get("label"), sample.get("fov")
             meta = sample["meta"]
             yield {"key": key, "id": int(meta.get("id", int(key[1:]))),
                    "image": torch.from_numpy(sample["frames"].astype(np.float32)),
-                   "label": None if label is None else torch.from_numpy(label), "meta": meta}
+                   "label": None if label is None else torch.from_numpy(label),
+                   "fov": None if fov is None else torch.from_numpy(fov), "meta": meta}
 
 
 class EvalSequences:
@@ -402,7 +402,8 @@ class EvalSequences:
 
 def eval_sequences(shard_dir, split, *, num_workers: int = 1, on_corrupt: str = "raise",
                    keys: set[str] | None = None, cache_dir: str = "", verify: bool = True) -> EvalSequences:
-    """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "meta"}.
+    """Iterable of {"key", "id", "image": float32 (T, H, W), "label": uint8 (H, W) or None, "fov": uint8
+    {0,1} (H, W) field of view or None, "meta"}.
 
     Each sequence of ``split`` (only those in ``keys`` when given; others are not decoded) appears
     exactly once over all ranks and workers; this rank gets the samples of its slots (sorted-key
@@ -433,6 +434,16 @@ def default_sources(cfg: DataConfig) -> list[TrainSource]:
     return [TrainSource(cfg.shards, split="training", augment=cfg.augment, target=cfg.target,
                         num_sequences=cfg.num_labeled, num_folds=cfg.num_folds, fold=cfg.fold,
                         fold_groups=cfg.fold_groups)]
+
+
+def fold_eval_split(cfg: DataConfig, split: str) -> tuple[str, set[str] | None]:
+    """(split, keys) to evaluate for the trainer's ``split``: with ``data.num_folds`` the ``validation``
+    split becomes this fold's held-out training sequences (``data/folds.py``); otherwise ``(split, None)``."""
+    if split != "validation" or not cfg.num_folds:
+        return split, None
+    keys = [k for _, ks, _ in TrainSource(cfg.shards, num_sequences=cfg.num_labeled).shard_keys() for k in ks]
+    _, held_out = split_keys(keys, cfg.num_folds, cfg.fold, cfg.fold_groups)
+    return "training", set(held_out)
 
 
 def check_targets(method, sources: list[TrainSource]) -> None:

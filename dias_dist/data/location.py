@@ -36,6 +36,8 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from dias_dist.data import timeouts
+
 SCHEMES = ("file", "http", "https", "s3", "gs", "pipe")
 RUNS_COMMAND = ("pipe",)  # schemes whose location is a command line (see the module docstring)
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)")
@@ -111,8 +113,6 @@ def _gopen_module():
 def register_s3() -> None:
     """Add ``gopen_s3`` to WebDataset's gopen scheme table (an s3 handler already there wins), and
     the read handlers of ``timeouts.py`` (curl, gsutil, pipe: under the read timeout and budget)."""
-    from . import timeouts
-
     timeouts.register()
     _gopen_module().gopen_schemes.setdefault("s3", gopen_s3)
 
@@ -144,8 +144,6 @@ _S3_CLIENTS: dict[tuple, object] = {}
 def _s3_client():
     """One boto3 S3 client per process and limits (clients must not cross a fork into DataLoader
     workers): connect and read timeouts from ``data.read_timeout_s``, 4 attempts (standard retries)."""
-    from . import timeouts
-
     limit = timeouts.limits()
     slot = (os.getpid(), limit)
     if slot not in _S3_CLIENTS:
@@ -170,8 +168,6 @@ def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
     stores such as MinIO)."""
     if mode[0] != "r":
         raise ValueError(f"{url}: s3:// is read-only here; upload shard sets with `aws s3 cp --recursive`")
-    from . import timeouts
-
     bucket, _, key = url[len("s3://"):].partition("/")
     client = _s3_client()
     deadline = time.monotonic() + timeouts.limits().budget_s
@@ -191,8 +187,6 @@ class _S3Body:
 
     def read(self, size: int = -1) -> bytes:
         if time.monotonic() > self.deadline:
-            from . import timeouts
-
             raise OSError(f"no complete answer within data.download_budget_s={timeouts.limits().budget_s:g} s")
         try:
             return self.body.read() if size is None or size < 0 else self.body.read(size)

@@ -60,6 +60,8 @@ INJECTION_S = (1.0, 2.0)
 DISPERSION_S = 0.06  # rise time constant at the root; grows by DISPERSION_PER_S per second of delay
 DISPERSION_PER_S = 0.12
 WASHOUT_S = (0.3, 0.6)  # decay time constant after the plateau
+PHASE_GAP_S = 1.0  # extended runs: pre-contrast and late frames 1 s apart (the slow rate of a variable-rate run)
+NATIVE_I0 = 60000.0  # native runs: detected intensity of an unattenuated ray (16-bit counts)
 
 
 @dataclass
@@ -72,6 +74,11 @@ class PhantomSequence:
     visible     bool (T, H, W): vessel pixels whose opacity is >= 0.5 in that frame
     radius      float32 (H, W): radius in px of the (widest) vessel covering the pixel, 0 elsewhere
     injection_s float: length of the injection's plateau at the trunk (s); the arterial phase ends with it
+    arterial    (first, stop): the arterial frames are frames[first:stop] (all of them unless the run was
+                extended with ``pre_frames`` / ``late_frames``); ``label`` and ``visible`` cover only these
+    native      uint16 (1 + T, H, W) or None: the unsubtracted run as the angiography system stores it
+                (``native=True``): frame 0 is the mask exposure, frame 1 + t the live exposure of frames[t];
+                detected intensity NATIVE_I0 * exp(-log attenuation), detector blur, no window/level
     """
 
     frames: np.ndarray
@@ -80,6 +87,8 @@ class PhantomSequence:
     visible: np.ndarray
     radius: np.ndarray
     injection_s: float
+    arterial: tuple[int, int] | None = None
+    native: np.ndarray | None = None
 
 
 @dataclass
@@ -257,7 +266,8 @@ def _draw_tubes(size: int, xy: np.ndarray, radius: np.ndarray):
 
 def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 4, max_frames: int = 14,
                       frame_rate: float = 4.0, motion_px: float = 1.0, noise: float = 0.02,
-                      late_phase: bool = False) -> PhantomSequence:
+                      late_phase: bool = False, pre_frames: int = 0, late_frames: int = 0,
+                      native: bool = False) -> PhantomSequence:
     """One synthetic DSA sequence of ``size`` x ``size`` frames; see the module doc and ``PhantomSequence``.
 
     ``motion_px``: median patient motion between mask and live frames in px of an 800x800 frame (0.3 mm
@@ -265,6 +275,12 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     same motion in mm; 0 = perfect registration);
     ``noise``: quantum noise std (log units) at the least dense anatomy; ``late_phase``: capillary
     blush and early veins in the last frames (not labelled, hard negatives).
+    ``pre_frames`` / ``late_frames``: extend the run by that many frames before the arterial phase (no
+    contrast yet) and after it (arterial wash-out while capillary blush and early veins fill, as in
+    ``late_phase`` but only after the arterial frames), at ``PHASE_GAP_S`` intervals as a variable-rate
+    protocol acquires them (mask phase and venous phase at 1 frame/s); ``arterial`` says which are arterial.
+    ``native``: also return the unsubtracted run (``PhantomSequence.native``). The defaults give the
+    sequence of earlier versions bit for bit.
     """
     if size < 32:
         raise ValueError(f"phantom size must be >= 32 px, got {size}")
@@ -290,7 +306,11 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     # is still filling; so T follows the bolus as well as the transit time
     phase_end = max(last_needed, injection)
     num_frames = int(np.clip(math.ceil((phase_end - first) / period - 1e-9) + 1, min_frames, max_frames))
-    frame_times = first + period * np.arange(num_frames)
+    arterial_frames = num_frames
+    num_frames = pre_frames + arterial_frames + late_frames
+    frame_times = np.concatenate([first - PHASE_GAP_S * np.arange(pre_frames, 0, -1),
+                                  first + period * np.arange(arterial_frames),
+                                  first + period * (arterial_frames - 1) + PHASE_GAP_S * np.arange(1, late_frames + 1)])
     opacity = bolus_opacity(frame_times[None, :] - arrival[:, None], injection, rise[:, None], washout)  # (N, T)
 
     pixels = size * size
@@ -306,7 +326,7 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
         line_integral[:, cand] += (chord[:, None] * opacity[point]).T.astype(np.float32)
         visible[:, cand] |= (opacity[point] >= OPACIFIED).T
         np.maximum.at(radius_map, cand, tree.radius[point].astype(np.float32))
-    label = visible.any(axis=0)
+    label = visible[pre_frames:pre_frames + arterial_frames].any(axis=0)
     radius_map[~label] = 0.0
 
     # patient motion, (dy, dx, theta) per frame: an offset between the mask and the run (the head moves
@@ -329,8 +349,12 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     # contrast-filled: undiluted in the catheter, diluted by the blood flow in the ICA (~1.3-2x denser)
     np.maximum.at(catheter, cand, (mu * rng.uniform(1.3, 2.0) * chord).astype(np.float32))
     catheter = catheter.reshape(size, size)
-    if late_phase:
-        late = np.clip((frame_times - frame_times[-1]) * frame_rate + 2.0, 0.0, 2.0)[:, None, None] / 2.0
+    if late_phase or late_frames:
+        if late_frames:  # only after the arterial frames: half in the first late frame, full from the second
+            after = frame_times - frame_times[pre_frames + arterial_frames - 1]
+            late = np.clip(after / (2 * PHASE_GAP_S), 0.0, 1.0)[:, None, None]
+        else:
+            late = np.clip((frame_times - frame_times[-1]) * frame_rate + 2.0, 0.0, 2.0)[:, None, None] / 2.0
         blush = np.clip(_smooth_noise(size, rng, max(20.0 * size / REFERENCE_SIZE, 2.0)), 0, None)
         veins = generate_sequence_veins(size, rng)
         vessels = vessels + late * (0.08 * blush + veins)[None]
@@ -341,17 +365,30 @@ def generate_sequence(size: int, rng: np.random.Generator, *, min_frames: int = 
     # in all frames, so neither a projection over frames nor a network that sees them all averages it out
     mask = body + rng.standard_normal((size, size), dtype=np.float32) * (quantum / math.sqrt(rng.choice((1, 2, 4))))
     moved_body = _rigid_warp(body, *offset) if motion_px > 0 else body
+    raw = np.empty((num_frames + 1, size, size), dtype=np.uint16) if native else None
+    if native:
+        raw[0] = _detected(mask)
     for t in range(num_frames):
         # DSA subtracts logs: live (contrast + moved anatomy) minus mask (anatomy, catheter without contrast)
         live = moved_body + catheter + vessels[t]
         if motion_px > 0:
             live = _rigid_warp(live, *drift[t])
         log_diff = mask - live + rng.standard_normal((size, size), dtype=np.float32) * quantum
+        if native:
+            raw[t + 1] = _detected(mask - log_diff)  # the live exposure, its quantum noise included
         intensity = ndimage.gaussian_filter(level * np.exp(log_diff), 0.6, mode="nearest")
         intensity += rng.standard_normal((size, size), dtype=np.float32) * np.float32(0.006)  # electronic
         frames[t] = np.clip(np.rint(intensity * 255.0), 0, 255).astype(np.uint8)
-    return PhantomSequence(frames, label.reshape(size, size).astype(np.uint8), frame_times,
-                           visible.reshape(num_frames, size, size), radius_map.reshape(size, size), injection)
+    visible = visible.reshape(num_frames, size, size)[pre_frames:pre_frames + arterial_frames]
+    return PhantomSequence(frames, label.reshape(size, size).astype(np.uint8), frame_times, visible,
+                           radius_map.reshape(size, size), injection, (pre_frames, pre_frames + arterial_frames), raw)
+
+
+def _detected(log_attenuation: np.ndarray) -> np.ndarray:
+    """uint16 (H, W) detected intensity NATIVE_I0 * exp(-attenuation) after the detector blur."""
+    intensity = ndimage.gaussian_filter(NATIVE_I0 * np.exp(-np.asarray(log_attenuation, np.float64)), 0.6,
+                                        mode="nearest")
+    return np.clip(np.rint(intensity), 1, 65535).astype(np.uint16)
 
 
 def generate_sequence_veins(size: int, rng: np.random.Generator) -> np.ndarray:

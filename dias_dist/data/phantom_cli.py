@@ -4,6 +4,11 @@ IDs are global as in the release: training s0.., validation next, test next, unl
 Training sequences also get ``scribble_labels/RDFA`` (docs/REFERENCE.md §9 generator, reference
 settings) and ``scribble_labels/SALE`` (SALE-like strokes). Sequence ``s`` is generated from
 ``SeedSequence([seed, s])`` alone, so any subset regenerates bit-identically.
+
+``--native`` also writes each sequence's unsubtracted run as the angiography system stores it:
+``native/native_s{ID}.npy`` uint16 (1 + T, H, W), frame 0 the mask exposure, frame 1 + t the live
+exposure of frame t (``PhantomSequence.native``); ``dias predict native_s3.npy --native --subtract
+mask=0`` subtracts it. The release files are the same with or without it.
 """
 from __future__ import annotations
 
@@ -65,7 +70,7 @@ def preview_image(frames: np.ndarray, label: np.ndarray, scribbles: dict[str, np
 def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 30, val: int = 10, test: int = 20,
                           unlabeled: int = 60, seed: int = 0, preview: bool = True, min_frames: int = 4,
                           max_frames: int = 14, motion_px: float = 1.0, frame_rate: float = 4.0,
-                          late_phase: bool = False, progress: bool | None = None) -> dict:
+                          late_phase: bool = False, native: bool = False, progress: bool | None = None) -> dict:
     """Generate and write the data set; returns counts and timing. uint8 PNGs in the release layout.
 
     ``progress``: a bar over the sequences (None: only on a terminal, see ``progress.bar``).
@@ -80,7 +85,10 @@ def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 
     todo = [split for split, count in plan for _ in range(count)]  # sequence id = index
     for seq_id, split in enumerate(bar(todo, desc="phantom", unit="seq", enabled=progress)):
         seq = generate_sequence(size, sequence_rng(seed, seq_id), min_frames=min_frames, max_frames=max_frames,
-                                motion_px=motion_px, frame_rate=frame_rate, late_phase=late_phase)
+                                motion_px=motion_px, frame_rate=frame_rate, late_phase=late_phase, native=native)
+        if native:
+            (out / "native").mkdir(parents=True, exist_ok=True)
+            np.save(out / "native" / f"native_s{seq_id}.npy", seq.native)
         image_dir = out / "unlabeled_DSA" if split == "unlabeled" else out / split / "images"
         for f, frame in enumerate(seq.frames):
             save_png(image_dir / f"image_s{seq_id}_i{f}.png", frame)
@@ -117,6 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-rate", type=float, default=4.0, help="frames per second (the release: 4)")
     parser.add_argument("--late-phase", action="store_true",
                         help="add capillary blush and early veins to the last frames (not labelled)")
+    parser.add_argument("--native", action="store_true",
+                        help="also write native/native_s{ID}.npy: the unsubtracted run (frame 0 the mask exposure), "
+                             "uint16, for dias predict --native --subtract mask=0")
     parser.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
                         help="write preview.png: the frames of s0, their MinIP, its label and scribbles, "
                              "each panel captioned")
@@ -126,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
     stats = write_phantom_dataset(args.out_dir, size=args.size, train=args.train, val=args.val, test=args.test,
                                   unlabeled=args.unlabeled, seed=args.seed, preview=args.preview,
                                   min_frames=args.min_frames, max_frames=args.max_frames, motion_px=args.motion_px,
-                                  frame_rate=args.frame_rate, late_phase=args.late_phase)
+                                  frame_rate=args.frame_rate, late_phase=args.late_phase, native=args.native)
     print(f"wrote {stats['sequences']} sequences ({stats['frames']} frames) to {args.out_dir} in "
           f"{stats['seconds']} s ({stats['sequences_per_s']} sequences/s)")
     return 0

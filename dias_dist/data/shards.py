@@ -36,14 +36,14 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_write
+from ..run.atomic import atomic_write
 from ..progress import bar
 from . import dias, location
 from .preprocess import PARAMS, preprocess_sequence
 
 MANIFEST = "manifest.json"
 FORMAT = "dias_dist-shards-v1"
-BINARY_MAPS = ("label", "pseudo")  # stored 0/255, decoded to {0, 1}
+BINARY_MAPS = ("label", "pseudo", "fov")  # stored 0/255, decoded to {0, 1}
 KEY_PATTERN = re.compile(r"s[0-9]{1,12}")  # what ``sample_key`` writes; keys become output file names
 
 
@@ -85,6 +85,8 @@ def sequence_sample(seq: dias.Sequence) -> dict:
         sample["label.png"] = seq.label * 255
     for name, scribble in sorted(seq.scribbles.items()):
         sample[f"scribble_{name}.png"] = scribble
+    if seq.fov is not None:
+        sample["fov.png"] = seq.fov * 255
     sample["meta.json"] = meta
     return sample
 
@@ -302,6 +304,9 @@ def read_manifest(shard_dir: str | Path) -> dict:
     when missing or malformed."""
     path = location.join(shard_dir, MANIFEST)
     if location.is_local(shard_dir):
+        if not Path(shard_dir).exists():
+            raise ValueError(f"{shard_dir}: no shard set there (moved or deleted?); give its new place with "
+                             f"data.shards=NEW_PLACE, or write one with `dias shard SRC {shard_dir}`")
         if not Path(path).is_file():
             raise ValueError(f"{path}: no shard manifest (write one with `dias shard SRC {shard_dir}`)")
         text = Path(path).read_text()

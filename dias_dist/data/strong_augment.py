@@ -56,11 +56,22 @@ def random_contrast(image_THW: np.ndarray, rng: np.random.Generator, *, prob: fl
     return np.clip(image_THW * alpha_T[:, None, None], *CONTRAST_CLIP).astype(np.float32, copy=False)
 
 
+ELASTIC_NOISES = ("normal", "uniform")
+
+
 def elastic_displacement(shape_HW: tuple[int, int], rng: np.random.Generator, *, alpha: float = ELASTIC_ALPHA,
-                         sigma: float = ELASTIC_SIGMA) -> tuple[np.ndarray, np.ndarray]:
-    """In-plane displacement field (dy, dx), each float32 (H, W): Gaussian-smoothed U(-1, 1) noise times alpha."""
-    dy = ndimage.gaussian_filter(rng.uniform(-1.0, 1.0, size=shape_HW), sigma, mode="reflect") * alpha
-    dx = ndimage.gaussian_filter(rng.uniform(-1.0, 1.0, size=shape_HW), sigma, mode="reflect") * alpha
+                         sigma: float = ELASTIC_SIGMA, noise: str = "normal") -> tuple[np.ndarray, np.ndarray]:
+    """In-plane displacement field (dy, dx), each float32 (H, W): Gaussian-smoothed noise times alpha.
+
+    noise: "normal" (standard normal, as the reference's ElasticDeformation draws it, the default) or
+    "uniform" (U(-1, 1), this project's earlier draw: std 0.58 of the normal's, so a 0.58x smaller
+    displacement; docs/DECISIONS.md, "Elastic deformation noise")."""
+    if noise not in ELASTIC_NOISES:
+        raise ValueError(f"elastic noise {noise!r}: choose one of {', '.join(ELASTIC_NOISES)}")
+    draw = (lambda: rng.standard_normal(size=shape_HW)) if noise == "normal" else \
+        (lambda: rng.uniform(-1.0, 1.0, size=shape_HW))
+    dy = ndimage.gaussian_filter(draw(), sigma, mode="reflect") * alpha
+    dx = ndimage.gaussian_filter(draw(), sigma, mode="reflect") * alpha
     return dy.astype(np.float32), dx.astype(np.float32)
 
 

@@ -46,6 +46,7 @@ from torch import nn
 
 from dias_dist import dist
 from dias_dist.config import DistConfig, config_file
+from dias_dist.schedule import WarmupCosine
 
 from .base import SHARDED_FORMAT, StepSettings, bf16_autocast, grad_norm, micro_batch_size, sync_batchnorm
 
@@ -75,15 +76,15 @@ class OptimSettings:
 
     @classmethod
     def of(cls, optimizer: torch.optim.Optimizer, schedule) -> "OptimSettings | None":
-        """From the built objects; None when the schedule is not a ``WarmupCosine`` (no ``kwargs``)."""
-        kwargs = getattr(schedule, "kwargs", None)
-        if not kwargs:
+        """From the built objects; None when the schedule is not a ``WarmupCosine``."""
+        if not isinstance(schedule, WarmupCosine):
             return None
+        curve = schedule.curve()
         groups = optimizer.param_groups
-        return cls(lr=float(kwargs["base_lr"]), weight_decay=max(float(g["weight_decay"]) for g in groups),
+        return cls(lr=float(curve["base_lr"]), weight_decay=max(float(g["weight_decay"]) for g in groups),
                    betas=tuple(float(b) for b in groups[0]["betas"]), eps=float(groups[0]["eps"]),
-                   total_steps=int(kwargs["total_steps"]), warmup_steps=int(kwargs["warmup_steps"]),
-                   warmup_lr=float(kwargs["warmup_lr"]), min_lr=float(kwargs["min_lr"]))
+                   total_steps=int(curve["total_steps"]), warmup_steps=int(curve["warmup_steps"]),
+                   warmup_lr=float(curve["warmup_lr"]), min_lr=float(curve["min_lr"]))
 
 
 def _same(given, wanted) -> bool:

@@ -39,8 +39,10 @@ def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict],
                        out_dir: str | Path | None = None, write_images: bool = True) -> list[dict]:
     """Score this rank's ``sequences`` and gather the rows of all ranks (sorted by key).
 
-    sequences: dicts ``{"key", "id", "image": float32 (T, H, W), "label": uint8 {0,1} (H, W) or None}``.
-    Rows of labelled images hold the 8 metrics; unlabelled ones only key and id. Raises if any key
+    sequences: dicts ``{"key", "id", "image": float32 (T, H, W), "label": uint8 {0,1} (H, W) or None}``
+    and optionally ``"fov"`` uint8 {0,1} (H, W): the metrics then count the field of view only, and
+    the row says so (``"fov": True``). Rows of labelled images hold the 8 metrics; unlabelled ones only
+    key and id. Raises if any key
     was evaluated twice over all ranks. With ``out_dir`` rank 0 writes the files listed in the
     module docstring (images only when ``write_images``; overlays only when ``eval_cfg.overlays``).
     """
@@ -50,11 +52,15 @@ def evaluate_sequences(probability_fn: ProbabilityFn, sequences: Iterable[dict],
         prob = np.asarray(probability_fn(sample["image"]), dtype=np.float32)
         label = sample.get("label")
         label = None if label is None else np.asarray(label)
+        fov = sample.get("fov")
+        fov = None if fov is None else np.asarray(fov)
         row = {"key": str(sample["key"]), "id": sample.get("id")}
         pred_bin = None
         if label is not None:
             pred_bin = binarize(prob, eval_cfg.threshold, eval_cfg.dti)  # once: metrics and overlay share it
-            row.update(image_metrics(prob, label, eval_cfg.threshold, eval_cfg.dti, pred_bin=pred_bin))
+            row.update(image_metrics(prob, label, eval_cfg.threshold, eval_cfg.dti, pred_bin=pred_bin, fov=fov))
+            if fov is not None:
+                row["fov"] = True
         local_rows.append(row)
         if out_dir is not None and write_images:
             overlay = None if not overlays or label is None else anatomy_overlay(sample["image"], pred_bin,
@@ -95,6 +101,8 @@ def _write_images_on_main(local_images: list, out_dir: Path) -> None:
 def _write_tables(rows: list[dict], out_dir: Path) -> None:
     labelled = all(name in row for row in rows for name in METRIC_NAMES)
     columns = ["key", "id", *METRIC_NAMES] if labelled else ["key", "id"]
+    if any(row.get("fov") for row in rows):
+        columns.append("fov")  # True: this image's metrics count its field of view only
     write_csv(rows, out_dir / "metrics.csv", columns)
     if labelled and rows:
         write_summary(summarize(rows), out_dir)
@@ -108,7 +116,7 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
     probability_fn: image float32 (T, H, W) (numpy or tensor) -> vessel probability np.float32 (H, W):
     the image goes to ``device`` once (tiles are cut there), ``eval_cfg.patch_size_px`` /
     ``stride_px`` tiles with zero padding, ``batch_size`` tiles per forward, overlap-averaged
-    softmax; ``amp``: bf16 autocast (also on when ``eval_cfg.cpu_bf16`` and ``device`` is a CPU);
+    softmax (``eval_cfg.blend``: uniform, the paper's protocol, or gaussian tile weights); ``amp``: bf16 autocast (also on when ``eval_cfg.cpu_bf16`` and ``device`` is a CPU);
     ``eval_cfg.compile``: the forward through ``torch.compile``. A DDP/DeepSpeed wrapper is bypassed (``.module``) so that
     ranks with different image counts never meet in a collective inside forward. The network is in
     eval mode inside the ``with`` block and gets its training mode back on leaving it.
@@ -123,7 +131,8 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
         # tile on the model's device: one host->device copy per image instead of one per batch
         image_THW = torch.as_tensor(image_THW).to(device, non_blocking=True)
         prob = sliding_window_probability(predict, image_THW, patch=eval_cfg.patch_size_px,
-                                          stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size)
+                                          stride=eval_cfg.stride_px, batch_size=eval_cfg.batch_size,
+                                          blend=eval_cfg.blend)
         return prob.cpu().numpy()
 
     try:

@@ -19,9 +19,15 @@ import argparse
 import re
 from pathlib import Path
 
-from dias_dist import checkpoint, dist
+from dias_dist import dist
 from dias_dist.data import timeouts
+from dias_dist.evaluation.evaluate import evaluate_split, print_summary
+from dias_dist.methods import build_network
 from dias_dist.predict.ensemble import add_argument as add_ensemble_argument
+from dias_dist.predict.ensemble import ensemble_of
+from dias_dist.predict.model import TrainedModel, load_trained_model
+from dias_dist.run import checkpoint
+from dias_dist.run.artifacts import is_mlflow_uri, load_payload
 from dias_dist.stored_config import from_stored
 
 
@@ -38,10 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dias_dist.evaluation.evaluate import evaluate_split, print_summary
-    from dias_dist.methods import build_network
-    from dias_dist.predict.model import is_mlflow_uri, load_payload
-
     payload, _ = load_payload(args.checkpoint, args.tracking_uri)
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"checkpoint {args.checkpoint} lacks 'config' or 'model'; was it written by the trainer?")
@@ -53,9 +55,6 @@ def main(args: argparse.Namespace) -> int:
         checkpoint.load_weights(model, payload["model"], args.checkpoint)
         title = f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}"
         if args.ensemble:  # the probabilities of all the models averaged (CHECKPOINT's config evaluates them)
-            from dias_dist.predict.ensemble import ensemble_of
-            from dias_dist.predict.model import TrainedModel, load_trained_model
-
             members = [TrainedModel(model, cfg, args.checkpoint)] + [
                 load_trained_model(spec, tracking_uri=args.tracking_uri) for spec in args.ensemble]
             model = ensemble_of(members).network
@@ -71,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
                               write_images=not args.no_images, amp=cfg.train.bf16_autocast(device),
                               progress=None if dist.is_main() else False, cache_dir=cfg.data.cache_dir,
                               verify=cfg.data.verify)
-        print_summary(rows, f"{title}, {args.split} split of {cfg.data.shards}")
+        print_summary(rows, f"{title}, {args.split} split of {cfg.data.shards}"
+                            + (", inside each image's field of view" if any(r.get("fov") for r in rows) else ""))
         if dist.is_main():
             print(f"tables, overlays and probability maps: {out_dir}")
     finally:

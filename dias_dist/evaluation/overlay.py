@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dias_dist.atomic import atomic_write
+from dias_dist.run.atomic import atomic_write
 
 TP_COLOUR = (255, 255, 255)
 FN_COLOUR = (255, 0, 0)

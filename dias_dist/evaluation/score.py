@@ -9,6 +9,10 @@ Predictions, matched to labels by file name (stem):
   that look like class ids, or a 16-bit file holding only 8-bit values) are an error;
   ``--pred-scale S`` overrides the rule (probability = value / S).
 
+A ``dias predict`` output folder is read directly: each ``PRED_DIR/<name>/`` that carries predict's
+marker (``.dias-predict``) contributes its ``prob.npy`` as prediction ``<name>`` (and its ``mask.png`` is
+not read: the metrics threshold the probability as ``--threshold`` / ``--dti`` say).
+
 Labels: ``<name>.png`` 8- or 16-bit grayscale. Only {0, 1}: a 0/1 mask; otherwise vessel = value >=
 ``--label-threshold`` (100, the DIAS release rule). A label with non-zero values that all lie below
 the threshold (class ids such as {0, 1, 2}) would be all background, so it is an error that names the
@@ -129,8 +133,16 @@ def match_files(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
     for folder, what in ((pred_dir, "prediction"), (label_dir, "label")):
         if not folder.is_dir():
             raise ValueError(f"{what} folder {folder} does not exist")
+    from dias_dist.predict.writers import is_predict_result
+
     predictions: dict[str, Path] = {}
     for path in sorted(pred_dir.iterdir()):
+        if is_predict_result(path) and (path / "prob.npy").is_file():  # a dias predict result folder
+            if path.name in predictions:
+                raise ValueError(f"{pred_dir}: two predictions named {path.name!r} "
+                                 f"({predictions[path.name].name}, {path.name}/prob.npy)")
+            predictions[path.name] = path / "prob.npy"
+            continue
         if path.suffix in PREDICTION_SUFFIXES and path.is_file():
             if path.stem in predictions:
                 raise ValueError(f"{pred_dir}: two predictions named {path.stem!r} "
@@ -138,7 +150,7 @@ def match_files(pred_dir: Path, label_dir: Path) -> list[tuple[str, Path, Path]]
             predictions[path.stem] = path
     labels = {path.stem: path for path in sorted(label_dir.glob("*.png")) if path.is_file()}
     if not predictions:
-        raise ValueError(f"{pred_dir}: no .npy, .npz or .png predictions")
+        raise ValueError(f"{pred_dir}: no .npy, .npz or .png predictions and no dias predict result folders")
     missing_labels = sorted(set(predictions) - set(labels))
     missing_predictions = sorted(set(labels) - set(predictions))
     if missing_labels or missing_predictions:
@@ -172,7 +184,8 @@ def score_folders(pred_dir: str | Path, label_dir: str | Path, *, threshold: flo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pred_dir", metavar="PRED_DIR",
-                        help="folder of <name>.npy / .npz (nnU-Net) / .png probability maps or masks")
+                        help="folder of <name>.npy / .npz (nnU-Net) / .png probability maps or masks, or a dias "
+                             "predict --out folder (<name>/prob.npy)")
     parser.add_argument("label_dir", metavar="LABEL_DIR", help="folder of <name>.png labels")
     parser.add_argument("--dti", action="store_true", help="dual-threshold iteration (0.5/0.3, 8-connected)")
     parser.add_argument("--threshold", type=float, default=0.5, help="binarisation threshold (default 0.5)")

@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dias_dist.atomic import atomic_write
 from dias_dist.metrics import METRIC_NAMES, METRIC_TITLES
+from dias_dist.run.atomic import atomic_write
 
 
 def summarize(rows: Sequence[dict]) -> dict[str, tuple[float, float]]:

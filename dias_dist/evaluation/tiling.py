@@ -4,7 +4,10 @@ The z-scored sequence (T, H, W) is zero-padded at the right and bottom by
 ``stride - (H - patch) % stride`` (800 -> 832 for patch 64 / stride 32: a full extra stride even
 though 800 is aligned, as the reference does), cut into patch×patch tiles at ``stride``
 (25 × 25 = 625 tiles for 800×800), run through the model in batches, and the vessel probabilities
-of overlapping tiles are averaged and cropped back to (H, W). An image smaller than the patch is
+of overlapping tiles are averaged (``blend="uniform"``, the reference's protocol) or weighted by a
+Gaussian centred on each tile (``blend="gaussian"``: weight exp(-d^2 / 2 (P/8)^2) per axis from the
+tile centre, floored at its smallest positive value, as nnU-Net blends; a tile's border pixels, where
+its context is cut off, count least, so the tile grid leaves no seams) and cropped back to (H, W). An image smaller than the patch is
 padded up to it; ``patch=0`` is one tile over the whole image (its longer side padded to a multiple
 of ``WHOLE_IMAGE_MULTIPLE``, so that every network's down-sampling divides it).
 Legend: N tiles, T frames, P patch side, H/W image height/width.
@@ -24,21 +27,37 @@ from dias_dist.models import to_layout, vessel_probability
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 WHOLE_IMAGE_MULTIPLE = 64
+BLENDS = ("uniform", "gaussian")
+GAUSSIAN_SIGMA = 1.0 / 8.0  # of the tile side
+
+
+def tile_weights(patch: int, blend: str) -> torch.Tensor:
+    """float32 (P, P) weight of each tile pixel in the overlap blend (module docstring)."""
+    if blend not in BLENDS:
+        raise ValueError(f"blend {blend!r}: choose one of {', '.join(BLENDS)}")
+    if blend == "uniform":
+        return torch.ones(patch, patch)
+    offset = torch.arange(patch, dtype=torch.float64) - (patch - 1) / 2
+    axis = torch.exp(-0.5 * (offset / (GAUSSIAN_SIGMA * patch)) ** 2)
+    weights = axis[:, None] * axis[None, :]
+    weights = weights / weights.max()
+    return weights.clamp_min(float(weights[weights > 0].min())).float()
 
 
 def padded_size(size_px: int, patch: int, stride: int) -> int:
     """Side length after the reference's right/bottom zero padding (800 -> 832 for 64/32; a side
     shorter than the patch becomes at least the patch: Python's % of a negative number is positive)."""
-    return size_px + stride - (size_px - patch) % stride
+    return max(size_px + stride - (size_px - patch) % stride, patch)  # 16 px at 64/32 would give 32 < 64
 
 
 def sliding_window_probability(predict_fn: PredictFn, image_THW, *, patch: int = 64, stride: int = 32,
-                               batch_size: int = 64) -> torch.Tensor:
+                               batch_size: int = 64, blend: str = "uniform") -> torch.Tensor:
     """Overlap-averaged vessel probability of a whole sequence.
 
     predict_fn: tiles float32 (N, T, P, P) -> vessel probability (N, P, P) (any float dtype/device).
     image_THW:  float32 (T, H, W) torch tensor or numpy array, z-scored frames, any H, W.
     patch: tile side, 0 = the whole image in one tile (``stride`` is then ignored).
+    blend: "uniform" (overlap average, the paper's protocol) | "gaussian" (module docstring).
     Returns float32 (H, W) on the device of predict_fn's outputs.
     """
     image = torch.as_tensor(np.asarray(image_THW) if not torch.is_tensor(image_THW) else image_THW)
@@ -67,10 +86,14 @@ def sliding_window_probability(predict_fn: PredictFn, image_THW, *, patch: int =
         probabilities.append(prob_NPP.float())
     prob_NPP = torch.cat(probabilities)
 
-    # fold sums overlapping tiles; dividing by the folded ones-count averages them
+    # fold sums overlapping tiles; dividing by the folded weights (ones: the count) averages them
+    weights = tile_weights(patch, blend).to(prob_NPP.device).reshape(1, patch * patch, 1)
     columns = prob_NPP.reshape(1, -1, patch * patch).transpose(1, 2)  # (1, P*P, L)
+    if blend != "uniform":
+        columns = columns * weights
     summed = F.fold(columns, (padded_h, padded_w), kernel_size=patch, stride=stride)
-    counts = F.fold(torch.ones_like(columns), (padded_h, padded_w), kernel_size=patch, stride=stride)
+    counts = F.fold(weights.expand_as(columns).contiguous(), (padded_h, padded_w), kernel_size=patch,
+                    stride=stride)
     return (summed / counts)[0, 0, :height, :width]
 
 

@@ -9,8 +9,7 @@ import inspect
 from torch import nn
 
 from dias_dist.config import MethodConfig, ModelConfig
-
-from dias_dist.run_params import record_init_args
+from dias_dist.models import INIT_ARGS, constructor_args
 
 from .base import IGNORE_INDEX, Method
 
@@ -44,7 +43,9 @@ def build_method(name: str, **params) -> Method:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"method {name!r} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
-    return record_init_args(cls(**params), cls, params)  # what MLflow logs as method.params.*
+    method = cls(**params)
+    setattr(method, INIT_ARGS, constructor_args(cls, params))  # what MLflow logs as method.params.*
+    return method
 
 
 def build_network(model: ModelConfig, method: MethodConfig) -> tuple[Method, nn.Module]:

@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from dias_dist.models import build_model
+
 IGNORE_INDEX = 255  # scribble value for "not annotated"
 HEAD_CHOICES = (2, 3)  # output channels a weak method's head may have (3 = the reference's head)
 
@@ -39,8 +41,6 @@ def build_with_head(method: str, name: str, params: dict, num_classes: int) -> n
 
     ``model.params.num_classes`` may repeat the method's value but not contradict it.
     """
-    from dias_dist.models import build_model
-
     given = params.get("num_classes", num_classes)
     if given != num_classes:
         raise ValueError(f"model.params.num_classes = {given!r} contradicts method {method!r} "
@@ -62,8 +62,6 @@ class Method:
         Methods with several networks (SSCR) or heads return one nn.Module whose ``forward`` in
         eval mode returns the logits used for evaluation (B, C, H, W).
         """
-        from dias_dist.models import build_model
-
         return build_model(name, **params)
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

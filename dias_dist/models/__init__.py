@@ -12,11 +12,12 @@ Legend for shape suffixes: B batch, T frames, C channels, H/W height/width.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
 
-from dias_dist.run_params import record_init_args
+INIT_ARGS = "init_args"  # attribute of a built model or method: its constructor's arguments as received
 
 MODELS: dict[str, type[nn.Module]] = {}
 
@@ -85,7 +86,27 @@ def build_model(name: str, **params) -> nn.Module:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "(none)"
         raise ValueError(f"model {name!r} cannot be built from model.params {shown} "
                          f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})") from None
-    return record_init_args(model, cls, params)  # what MLflow logs as model.params.*
+    setattr(model, INIT_ARGS, constructor_args(cls, params))  # what MLflow logs as model.params.*
+    return model
+
+
+def constructor_args(cls: type, params: dict) -> dict[str, Any]:
+    """``params`` bound to ``cls.__init__`` with every default filled in (``**kwargs`` spread out): what an
+    object built from ``params`` received (``build_model`` and ``methods.build_method`` record it as
+    ``init_args``; ``dias_dist.run.params`` logs it)."""
+    signature = inspect.signature(cls.__init__)
+    bound = signature.bind_partial(None, **params)  # None stands for self
+    bound.apply_defaults()
+    args: dict[str, Any] = {}
+    for index, (name, value) in enumerate(bound.arguments.items()):
+        kind = signature.parameters[name].kind
+        if index == 0:
+            continue  # self
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            args.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            args[name] = value
+    return args
 
 
 def input_layout(model: nn.Module) -> str:

@@ -16,12 +16,20 @@ that is, contains or lies inside an input (real paths: symbolic links resolved),
 unless ``--overwrite`` is given. Series names are made one safe path component
 (``writers.safe_name``: an input ``..npy`` gives ``_``, never ``DIR`` itself).
 
+A series straight from the angiography system (docs/PREDICT_SCANNER.md): a native run is subtracted
+(``--subtract``, ``--native``; ``dias_dist.predict.subtract``) or refused when no mask is named, the
+frames are chosen (``--frames``; ``dias_dist.predict.frames``), areas and lengths are in mm at the
+isocentre (``dias_dist.predict.calibration``), tiles are blended with Gaussian weights (``--blend``;
+``dias evaluate`` keeps the paper's uniform average), optional flip TTA (``--tta``) and clean-up
+(``--min-size``), ``--anonymize`` keeps patient identifiers out of the outputs.
+
 Budget: a frame over ``--max-pixels`` pixels (default 2048x2048) or a series over ``--max-frames``
 frames (default 64) is refused from its header, before any pixel is decoded (a failed series).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,6 +37,7 @@ from pathlib import Path
 import torch
 
 from dias_dist.predict.ensemble import add_argument as add_ensemble_argument
+from dias_dist.predict.ensemble import load_ensemble
 from dias_dist.predict.readers import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
 
 # The documented fast setting (benchmarks/README.md, results/predict_cpu.json): the paper's 64-px tiles
@@ -36,6 +45,7 @@ from dias_dist.predict.readers import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
 # stayed within 0.005 on both the 800x800 phantom series and the demo's test split; plus bf16 autocast
 # where the CPU multiplies bf16 natively (DSC change within 0.001, about 2x faster).
 FAST_TILE, FAST_STRIDE = 64, 48
+FRAME_PART = re.compile(r"^\s*(\d*:\d*|\d+)\s*$")  # one part of --frames: a:b or an index
 
 
 def cpu_has_bf16() -> bool:
@@ -86,6 +96,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"largest frame in pixels, width x height (default {DEFAULT_MAX_PIXELS} = 2048x2048, "
                              "the largest DSA detectors); checked from the file header before decoding")
+    parser.add_argument("--subtract", default="auto",
+                        help="auto (default: subtract a native run with the mask its DICOM header names: "
+                             "MaskSubtractionSequence) | never (frames taken as they are) | mask=N, mask=A:B, "
+                             "mask=N,M (0-based frames averaged into the mask, for any run); log-domain subtraction")
+    parser.add_argument("--native", action="store_true",
+                        help="frame folders and .npy: the frames are a native (unsubtracted) run; needs "
+                             "--subtract mask=N")
+    parser.add_argument("--frames", default="all",
+                        help="frames to use (0-based): all (default) | auto (arterial phase from the series' own "
+                             "contrast-time curve) | a:b (a..b-1) | 0,2,3 | mixed 0:3,5")
+    parser.add_argument("--blend", choices=("gaussian", "uniform"), default="gaussian",
+                        help="tile overlap: gaussian (default: no seams in the maps) | uniform (the paper's "
+                             "average, what dias evaluate uses)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: mean over the frames as given and flipped (3 flips; 4x slower)")
+    parser.add_argument("--min-size", default=None,
+                        help="remove mask components smaller than this: 20px or 1.5mm2 (mm2 needs a pixel spacing)")
+    parser.add_argument("--anonymize", "--no-patient-ids", dest="anonymize", action="store_true",
+                        help="leave patient identifiers out of the outputs (SEG patient/study attributes empty, "
+                             "summary.json and the marker record the series name, not the input path)")
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                         help=f"most frames per series (default {DEFAULT_MAX_FRAMES}); checked from the headers "
                              "before decoding")
@@ -104,8 +134,11 @@ def _device(name: str) -> torch.device:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dias_dist.predict.ensemble import load_ensemble
+    from dias_dist.predict.frames import parse_indices
     from dias_dist.predict.model import series_probability
+    from dias_dist.predict.postprocess import parse_min_size
+    from dias_dist.predict.prepare import prepare
+    from dias_dist.predict.subtract import parse_subtract
     from dias_dist.predict.readers import Budget, expand_inputs, input_matches, read_series
     from dias_dist.predict.writers import check_output_location, check_replaceable, unique_names, write_series_outputs
     from dias_dist.progress import bar
@@ -116,6 +149,14 @@ def main(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
     budget = Budget(args.max_pixels, args.max_frames)
+    min_size = parse_min_size(args.min_size)
+    mode, _ = parse_subtract(args.subtract)
+    if args.native and mode == "never":
+        raise ValueError("--native with --subtract never: a native run must be subtracted; give --subtract mask=N")
+    if args.frames not in ("all", "auto"):  # the form now (its error names the part at fault); ranges per series
+        for part in args.frames.split(","):
+            if not FRAME_PART.match(part):
+                parse_indices(part, 1)
     device = _device(args.device)
     # everything about the inputs and --out is checked before the model loads and anything is written
     paths = expand_inputs(args.inputs)
@@ -146,19 +187,24 @@ def main(args: argparse.Namespace) -> int:
         tic = time.perf_counter()
         try:
             series = read_series(path, budget)
-            prob = series_probability(model, series.frames, device=device, tile=tile, stride=stride,
-                                      batch_size=args.batch_size, amp=amp, compile=args.compile or None)
+            prepared = prepare(series, subtract=args.subtract, native=args.native, frames=args.frames)
+            prob = series_probability(model, prepared.frames, device=device, tile=tile, stride=stride,
+                                      batch_size=args.batch_size, amp=amp, compile=args.compile or None,
+                                      blend=args.blend, tta=args.tta)
             summary = {"input": str(path), "kind": series.kind, "num_files": len(series.files),
-                       "num_frames": int(series.frames.shape[0]), "height": int(prob.shape[0]),
+                       "num_frames": int(prepared.frames.shape[0]), **prepared.record, "height": int(prob.shape[0]),
                        "width": int(prob.shape[1]), "model": model.source, "model_name": cfg.model.name,
                        "method": cfg.method.name, "model_step": model.step, "model_num_frames": model.num_frames,
-                       "tile": tile, "stride": stride, "device": str(device), "bf16_autocast": amp,
+                       "tile": tile, "stride": stride, "blend": args.blend, "tta": args.tta,
+                       "device": str(device), "bf16_autocast": amp,
                        "compiled": bool(args.compile or cfg.eval.compile),
                        "seconds": round(time.perf_counter() - tic, 3)}
             if series.frame_order is not None:
                 summary["frame_order"] = series.frame_order
             written.append(write_series_outputs(out_root / name, series, prob, threshold=threshold,
-                                                dti=cfg.eval.dti, summary=summary, overwrite=args.overwrite))
+                                                dti=cfg.eval.dti, summary=summary, overwrite=args.overwrite,
+                                                frames=prepared.frames, min_size=min_size,
+                                                anonymize=args.anonymize))
         except Exception as err:  # noqa: BLE001 — one bad series must not stop the batch
             message = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
             failures.append((path, message))

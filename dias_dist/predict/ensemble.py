@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dias_dist.models import input_layout, to_layout, vessel_probability
+from dias_dist.predict.model import load_trained_model
 
 EPS = 1e-12  # log(0) guard: p in [EPS, 1 - EPS] changes a probability by at most 1e-12
 
@@ -61,8 +62,6 @@ def ensemble_of(models: list, sources: list[str] | None = None):
 
 def load_ensemble(specs: list[str], *, tracking_uri: str | None = None, overrides=()):
     """``load_trained_model`` of each checkpoint / MLflow URI in ``specs``, averaged (``ensemble_of``)."""
-    from dias_dist.predict.model import load_trained_model
-
     return ensemble_of([load_trained_model(s, tracking_uri=tracking_uri, overrides=overrides) for s in specs])
 
 

@@ -55,7 +55,7 @@ def max_difference(program_module, network, x) -> float:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from dias_dist.atomic import atomic_write
+    from dias_dist.run.atomic import atomic_write
     from dias_dist.models import input_layout, to_layout
     from dias_dist.predict.ensemble import load_ensemble
 

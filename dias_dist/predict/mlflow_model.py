@@ -6,10 +6,12 @@ remote tracking server holds the weights) and the selected model (``eval.test_ch
 the test split was evaluated with; ``final`` when there is no test split) as an MLflow 3 LoggedModel
 named ``model``, linked to the run (``source_run_id``, the run's outputs; listed under "Logged models";
 ``runs:/<run_id>/model`` and ``models:/<model_id>`` both find it): a ``pyfunc`` model whose ``predict``
-takes one float (T, H, W) series, or a list of them, and returns the vessel probability map(s) float32
-(H, W). It carries the weights and the resolved config (``artifacts/checkpoint.pt``,
-``artifacts/config.yaml``), a signature (with ``tile`` / ``stride`` / ``batch_size`` as optional
-parameters), an input example, the project's code (``code/dias_dist``: ``code_paths``, put on
+takes one (T, H, W) series (uint8, uint16, float32 or float64; ``pyfunc_model.INPUT_DTYPES``), or a list of
+them, and returns the vessel probability map(s) float32 (H, W). It carries the weights and the resolved
+config (``artifacts/checkpoint.pt``, ``artifacts/config.yaml``), a signature (the output, with ``tile`` /
+``stride`` / ``batch_size`` as optional parameters; the input dtypes and shape in the model's metadata
+``input``/``input_dtypes``/``input_shape``, since an MLflow tensor schema admits one dtype only), a uint8
+input example, the project's code (``code/dias_dist``: ``code_paths``, put on
 ``sys.path`` by MLflow when the model loads) and pins that resolve from the public index
 (``requirements()``: the packages the prediction path imports, at the versions that trained it; never
 ``dias_dist`` itself, which no index has). With ``track.register_as=NAME`` it is also registered.
@@ -30,8 +32,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from dias_dist import checkpoint
-from dias_dist.predict.model import CHECKPOINT_ARTIFACT
+from dias_dist.run import checkpoint
+from dias_dist.run.artifacts import CHECKPOINT_ARTIFACT
 
 MODEL_ARTIFACT = "model"
 # Distributions the prediction path imports (dias_dist.predict.pyfunc_model and what it loads; checked by
@@ -49,9 +51,7 @@ def requirements() -> list[str]:
 
 def package_dir() -> Path:
     """The ``dias_dist`` package folder, carried by the model as ``code_paths``."""
-    import dias_dist
-
-    return Path(dias_dist.__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -62,13 +62,14 @@ def _slim_model(weights: str | Path, config_yaml: str | Path):
     slim = {key: payload[key] for key in ("model", "config", "step", "run_name") if key in payload}
     with tempfile.TemporaryDirectory(prefix="dias-pyfunc-") as tmp:
         slim_path = checkpoint.save(Path(tmp) / CHECKPOINT_ARTIFACT, slim)
-        from dias_dist.predict.pyfunc_model import input_example, signature
+        from dias_dist.predict.pyfunc_model import input_example, metadata, signature
 
         yield dict(python_model=str(Path(__file__).with_name("pyfunc_entry.py")), code_paths=[str(package_dir())],
                    artifacts={"checkpoint": str(slim_path), "config": str(config_yaml)},
                    signature=signature(), input_example=input_example(), pip_requirements=requirements(),
                    metadata={"model": payload["config"]["model"]["name"],
-                             "method": payload["config"]["method"]["name"], "step": int(payload.get("step", -1))})
+                             "method": payload["config"]["method"]["name"], "step": int(payload.get("step", -1)),
+                             **metadata()})
 
 
 def save_pyfunc(weights: str | Path, config_yaml: str | Path, out_dir: str | Path) -> Path:

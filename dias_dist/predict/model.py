@@ -9,21 +9,19 @@ shards) and the evaluation's sliding window (``model_probability_fn``, the funct
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from dias_dist import checkpoint
 from dias_dist.config import Config
 from dias_dist.data.preprocess import NUM_FRAMES, preprocess_scaled
-
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
-CHECKPOINT_ARTIFACT = "checkpoint.pt"  # the weights inside an MLflow model's artifacts/ folder
+from dias_dist.evaluation.evaluate import model_probability_fn
+from dias_dist.methods import build_network
+from dias_dist.run import checkpoint
+from dias_dist.run.artifacts import load_payload
+from dias_dist.stored_config import from_stored
 
 
 @dataclass
@@ -41,66 +39,10 @@ class TrainedModel:
         return int(self.cfg.model.params.get("num_frames", NUM_FRAMES))
 
 
-def is_mlflow_uri(spec: str) -> bool:
-    return str(spec).startswith(MLFLOW_SCHEMES)
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else the trainer's default store ``runs/mlflow.db`` (relative to
-    the current folder, as ``train.run_dir`` is)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
-
-
-def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
-    """The checkpoint of MLflow model ``uri`` (``runs:/<id>/model``, ``models:/<name>/<version>``)
-    downloaded into ``dst``; ValueError naming the URI when it cannot be found."""
-    import mlflow
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
-    from dias_dist.track import relocate_store
-
-    store = tracking_uri or default_tracking_uri()
-    relocate_store(store)  # a store folder moved since the model was logged
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI; put the
-    # environment back as it was, or every later run in this process would log to the restored store.
-    env_before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(store)  # models:/ URIs resolve through the registry, which follows these
-    mlflow.set_registry_uri(store)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except Exception as err:  # noqa: BLE001 — MLflow raises its own exception types
-        raise ValueError(f"MLflow model {uri}: cannot download it from {store} "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from None
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-        for key, value in env_before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    found = sorted(local.rglob(CHECKPOINT_ARTIFACT))
-    if not found:
-        raise ValueError(f"MLflow model {uri} holds no {CHECKPOINT_ARTIFACT}; was it logged by dias_dist training?")
-    return found[0]
-
-
-def load_payload(spec: str, tracking_uri: str | None = None) -> tuple[dict, str]:
-    """(checkpoint payload, description) of a checkpoint path or an MLflow model URI."""
-    if is_mlflow_uri(spec):
-        with tempfile.TemporaryDirectory(prefix="dias-model-") as tmp:
-            return checkpoint.load(download_checkpoint(spec, tmp, tracking_uri)), spec
-    return checkpoint.load(spec), str(spec)
-
-
 def from_payload(payload: dict, source: str, overrides: list[str] | tuple = ()) -> TrainedModel:
     """Rebuild the network of a checkpoint payload (``model`` weights + ``config``). Prediction reads
     no shards: a stored ``data.shards`` / ``data.cache_dir`` that ``stored_config`` refuses (a
     ``pipe:`` command) is replaced by the default in ``cfg``, never run."""
-    from dias_dist.methods import build_network
-    from dias_dist.stored_config import from_stored
-
     if "config" not in payload or "model" not in payload:
         raise ValueError(f"{source} lacks 'config' or 'model'; was it written by dias_dist training?")
     cfg = from_stored(payload["config"], source, overrides, reads_data=False)
@@ -118,17 +60,18 @@ def load_trained_model(spec: str, *, tracking_uri: str | None = None, overrides=
 
 def series_probability(model: TrainedModel, frames_thw: np.ndarray, *, device: torch.device | str = "cpu",
                        tile: int | None = None, stride: int | None = None, batch_size: int | None = None,
-                       amp: bool = False, compile: bool | None = None) -> np.ndarray:
+                       amp: bool = False, compile: bool | None = None, blend: str | None = None,
+                       tta: bool = False) -> np.ndarray:
     """Vessel probability float32 (H, W) of one series.
 
     frames_thw: float (T, H, W), any T >= 1, any H, W; 8-bit frames / 255 as the readers give them
     (the z-score makes any positive linear scale give the same map). tile / stride / batch_size:
     sliding-window tiles (default: the model's ``eval`` settings, i.e. the paper's 64 / 32; tile 0
     = the whole image at once). amp: bf16 autocast on ``device``. compile: ``torch.compile`` the
-    forward (default: the model's ``eval.compile``).
+    forward (default: the model's ``eval.compile``). blend: tile overlap, "uniform" | "gaussian"
+    (default: the model's ``eval.blend``, uniform). tta: the mean of the maps of the frames as given,
+    flipped left-right, flipped up-down and both (each flipped back; 4x the time).
     """
-    from dias_dist.evaluation.evaluate import model_probability_fn
-
     frames = np.asarray(frames_thw, dtype=np.float64)
     if frames.ndim != 3 or 0 in frames.shape:
         raise ValueError(f"a series must be a (T, H, W) array, got shape {frames.shape}")
@@ -137,10 +80,18 @@ def series_probability(model: TrainedModel, frames_thw: np.ndarray, *, device: t
     image, _ = preprocess_scaled(frames, model.num_frames)  # float16, as the shards store it
     eval_cfg = model.cfg.eval
     updates = {k: v for k, v in (("patch_size_px", tile), ("stride_px", stride), ("batch_size", batch_size),
-                                 ("compile", compile)) if v is not None}
+                                 ("compile", compile), ("blend", blend)) if v is not None}
     if tile == 0 and stride is None:
         updates["stride_px"] = 1  # ignored by the whole-image tile
     eval_cfg = dataclasses.replace(eval_cfg, **updates)
     model.network.to(device)
+    image = image.astype(np.float32)
     with model_probability_fn(model.network, eval_cfg, device, amp) as probability:
-        return probability(image.astype(np.float32))
+        if not tta:
+            return probability(image)
+        total = np.zeros(image.shape[1:], np.float64)
+        for axes in ((), (2,), (1,), (1, 2)):
+            flipped = np.ascontiguousarray(np.flip(image, axes)) if axes else image
+            prob = probability(flipped)
+            total += np.flip(prob, tuple(a - 1 for a in axes)) if axes else prob
+        return (total / 4).astype(np.float32)

@@ -2,12 +2,21 @@
 
     prob.npy      float16 (H, W) vessel probability
     prob.png      8-bit probability (round(255 * p))
-    mask.png      0/255 vessel mask at the threshold (DTI when the model's config asks for it)
-    overlay.png   the mask in colour over the series' minimum-intensity projection (anatomy visible)
-    summary.json  input, model, threshold, vessel area (pixels; mm² when the DICOM gives pixel
-                  spacing), frame time, seconds taken
-    seg.dcm       DICOM Segmentation (highdicom) referencing the source instance (DICOM input only)
+    mask.png      0/255 vessel mask at the threshold (DTI when the model's config asks for it), after
+                  the ``--min-size`` clean-up
+    overlay.png   plain MinIP beside the windowed MinIP with the mask's outline, series name,
+                  threshold and legend (``dias_dist.predict.overlay``)
+    summary.json  input, model, subtraction, frames used and their times, threshold, vessel area and
+                  centreline length in px and in mm at the isocentre (``dias_dist.predict.calibration``:
+                  the spacing and its source recorded), clean-up, seconds taken, research-use statement
+    seg.dcm       DICOM Segmentation (highdicom) referencing every source instance (DICOM input only),
+                  its pixel spacing and what that spacing is (isocentre, or detector plane uncorrected:
+                  PixelSpacingCalibrationDescription), marked for research use
     .dias-predict predict's marker (JSON: written_by, version, input): this folder is a result
+
+``anonymize=True`` (``--anonymize``): no patient identifiers in the outputs: ``summary.json`` and the
+marker record the series name instead of the input path, and the SEG's patient and study identifying
+attributes (``PATIENT_KEYWORDS``) are empty. The UIDs stay (the SEG must reference its sources).
 
 Everything is written into a hidden temporary folder beside the target and renamed into place when
 complete, so a failure leaves no partial folder (and an earlier result for the series stays).
@@ -40,20 +49,17 @@ from PIL import Image
 from dias_dist.metrics import binarize
 from dias_dist.predict.readers import Series
 
-MASK_COLOUR = np.array([255, 40, 40], np.float64)
-MASK_ALPHA = 0.6
-
-
-def overlay_on_minip(frames_thw: np.ndarray, mask_hw: np.ndarray) -> np.ndarray:
-    """uint8 RGB (H, W, 3): the minimum-intensity projection (contrast-filled vessels are dark in
-    DSA), stretched to 0..255 between its 1st and 99th percentile, with ``mask_hw`` blended in red."""
-    minip = np.asarray(frames_thw, dtype=np.float64).min(axis=0)
-    low, high = np.percentile(minip, [1, 99])
-    gray = np.clip((minip - low) / max(high - low, 1e-12), 0, 1) * 255.0
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    mask = np.asarray(mask_hw, dtype=bool)
-    rgb[mask] = (1 - MASK_ALPHA) * rgb[mask] + MASK_ALPHA * MASK_COLOUR
-    return np.round(rgb).astype(np.uint8)
+RESEARCH_USE = ("For research use only. Not for diagnostic use: automatic vessel segmentation by dias_dist, "
+                "not a medical device, not validated for clinical decisions.")
+SEG_DESCRIPTION = "dias_dist vessels RESEARCH USE ONLY"  # SeriesDescription, LO: 64 characters
+# emptied in the SEG by --anonymize (type 2 attributes: present, empty); others of these are removed
+PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                    "ReferringPhysicianName", "StudyID")
+REMOVED_KEYWORDS = ("PatientAge", "PatientSize", "PatientWeight", "OtherPatientIDs", "OtherPatientNames",
+                    "OtherPatientIDsSequence", "PatientAddress", "PatientTelephoneNumbers", "InstitutionName",
+                    "InstitutionAddress", "PerformingPhysicianName", "OperatorsName", "IssuerOfPatientID",
+                    "PatientBirthTime", "EthnicGroup", "PatientComments", "InstitutionalDepartmentName",
+                    "StationName", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy")
 
 
 MARKER = ".dias-predict"
@@ -139,32 +145,62 @@ def check_output_location(out_root: Path, inputs: list[Path]) -> None:
 
 
 def write_series_outputs(out_dir: str | Path, series: Series, prob_hw: np.ndarray, *, threshold: float,
-                         dti: bool, summary: dict, overwrite: bool = False) -> Path:
+                         dti: bool, summary: dict, overwrite: bool = False, frames: np.ndarray | None = None,
+                         min_size: tuple[float, str] | None = None, anonymize: bool = False) -> Path:
     """Write the files of the module docstring for one series into ``out_dir`` (replacing an
     earlier result only once everything is written, and only predict's own result unless
-    ``overwrite``: see ``check_replaceable``); returns ``out_dir``."""
+    ``overwrite``: see ``check_replaceable``); returns ``out_dir``. ``frames``: the frames the model saw
+    (default ``series.frames``), for the overlay; ``min_size``: (value, "px" | "mm2") of the clean-up
+    (``postprocess.parse_min_size``); ``anonymize``: module docstring."""
     import dias_dist
+    from dias_dist.predict.calibration import isocentre_spacing
+    from dias_dist.predict.overlay import predict_overlay
+    from dias_dist.predict.postprocess import centreline_px, remove_small
 
     out_dir = Path(out_dir)
     check_replaceable(out_dir, overwrite=overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     prob_hw = np.asarray(prob_hw, dtype=np.float32)
+    calibration = isocentre_spacing(series.datasets[0] if series.datasets else None, str(series.source))
+    spacing = calibration.spacing_mm
     mask = binarize(prob_hw, threshold, dti)
+    clean = None
+    if min_size is not None:
+        value, unit = min_size
+        if unit == "mm2" and spacing is None:
+            raise ValueError(f"{series.source}: --min-size {value:g}mm2 needs a pixel spacing, and this series has "
+                             "none; give the size in px (e.g. --min-size 20px)")
+        min_px = value if unit == "px" else value / (spacing[0] * spacing[1])
+        before = mask
+        mask, components, pixels = remove_small(mask, min_px)
+        clean = {"min_size": f"{value:g}{unit}", "min_size_px": round(float(min_px), 3),
+                 "removed_components": components, "removed_px": pixels}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         np.save(tmp / "prob.npy", prob_hw.astype(np.float16))
         Image.fromarray(np.round(np.clip(prob_hw, 0, 1) * 255).astype(np.uint8)).save(tmp / "prob.png")
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / "mask.png")
-        Image.fromarray(overlay_on_minip(series.frames, mask)).save(tmp / "overlay.png")
-        area_px = int(mask.sum())
-        summary = {**summary, "threshold": threshold, "dti": dti, "vessel_area_px": area_px,
-                   "vessel_area_mm2": None, "pixel_spacing_mm": None, "frame_time_ms": series.frame_time_ms}
-        if series.pixel_spacing_mm is not None:
-            row, column = series.pixel_spacing_mm
-            summary.update(pixel_spacing_mm=[row, column], vessel_area_mm2=area_px * row * column)
+        Image.fromarray(predict_overlay(series.frames if frames is None else frames, mask, title=out_dir.name,
+                                        threshold=threshold, removed_hw=None if clean is None else before & ~mask)
+                        ).save(tmp / "overlay.png")
+        area_px, length_px = int(mask.sum()), centreline_px(mask)
+        summary = {**summary, "threshold": threshold, "dti": dti, "clean_up": clean, "vessel_area_px": area_px,
+                   "vessel_length_px": length_px, "vessel_area_mm2": None, "vessel_length_mm": None,
+                   "pixel_spacing_mm": None if spacing is None else list(spacing),
+                   "spacing_source": calibration.source, "magnification": calibration.magnification,
+                   "detector_pixel_spacing_mm": None if calibration.detector_spacing_mm is None
+                   else list(calibration.detector_spacing_mm),
+                   "frame_time_ms": series.frame_time_ms, "research_use": RESEARCH_USE}
+        if spacing is not None:
+            row, column = spacing
+            summary.update(vessel_area_mm2=area_px * row * column, vessel_length_mm=length_px * (row + column) / 2)
+        if anonymize:
+            summary["input"] = out_dir.name
+            summary["anonymized"] = True
         if series.datasets:
             try:
-                write_dicom_seg(series, mask, tmp / "seg.dcm")
+                write_dicom_seg(series, mask, tmp / "seg.dcm", spacing_mm=spacing,
+                                spacing_description=calibration.description, anonymize=anonymize)
                 summary["dicom_seg"] = "seg.dcm"
             except Exception as err:  # noqa: BLE001 — a header highdicom rejects must not cost the mask
                 summary["dicom_seg"] = None
@@ -173,7 +209,8 @@ def write_series_outputs(out_dir: str | Path, series: Series, prob_hw: np.ndarra
                               RuntimeWarning, stacklevel=2)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / MARKER).write_text(json.dumps({"written_by": "dias predict", "version": dias_dist.__version__,
-                                              "input": str(series.source)}) + "\n")
+                                              "input": out_dir.name if anonymize else str(series.source)})
+                                  + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         check_replaceable(out_dir, overwrite=overwrite)  # again: it may have appeared while predicting
         if os.path.lexists(out_dir):  # swap: the old result is removed only after the new one is complete
@@ -189,9 +226,14 @@ def write_series_outputs(out_dir: str | Path, series: Series, prob_hw: np.ndarra
     return out_dir
 
 
-def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path) -> None:
-    """A binary DICOM Segmentation of ``mask_hw`` (one segment, "Blood vessel") referencing the
-    series' first source instance.
+def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path, *, spacing_mm=None,
+                    spacing_description: str = "", anonymize: bool = False) -> None:
+    """A binary DICOM Segmentation of ``mask_hw`` (one segment, "Blood vessel") referencing every
+    source instance of the series (``ReferencedSeriesSequence``), its ``PixelSpacing`` ``spacing_mm``
+    with ``PixelSpacingCalibrationDescription`` = ``spacing_description`` saying what it is (at the
+    isocentre, ``PixelSpacingCalibrationType`` GEOMETRY; or the detector plane, not corrected for
+    magnification), ``SeriesDescription`` / ``ContentDescription`` / ``ImageComments``
+    stating research use; ``anonymize``: the patient and study identifiers left empty.
 
     The vessel mask belongs to the whole series, not to one frame, and angiography images have no
     frame of reference, for which highdicom accepts exactly one source frame: the reference is
@@ -212,13 +254,22 @@ def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path) -> None:
         del source.PixelData
     # harmless for single-frame IODs: highdicom reads these two only for multi-frame SOP classes
     source.NumberOfFrames = 1
-    if "SharedFunctionalGroupsSequence" not in source:
-        measures = Dataset()  # empty values where the source gives none: they are unknown, not 1 mm
-        measures.PixelSpacing = None if series.pixel_spacing_mm is None else list(series.pixel_spacing_mm)
-        measures.SliceThickness = None
-        shared = Dataset()
-        shared.PixelMeasuresSequence = [measures]
-        source.SharedFunctionalGroupsSequence = [shared]
+    shared = copy.deepcopy(source.SharedFunctionalGroupsSequence[0]) if "SharedFunctionalGroupsSequence" in source \
+        else Dataset()
+    measures = Dataset()  # empty where the spacing is unknown (highdicom then refuses: no SEG, a warning)
+    measures.PixelSpacing = None if spacing_mm is None else [float(v) for v in spacing_mm]
+    measures.SliceThickness = None
+    shared.PixelMeasuresSequence = [measures]
+    source.SharedFunctionalGroupsSequence = [shared]
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):  # the spacing is stated once, in the SEG's measures
+        if keyword in source:
+            delattr(source, keyword)
+    if anonymize:
+        for keyword in PATIENT_KEYWORDS:
+            setattr(source, keyword, "")
+        for keyword in REMOVED_KEYWORDS:
+            if keyword in source:
+                delattr(source, keyword)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="dias_dist", version=dias_dist.__version__,
         family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"))
@@ -234,5 +285,21 @@ def write_dicom_seg(series: Series, mask_hw: np.ndarray, path: Path) -> None:
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
             series_instance_uid=generate_uid(), series_number=9000, sop_instance_uid=generate_uid(),
             instance_number=1, manufacturer="dias_dist", manufacturer_model_name="dias_dist",
-            software_versions=dias_dist.__version__, device_serial_number="0")
+            software_versions=dias_dist.__version__, device_serial_number="0",
+            content_description="RESEARCH USE ONLY", content_label="VESSELS")
+    if spacing_description:
+        seg.PixelSpacingCalibrationDescription = spacing_description[:64]
+        if spacing_description.startswith("isocentre"):
+            seg.PixelSpacingCalibrationType = "GEOMETRY"
+    seg.SeriesDescription = SEG_DESCRIPTION
+    seg.ImageComments = RESEARCH_USE
+    seen = {str(item.ReferencedSOPInstanceUID) for series_item in seg.ReferencedSeriesSequence
+            for item in series_item.ReferencedInstanceSequence}
+    for ds in series.datasets[1:]:  # highdicom takes one source; the others were read for the mask too
+        if str(ds.SOPInstanceUID) in seen:
+            continue
+        seen.add(str(ds.SOPInstanceUID))
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence.append(item)
     seg.save_as(path)

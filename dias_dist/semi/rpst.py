@@ -32,9 +32,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from dias_dist import dist
-from dias_dist.atomic import atomic_write
+from dias_dist import dist, trainer
 from dias_dist.config import Config, derive
+from dias_dist.data import timeouts
+from dias_dist.data.loader import TrainSource
+from dias_dist.methods import build_network
+from dias_dist.metrics import METRIC_NAMES
+from dias_dist.run.atomic import atomic_write
+from dias_dist.run.checkpoint import broadcast_model_state
+from dias_dist.run.params import resolved_params
+from dias_dist.run.track import make_tracker
+from dias_dist.semi.pseudo_label import pseudo_label_split
 
 STATE_FILE = "rpst_state.json"
 STUDENT_INITS = ("teacher", "fresh")
@@ -125,9 +133,6 @@ def _tags(cfg: Config, stage: str) -> dict:
 
 def open_parent(cfg: Config, state: dict):
     """The job's parent run (created once, resumed later); nested under ``track.parent_run_id`` if set."""
-    from dias_dist.run_params import resolved_params
-    from dias_dist.track import make_tracker
-
     parent_cfg = derive(cfg, {"track.tags": {**cfg.track.tags, "study": "semi", "rpst.job": state["job"],
                                              "rpst.num_labeled": str(cfg.data.num_labeled)}})
     tracker = make_tracker(parent_cfg.track, state["job"], run_root=cfg.train.run_dir, method=cfg.method.name,
@@ -153,12 +158,10 @@ def stage_config(cfg: Config, state: dict, stage: str, epochs: int) -> Config:
 
 
 def _train_stage(cfg: Config, state: dict, stage: str, *, sources, init_from, report) -> dict:
-    from dias_dist.trainer import run
-
     epochs = cfg.rpst.teacher_epochs if stage == "teacher" else cfg.rpst.student_epochs
     last_validation: dict = {}
-    result = run(stage_config(cfg, state, stage, epochs), report=last_validation.update, sources=sources,
-                 init_from=init_from)
+    result = trainer.run(stage_config(cfg, state, stage, epochs), report=last_validation.update, sources=sources,
+                         init_from=init_from)
     result = dist.broadcast_object(result)  # run_id is known on rank 0 only
     entry = {"run_id": result.get("run_id", ""), "run_dir": result["run_dir"],
              "checkpoint": str(Path(result["run_dir"]) / "checkpoints" / "final.pt"),
@@ -171,8 +174,6 @@ def _train_stage(cfg: Config, state: dict, stage: str, *, sources, init_from, re
 
 def labelled_source(cfg: Config, weight: float = 1.0):
     """The first ``data.num_labeled`` labelled training sequences as a ``TrainSource`` of mixing ``weight``."""
-    from dias_dist.data.loader import TrainSource
-
     return TrainSource(cfg.data.shards, "training", weight=weight, augment=cfg.data.augment, target=cfg.data.target,
                        num_sequences=cfg.data.num_labeled, num_folds=cfg.data.num_folds, fold=cfg.data.fold,
                        fold_groups=cfg.data.fold_groups)  # a fold never trains on its held-out part
@@ -185,13 +186,6 @@ def teacher_stage(cfg: Config, state: dict, *, report=None) -> dict:
 
 def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
     """Label ``rpst.unlabeled_split`` with the final checkpoint of the previous training stage (a nested run)."""
-    from dias_dist.checkpoint import broadcast_model_state
-    from dias_dist.methods import build_network
-    from dias_dist.semi.pseudo_label import pseudo_label_split
-    from dias_dist.track import make_tracker
-
-    from dias_dist.data import timeouts
-
     timeouts.set_limits(cfg.data.read_timeout_s, cfg.data.download_budget_s)
     source_stage = "teacher" if k == 1 else f"round{k - 1}"
     source = _finished(state, source_stage, f"pseudo{k}")
@@ -223,8 +217,6 @@ def pseudo_stage(cfg: Config, state: dict, k: int) -> dict:
 
 def student_sources(cfg: Config, pseudo_dir: str | Path) -> list:
     """Labelled source (weight P) + pseudo-labelled source (weight 1 - P, strong augmentation if enabled)."""
-    from dias_dist.data.loader import TrainSource
-
     p = cfg.rpst.labeled_prob
     pseudo = TrainSource(str(pseudo_dir), cfg.rpst.unlabeled_split, weight=1.0 - p,
                          augment="strong" if cfg.rpst.strong_augment else cfg.data.augment, target="pseudo",
@@ -279,8 +271,6 @@ def run_stage(cfg: Config, stage: str, *, state: dict | None = None, report: Cal
 
 def _log_stage_on_parent(parent, stage: str, entry: dict) -> None:
     """Parent metrics with step = round: rpst_test_<m>, rpst_val_dsc (training stages), pseudo stats."""
-    from dias_dist.metrics import METRIC_NAMES
-
     k = stage_round(stage)
     values = {}
     if stage.startswith("pseudo"):

@@ -17,7 +17,7 @@ A job killed before its first checkpoint has no ``last.pt``, so rank 0 also reco
 step, which job started the folder and its MLflow run (``start.json``, written atomically:
 ``record_start``). A restart of that job that finds no checkpoint but this record (``unfinished_start``)
 keeps the folder and continues the same MLflow run from step 0; what the killed attempt had logged is
-not logged again (``run_history.skip_logged``), and on CPU the re-run steps are bit-identical.
+not logged again (``history.skip_logged``), and on CPU the re-run steps are bit-identical.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import os
 import re
 from pathlib import Path
 
-from dias_dist.atomic import atomic_write
 from dias_dist.config import Config, derive
+from dias_dist.run.atomic import atomic_write
 
 HOLDER_EXIT_WAIT_S = 60.0  # a restarted rank 0 waits this long for the old one to let go of the run folder
 START_RECORD = "start.json"  # in the run folder: the job that started it and its MLflow run
@@ -77,7 +77,7 @@ def _held_by_another_job(cfg: Config) -> bool:
     folder = Path(cfg.train.run_dir) / cfg.train.run_name
     if not folder.is_dir():
         return False
-    record = _read_start(folder)
+    record = read_start(folder)
     return record is None or record.get("job") != job_id()
 
 
@@ -100,13 +100,13 @@ def unfinished_start(run_dir: str | Path, tracking_uri: str) -> dict | None:
     run (``record["mlflow_run_id"]``) from step 0."""
     if restart_count() == 0 or not job_id():
         return None
-    record = _read_start(run_dir)
+    record = read_start(run_dir)
     if record is None or record.get("job") != job_id() or record.get("tracking_uri") != tracking_uri:
         return None
     return record
 
 
-def _read_start(run_dir: str | Path) -> dict | None:
+def read_start(run_dir: str | Path) -> dict | None:
     """The start record of ``run_dir``; None when there is none or it cannot be read as a JSON object."""
     try:
         record = json.loads((Path(run_dir) / START_RECORD).read_text())

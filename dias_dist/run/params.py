@@ -8,46 +8,22 @@ left out: ``rpst.*`` outside random-patch self-training, ``dist.deepspeed_config
 ``track.*`` (experiment, parent and tags are attributes of the MLflow run itself). Empty mappings
 log nothing.
 
-``build_model`` / ``build_method`` record their constructor's bound arguments as ``init_args``
-on the object they return; ``resolved_params`` prefers those over re-binding the YAML values, so
-an argument a method sets itself (the 3-class head of the scribble methods) is logged as received.
+``models.build_model`` / ``methods.build_method`` record their constructor's bound arguments
+(``models.constructor_args``) as ``init_args`` on the object they return, where they build it;
+``resolved_params`` prefers those over re-binding the YAML values, so an argument a method sets
+itself (the 3-class head of the scribble methods) is logged as received. The registries never
+import this module (it imports them).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from dias_dist.config import Config, flatten, to_dict
-
-INIT_ARGS = "init_args"  # attribute holding a built object's constructor arguments
-
-
-def constructor_args(cls: type, params: dict) -> dict[str, Any]:
-    """``params`` bound to ``cls.__init__`` with every default filled in (``**kwargs`` spread out)."""
-    signature = inspect.signature(cls.__init__)
-    bound = signature.bind_partial(None, **params)  # None stands for self
-    bound.apply_defaults()
-    args: dict[str, Any] = {}
-    for index, (name, value) in enumerate(bound.arguments.items()):
-        kind = signature.parameters[name].kind
-        if index == 0:
-            continue  # self
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            args.update(value)
-        elif kind is not inspect.Parameter.VAR_POSITIONAL:
-            args[name] = value
-    return args
-
-
-def record_init_args(obj: Any, cls: type, params: dict) -> Any:
-    """Attach ``constructor_args(cls, params)`` to ``obj`` as ``obj.init_args``; returns ``obj``."""
-    setattr(obj, INIT_ARGS, constructor_args(cls, params))
-    return obj
+from dias_dist.methods import METHODS
+from dias_dist.models import INIT_ARGS, MODELS, constructor_args
 
 
 def _model_args(cfg: Config, model: Any) -> dict:
-    from dias_dist.models import MODELS
-
     cls = MODELS.get(cfg.model.name)
     if model is not None:
         # the registered network itself, also when a method wraps it (SSCR's pair, engine wrappers)
@@ -58,8 +34,6 @@ def _model_args(cfg: Config, model: Any) -> dict:
 
 
 def _method_args(cfg: Config, method: Any) -> dict:
-    from dias_dist.methods import METHODS
-
     if method is not None and hasattr(method, INIT_ARGS):
         return dict(getattr(method, INIT_ARGS))
     cls = METHODS.get(cfg.method.name)

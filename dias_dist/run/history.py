@@ -13,7 +13,7 @@ itself, which may hold a step whose ``metrics.jsonl`` line was lost). On CPU the
 bit-identical, so the history equals an uninterrupted run; on GPU (or after a resume with changed
 settings) the kept values are those of the first execution, identical in MLflow and ``metrics.jsonl``.
 A torchrun restart of a job killed before its first checkpoint continues its folder and MLflow run
-from step 0 (``dias_dist.elastic.unfinished_start``): everything the killed attempt logged is kept.
+from step 0 (``dias_dist.run.elastic.unfinished_start``): everything the killed attempt logged is kept.
 """
 from __future__ import annotations
 

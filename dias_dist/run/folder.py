@@ -19,8 +19,8 @@
   guarantees that no other process is writing them.
 - ``release(status)``: unlock; a run that failed before writing any checkpoint or metric in a
   folder it created removes that folder (a failed start leaves nothing behind), unless torchrun
-  will restart it and the folder already holds the job's ``start.json`` (``keep_on_failure``, set by the
-  trainer): the restart continues that folder and its MLflow run.
+  will restart it and the folder already holds the job's ``start.json`` (``keep_on_failure``, set once by
+  ``lifecycle.Run.close``): the restart continues that folder and its MLflow run.
 
 Folder faults (``run_dir`` is a file, not writable, disk full) become ``RunFolderError``, a
 ``ValueError`` whose one line names the path and the cause (``describe_os_error``).

@@ -44,7 +44,10 @@ from typing import Any, Protocol
 import torch
 
 from dias_dist import dist
-from dias_dist.config import TrackConfig
+from dias_dist.config import TrackConfig, derive
+from dias_dist.data import location
+from dias_dist.methods import METHODS
+from dias_dist.run.history import read_records
 
 # A server that is down must fail fast, not after minutes of retries (respect explicit settings).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -104,8 +107,6 @@ def study_of(track: TrackConfig, method: str) -> str:
     """``track.tags["study"]`` if set, else the study of method ``method``'s kind of targets."""
     if track.tags.get("study"):
         return str(track.tags["study"])
-    from dias_dist.methods import METHODS
-
     return STUDY_OF_TARGET.get(getattr(METHODS.get(method), "target_kind", ""), method)
 
 
@@ -116,8 +117,6 @@ def experiment_name(track: TrackConfig, method: str) -> str:
 
 def with_study(cfg):
     """``cfg`` with ``track.experiment`` and ``track.tags["study"]`` filled in (saved with the run)."""
-    from dias_dist.config import derive
-
     study = study_of(cfg.track, cfg.method.name)
     return derive(cfg, {"track.experiment": experiment_name(cfg.track, cfg.method.name),
                         "track.tags": {**cfg.track.tags, "study": study}}, "resolved config")
@@ -161,12 +160,14 @@ def relocate_store(uri: str) -> list[tuple[str, str]]:
     new_root = (db.resolve().parent / "mlartifacts").as_uri()
     try:
         with closing(sqlite3.connect(str(db), timeout=30)) as connection, connection as con:  # one transaction
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "experiments" not in tables:  # a new (or just write-probed, check_writable) store: nothing to move
+                return []
             rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
             old_roots = sorted({loc.split("/mlartifacts", 1)[0] + "/mlartifacts" for (loc,) in rows
                                 if loc and loc.startswith("file://") and "/mlartifacts" in loc} - {new_root})
             if not old_roots:
                 return []
-            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             for old in old_roots:
                 for table, column in _URI_COLUMNS:
                     if table not in tables:
@@ -391,8 +392,6 @@ def run_tags(shards: str | Path, *, device: torch.device, num_params: int) -> di
 def manifest_sha256(shards: str | Path) -> str:
     """sha256 of the shard set's manifest, local or at a URL (``dias_dist.data.location``); "missing"
     when it cannot be read (the reader has already named the problem by then)."""
-    from dias_dist.data import location
-
     manifest = location.join(shards, "manifest.json")
     try:
         data = Path(manifest).read_bytes() if location.is_local(shards) else location.read_bytes(manifest)
@@ -403,7 +402,7 @@ def manifest_sha256(shards: str | Path) -> str:
 
 class MetricsLog:
     """Append-only ``metrics.jsonl`` (rank 0). A resumed run does not write again what a killed run
-    logged after its checkpoint (``dias_dist.run_history.skip_logged``)."""
+    logged after its checkpoint (``dias_dist.run.history.skip_logged``)."""
 
     def __init__(self, path: str | Path, enabled: bool):
         self.path = Path(path)
@@ -419,6 +418,4 @@ class MetricsLog:
 
     def read(self) -> list[dict]:
         """Every record; a torn last line is dropped with a warning, other bad lines name file:line."""
-        from dias_dist.run_history import read_records
-
         return read_records(self.path)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from dias_dist import dist
-from dias_dist.atomic import atomic_write
 from dias_dist.config import Config, TrainConfig, save_config
-from dias_dist.run_lock import RunFolderError, describe_os_error
+from dias_dist.run.atomic import atomic_write
+from dias_dist.run.folder import RunFolderError, describe_os_error
 
 
 def rng_state() -> dict:

@@ -1,0 +1,99 @@
+"""CPU choices by measurement (dias_dist/models/cpu_tuning.py): measured once per machine and shape,
+cached and reused, a corrupted cache ignored with a warning, the choice applied to "auto"; every
+arrangement computes the reference cell (tests/test_convgru.py)."""
+import json
+
+import pytest
+import torch
+
+from dias_dist import cli
+from dias_dist.models import build_model, convgru
+from dias_dist.models import cpu_tuning
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def measuring(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIAS_CPU_CHOICES", "measure")
+    monkeypatch.setenv("DIAS_CACHE_DIR", str(tmp_path / "cache"))
+    saved = dict(convgru.PREFERRED_ARRANGEMENT)
+    yield tmp_path / "cache" / "cpu_choices.json"
+    convgru.PREFERRED_ARRANGEMENT.clear()
+    convgru.PREFERRED_ARRANGEMENT.update(saved)
+
+
+def _tiny():
+    model = build_model("vss_net", width=2)
+    return model, torch.randn(2, 1, 8, 16, 16)
+
+
+def test_a_measured_choice_is_cached_and_reused(measuring, monkeypatch):
+    model, example = _tiny()
+    calls = []
+    real = cpu_tuning.measure
+    monkeypatch.setattr(cpu_tuning, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = cpu_tuning.choose(model, example, grad=True, repeats=1)
+    assert first["cached"] is False and first["choice"] in ("batched", "stepped") and len(calls) == 1
+    assert set(first["timings_s"]) == {"batched", "stepped"} and all(t > 0 for t in first["timings_s"].values())
+    second = cpu_tuning.choose(model, example, grad=True, repeats=1)
+    assert second["cached"] is True and second["choice"] == first["choice"] and len(calls) == 1
+    stored = json.loads(measuring.read_text())
+    assert stored[first["key"]]["choice"] == first["choice"]
+    assert first["key"].startswith(f"{cpu_tuning.cpu_model()} | torch {torch.__version__} | ")
+    other = cpu_tuning.choose(model, torch.randn(1, 1, 8, 16, 16), grad=True, repeats=1)  # another shape
+    assert other["cached"] is False and len(calls) == 2
+
+
+def test_the_fastest_is_chosen_and_applied_to_auto(measuring, monkeypatch):
+    model, example = _tiny()
+    monkeypatch.setattr(cpu_tuning, "measure", lambda *a, **k: {"batched": 2.0, "stepped": 1.0})
+    tags = cpu_tuning.tune_network(model, {True: example, False: example})
+    assert tags == {"convgru_train": "stepped (batched 2 s, stepped 1 s, measured)",
+                    "convgru_eval": "stepped (batched 2 s, stepped 1 s, measured)"}
+    assert convgru.resolve_arrangement("auto", torch.device("cpu"), True) == "stepped"
+
+
+def test_a_corrupted_cache_is_ignored_with_a_warning_and_rewritten(measuring):
+    measuring.parent.mkdir(parents=True)
+    measuring.write_text("{not json")
+    model, example = _tiny()
+    with pytest.warns(RuntimeWarning, match="ignoring the CPU-choice cache"):
+        result = cpu_tuning.choose(model, example, grad=False, repeats=1)
+    assert result["cached"] is False
+    assert json.loads(measuring.read_text())[result["key"]]["choice"] == result["choice"]
+    measuring.write_text(json.dumps({"k": {"choice": "sideways"}}))
+    with pytest.warns(RuntimeWarning, match="not a mapping of measured choices"):
+        assert cpu_tuning.load_cache() == {}
+
+
+def test_table_mode_and_networks_without_a_convgru_measure_nothing(measuring, monkeypatch):
+    model, example = _tiny()
+    monkeypatch.setenv("DIAS_CPU_CHOICES", "table")
+    assert cpu_tuning.choose(model, example, grad=True) is None
+    monkeypatch.setenv("DIAS_CPU_CHOICES", "measure")
+    assert cpu_tuning.choose(build_model("unet", width=2), example, grad=True) is None
+    monkeypatch.setenv("DIAS_CPU_CHOICES", "sometimes")
+    with pytest.raises(ValueError, match="DIAS_CPU_CHOICES='sometimes'"):
+        cpu_tuning.choose(model, example, grad=True)
+    assert not measuring.exists()
+
+
+def test_the_measurement_leaves_the_network_as_it_was(measuring):
+    model, example = _tiny()
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cpu_tuning.measure(model, example, grad=True, repeats=1)
+    assert not model.training and convgru.ConvGRU.arrangement == "auto"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_dias_tune_cpu_measures_the_configs_shapes_once(measuring, capsys):
+    args = ["tune-cpu", str(ROOT / "configs" / "debug.yaml"), "model.params.width=2", "data.patch_size_px=16",
+            "eval.patch_size_px=16", "eval.stride_px=8", "eval.batch_size=2", "train.batch_size=2"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "convgru_train: " in out and "convgru_eval: " in out and "measured" in out
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.count("cached)") == 2
