@@ -3,6 +3,7 @@
 
   python tune.py sscr-sweep configs/weak/sscr.yaml [--grid method.params.lambda1=0.5,1,2 ...] [--num-samples N] [--scheduler asha|pbt]
   python tune.py rpst configs/semi/rpst.yaml [--labeled 1,3,10] [--max-rounds R]
+  python tune.py folds configs/full/vss_net.yaml --k 5     (K-fold cross-validation + the folds' ensemble, dias_dist/cv.py)
 
 Every trial is a full `dias_dist.trainer.run` (RPST: `dias_dist.semi.rpst.run_rpst`) nested as an MLflow
 run under the sweep's parent run. Re-running the same --name resumes from Tune's experiment state;
@@ -21,11 +22,12 @@ DEFAULT_SSCR_GRID = ["method.params.lambda1=0.5,1.0,2.0", "method.params.lambda2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tune.py", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["sscr-sweep", "rpst"])
+    parser.add_argument("kind", choices=["sscr-sweep", "rpst", "folds"])
     parser.add_argument("config", help="base YAML config")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every trial")
     parser.add_argument("--grid", action="append", default=[], help="section.key=v1,v2 (repeatable)")
     parser.add_argument("--labeled", default="1,3,10", help="rpst: labelled-set sizes, one trial each")
+    parser.add_argument("--k", type=int, default=5, help="folds: number of folds (one parallel trial each)")
     parser.add_argument("--max-rounds", type=int, default=3, help="rpst: re-training rounds per trial")
     parser.add_argument("--num-samples", type=int, default=1, help="repeats of the whole grid")
     parser.add_argument("--scheduler", choices=["fifo", "asha", "pbt"], default="fifo",
@@ -48,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers_per_trial < 1:
         parser.error("--workers-per-trial must be >= 1")
     try:
+        if args.kind == "folds":
+            from dias_dist.cv import run_folds
+
+            if args.grid or args.scheduler != "fifo" or args.num_samples != 1:
+                raise ValueError("folds: --grid, --scheduler and --num-samples do not apply (the grid is data.fold)")
+            out = run_folds(args.config, args.k, args.overrides, address=args.address, storage_path=args.storage,
+                            name=args.name or "folds", cpus_per_trial=args.cpus_per_trial,
+                            gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial)
+            print(f"[tune] {len(out['rows'])} folds, {len(out['errors'])} failed; summary in {out['dir']}; "
+                  f"MLflow parent run {out['parent_run_id']} (holds the ensemble's test metrics)")
+            return 1 if len(out["errors"]) == len(out["rows"]) else 0
         if args.kind == "sscr-sweep":
             space = parse_grid(args.grid or DEFAULT_SSCR_GRID)
             kind, rounds = "train", 0

@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "dias evaluate runs/debug/NAME/checkpoints/best.pt --split test"),
     "predict": ("dias_dist.predict.cli", "vessel masks for your own series (frames, DICOM, .npy)",
                 "dias predict runs:/RUN_ID/model my_series.dcm --out pred/"),
+    "export": ("dias_dist.predict.export_cli", "the trained network as a torch.export program (.pt2)",
+               "dias export runs/debug/NAME/checkpoints/best.pt --out vss_net.pt2"),
     "report": ("dias_dist.report", "Table II/III-style comparison of finished MLflow runs",
                "dias report dias-supervised --metric dsc"),
     "rpst": ("dias_dist.semi.rpst_cli", "semi-supervised random-patch self-training (teacher + rounds)",

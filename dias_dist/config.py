@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dias_dist.data import location, timeouts
+from dias_dist.data import folds, location, timeouts
 from dias_dist.run.atomic import atomic_write
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ class DataConfig:
     num_workers: int = 2  # loader worker processes per rank
     target: str = "label"  # label | scribble_rdfa | scribble_sale | pseudo (which map supervises)
     num_labeled: int = 0  # >0: use only the first N training sequences (RPST teacher)
+    num_folds: int = 0  # K >= 2: K-fold cross-validation over the training sequences (data/folds.py); 0 = none
+    fold: int = 0  # with num_folds: train on the other folds, validate on this one (0..K-1)
+    fold_groups: str = ""  # JSON {sequence id: patient}: a patient's sequences share a fold ("" = each its own)
     augment: str = "weak"  # weak | none
     on_corrupt: str = "raise"  # raise | skip (a counted skip with a warning)
     verify: bool = True  # sha256 of each shard checked against the manifest at its first use (per process)
@@ -273,6 +276,7 @@ RATE = Range(0.0, 1.0)  # AdamW learning rates and decay: a step of lr per weigh
 RANGES: dict[str, Range] = {
     "data.patch_size_px": Range(1, 16384), "data.patches_per_sequence": POSITIVE,
     "data.shuffle_buffer": NON_NEGATIVE, "data.num_workers": Range(0, 1024), "data.num_labeled": NON_NEGATIVE,
+    "data.num_folds": Range(0, 1000), "data.fold": Range(0, 999),
     "data.read_timeout_s": Range(0.0, 7 * 86400.0, open_low=True), "data.download_budget_s": Range(0.0, 7 * 86400.0, open_low=True),
     "optim.lr": RATE, "optim.weight_decay": RATE, "optim.eps": Range(0.0, 1.0, open_low=True),
     "optim.warmup_epochs": NON_NEGATIVE_REAL, "optim.warmup_lr": RATE, "optim.min_lr": RATE,
@@ -454,8 +458,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         source += " + overrides"
     count_values(data, "", source)  # before anything walks or copies it
     cfg = from_dict(Config, data, source)
+    check_folds(cfg, source)
     check_memory(cfg, source)
     return cfg
+
+
+def check_folds(cfg: Config, source: str = "config") -> None:
+    """ValueError naming ``source`` when ``data.fold`` / ``data.num_folds`` do not make a fold (``data/folds.py``)."""
+    try:
+        folds.check(cfg.data.num_folds, cfg.data.fold)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 def available_memory() -> int | None:

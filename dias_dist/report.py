@@ -20,6 +20,12 @@ Outputs in ``--out`` (default ``runs/reports/<experiments>``): ``report.md``, ``
 Fig. 9). Everything is logged as the artifacts of one report run in the experiment
 ``dias-reports`` (``--report-experiment``), tagged ``dias.report=true`` with the experiments and
 filter it read, so the compared experiments hold only training runs.
+
+Repeats: runs that differ only in ``train.seed`` or ``data.fold`` are one setting in a second table (appended to
+``report.md``, ``report_settings.csv``): mean ± std over the runs per metric, and a paired Wilcoxon
+signed-rank test of each setting against the best over the same test images (their per-image
+``eval/test/metrics.csv``), which says whether a difference is beyond noise at ``--alpha``
+(``dias_dist/report_stats.py``).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import os
 import re
 from pathlib import Path
 
+from dias_dist import report_stats
 from dias_dist.evaluation.tables import format_mean_std, markdown_table, write_csv
 from dias_dist.metrics import LOWER_IS_BETTER, METRIC_NAMES, METRIC_TITLES
 
@@ -244,8 +251,9 @@ def select_runs(client, experiments: list[str], filter_string: str, tracking_uri
 
 def build_report(experiments: str | list[str] = (), *, tracking_uri: str, metric: str = "dsc",
                  filter_string: str = "", out_dir: str | Path | None = None, log_to_mlflow: bool = True,
-                 report_experiment: str = REPORT_EXPERIMENT) -> dict:
-    """Write the report files; returns ``{"rows", "files", "report_run_id"}``."""
+                 report_experiment: str = REPORT_EXPERIMENT, alpha: float = 0.05) -> dict:
+    """Write the report files; returns ``{"rows", "settings", "files", "report_run_id"}`` (``settings``: runs
+    that differ only in seed or fold averaged, with the paired test against the best; ``report_stats.py``)."""
     from dias_dist.run.track import experiment_id, open_store
 
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
@@ -263,14 +271,17 @@ def build_report(experiments: str | list[str] = (), *, tracking_uri: str, metric
         raise ValueError(f"{title}: no FINISHED runs with test metrics (test_dsc)")
     mark_best(rows)
     rows = sort_rows(rows, metric)
+    settings = report_stats.aggregate(rows, client, metric, alpha, NOT_SETTINGS)
 
     slug = "+".join(experiments) or "all"
     if filter_string:
         slug += "-" + hashlib.sha1(filter_string.encode()).hexdigest()[:8]
     out = Path(out_dir) if out_dir else Path("runs") / "reports" / re.sub(r"[^\w.+-]+", "_", slug)
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "report.md", out / "report.csv", out / f"report_{metric}.png"]
-    (out / "report.md").write_text(report_markdown(rows, title, metric))
+    files = [out / "report.md", out / "report.csv", out / f"report_{metric}.png", out / "report_settings.csv"]
+    (out / "report.md").write_text(report_markdown(rows, title, metric)
+                                   + report_stats.settings_markdown(settings, metric, alpha))
+    write_csv(settings, out / "report_settings.csv", report_stats.settings_columns())
     columns = ["run_name", "model", "method", "settings", "params_m"] + [
         c for n in METRIC_NAMES for c in (n, f"{n}_std")]
     write_csv([{**row, "best": " ".join(row["best"])} for row in rows], out / "report.csv",
@@ -292,7 +303,7 @@ def build_report(experiments: str | list[str] = (), *, tracking_uri: str, metric
         for path in files:
             client.log_artifact(report_run_id, str(path), "report")
         client.set_terminated(report_run_id, "FINISHED")
-    return {"rows": rows, "files": files, "report_run_id": report_run_id}
+    return {"rows": rows, "settings": settings, "files": files, "report_run_id": report_run_id}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -308,6 +319,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")
     parser.add_argument("--report-experiment", default=REPORT_EXPERIMENT,
                         help=f"experiment that receives the report run (default {REPORT_EXPERIMENT})")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="significance level of the paired Wilcoxon test against the best setting (default 0.05)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
 
 
@@ -321,7 +334,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = build_report(args.experiments, tracking_uri=tracking_uri,
                               metric=args.metric, filter_string=args.filter_string, out_dir=args.out,
-                              log_to_mlflow=not args.no_log, report_experiment=args.report_experiment)
+                              log_to_mlflow=not args.no_log, report_experiment=args.report_experiment,
+                              alpha=args.alpha)
     except MlflowException as err:
         raise ValueError(f"MLflow store {tracking_uri} cannot be used ({store_fault(err)})") from None
     print(result["files"][0].read_text(), end="")

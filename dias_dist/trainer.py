@@ -233,7 +233,8 @@ def _evaluate(parts: Parts, model: torch.nn.Module, split: str, out_dir: Path | 
     """(rows, {metric: (mean, std)}) of ``split`` with the paper's protocol, on every rank."""
     c = parts.cfg  # evaluate_split switches the model to eval mode and back itself
     device = parts.engine.device
-    return evaluate.evaluate_summary(model, c.data.shards, split, c.eval, device=device, out_dir=out_dir,
+    split, keys = loader.fold_eval_split(c.data, split)  # data.num_folds: validation = the held-out training fold
+    return evaluate.evaluate_summary(model, c.data.shards, split, c.eval, device=device, out_dir=out_dir, keys=keys,
                                      write_images=images, amp=c.train.bf16_autocast(device),
                                      progress=c.train.progress and dist.is_main(), cache_dir=c.data.cache_dir,
                                      verify=c.data.verify)

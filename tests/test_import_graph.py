@@ -53,6 +53,16 @@ FUNCTION_LEVEL = {
     ("dias_dist.sweep", "dias_dist.sweep_report"): "Ray Tune driver (tune.py): MLflow once the sweep's parent run opens",
     ("dias_dist.sweep", "dias_dist.run.track"): "Ray Tune driver (tune.py): MLflow once the sweep's parent run opens",
     ("dias_dist.sweep_report", "dias_dist.run.track"): "MLflow, once the sweep's parent run opens (imported by sweep)",
+    # tune.py folds: the driver checks the partition, starts Ray, then evaluates the folds' ensemble itself
+    ("dias_dist.cv", "dias_dist.data.loader"): "Ray Tune driver (tune.py folds): torch only to check the partition",
+    ("dias_dist.cv", "dias_dist.run.track"): "Ray Tune driver (tune.py folds): MLflow once the sweep has run",
+    ("dias_dist.cv", "dias_dist.evaluation.evaluate"): "Ray Tune driver (tune.py folds): torch for the ensemble only",
+    ("dias_dist.cv", "dias_dist.evaluation.tables"): "Ray Tune driver (tune.py folds): the ensemble's metrics only",
+    ("dias_dist.cv", "dias_dist.predict.ensemble"): "Ray Tune driver (tune.py folds): torch for the ensemble only",
+    ("dias_dist.cv", "dias_dist.predict.model"): "Ray Tune driver (tune.py folds): torch for the ensemble only",
+    ("dias_dist.predict.export_cli", "dias_dist.predict.ensemble"): "command module: dias export -h imports no torch",
+    ("dias_dist.predict.export_cli", "dias_dist.models"): "command module: dias export -h imports no torch",
+    ("dias_dist.predict.export_cli", "dias_dist.run.atomic"): "command module: dias export -h imports no torch",
     ("dias_dist.sweep_report", "dias_dist.evaluation.tables"): "imported by the Ray Tune driver: no torch until the summary",
 }
 

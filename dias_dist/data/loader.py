@@ -36,6 +36,7 @@ from dias_dist.config import DataConfig
 
 from .augment import apply_weak, weak_params
 from . import location
+from .folds import split_keys
 from .shards import open_shard, split_entry
 
 AUGMENTS = ("none", "weak", "strong")
@@ -51,7 +52,7 @@ class TrainSource:
 
     weight: mixing weight (patch probability proportional to it); target: the map that becomes
     ``target``; is_pseudo: flag copied to every patch; num_sequences > 0: only the first N
-    sequences by ID.
+    sequences by ID; num_folds >= 2: without the held-out fold ``fold`` (``data/folds.py``).
     """
 
     shard_dir: str
@@ -61,6 +62,9 @@ class TrainSource:
     target: str = "label"
     is_pseudo: bool = False
     num_sequences: int = 0
+    num_folds: int = 0  # >= 2: leave out fold ``fold`` of the sequences (data/folds.py; after the num_sequences cut)
+    fold: int = 0
+    fold_groups: str = ""
 
     def __post_init__(self):
         if self.augment not in AUGMENTS:
@@ -71,7 +75,7 @@ class TrainSource:
             raise ValueError(f"TrainSource weight must be > 0, got {self.weight}")
 
     def shard_keys(self) -> list[tuple[str, list[str], dict]]:
-        """[(shard path, keys to use, manifest entry)] after the ``num_sequences`` cut; empty shards dropped."""
+        """[(shard path, keys to use, manifest entry)] after the ``num_sequences`` cut and the fold; empty shards dropped."""
         entry = split_entry(self.shard_dir, self.split)
         keys = sorted(k for s in entry["shards"] for k in s["keys"])
         if self.num_sequences > 0:
@@ -79,6 +83,8 @@ class TrainSource:
                 raise ValueError(f"{self.shard_dir}/{self.split}: num_sequences={self.num_sequences} but only "
                                  f"{len(keys)} sequences")
             keys = keys[:self.num_sequences]
+        if self.num_folds:
+            keys, _ = split_keys(keys, self.num_folds, self.fold, self.fold_groups)
         wanted = set(keys)
         out = [(location.join(self.shard_dir, s["name"]), [k for k in s["keys"] if k in wanted], s)
                for s in entry["shards"]]
@@ -423,9 +429,21 @@ def derived_seed(seed: int, *parts: int) -> int:
 
 
 def default_sources(cfg: DataConfig) -> list[TrainSource]:
-    """The training source described by the ``data`` section (labelled training split)."""
+    """The training source described by the ``data`` section (labelled training split; without the held-out
+    fold under ``data.num_folds``)."""
     return [TrainSource(cfg.shards, split="training", augment=cfg.augment, target=cfg.target,
-                        num_sequences=cfg.num_labeled)]
+                        num_sequences=cfg.num_labeled, num_folds=cfg.num_folds, fold=cfg.fold,
+                        fold_groups=cfg.fold_groups)]
+
+
+def fold_eval_split(cfg: DataConfig, split: str) -> tuple[str, set[str] | None]:
+    """(split, keys) to evaluate for the trainer's ``split``: with ``data.num_folds`` the ``validation``
+    split becomes this fold's held-out training sequences (``data/folds.py``); otherwise ``(split, None)``."""
+    if split != "validation" or not cfg.num_folds:
+        return split, None
+    keys = [k for _, ks, _ in TrainSource(cfg.shards, num_sequences=cfg.num_labeled).shard_keys() for k in ks]
+    _, held_out = split_keys(keys, cfg.num_folds, cfg.fold, cfg.fold_groups)
+    return "training", set(held_out)
 
 
 def check_targets(method, sources: list[TrainSource]) -> None:

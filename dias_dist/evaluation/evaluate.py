@@ -144,7 +144,7 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
 def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg: EvalConfig, *,
                    device: torch.device | str, out_dir: str | Path | None = None, write_images: bool = True,
                    amp: bool = False, progress: bool | None = False, cache_dir: str = "",
-                   verify: bool = True) -> list[dict]:
+                   verify: bool = True, keys: set[str] | None = None) -> list[dict]:
     """Evaluate ``model`` on every sequence of ``split`` in ``shard_dir`` (a folder or a URL; remote
     shards copied into ``cache_dir`` when given; ``verify``: sha256 check as ``data.verify``; see
     ``data.shards.open_shard``) with the paper's protocol.
@@ -155,12 +155,13 @@ def evaluate_split(model: nn.Module, shard_dir: str | Path, split: str, eval_cfg
     ``cfg.train.bf16_autocast(device)``: on CUDA as the reference tester).
     Prediction: ``model_probability_fn`` (a DDP/DeepSpeed wrapper is bypassed). Returns the
     per-image rows of ALL ranks (see ``evaluate_sequences``); rank 0 writes the outputs when ``out_dir`` is given. ``progress``: a
-    bar over this rank's images (pass False on other ranks; None = only on a terminal).
+    bar over this rank's images (pass False on other ranks; None = only on a terminal). ``keys``: only these
+    sequences of the split (a fold's held-out part, ``data/folds.py``).
     """
     from dias_dist.data import loader as data_loader  # imported late: evaluation without data code stays importable
 
     with model_probability_fn(model, eval_cfg, device, amp) as probability:
-        sequences = bar(data_loader.eval_sequences(shard_dir, split, cache_dir=cache_dir, verify=verify), desc=f"eval {split}", unit="img",
+        sequences = bar(data_loader.eval_sequences(shard_dir, split, cache_dir=cache_dir, verify=verify, keys=keys), desc=f"eval {split}", unit="img",
                         enabled=progress, leave=False)  # total: len() of this rank's share
         rows = evaluate_sequences(probability, sequences, eval_cfg, out_dir=out_dir, write_images=write_images)
     if not rows:

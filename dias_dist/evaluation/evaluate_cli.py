@@ -9,6 +9,9 @@ go to ``--out`` (default: ``<run folder>/eval/<split>``; for an MLflow model URI
 
 The stored config runs no command: a ``pipe:`` ``data.shards`` in it is refused unless
 ``data.shards=...`` is given here (``dias_dist.stored_config``).
+
+``--ensemble CKPT2`` (repeatable): the vessel probabilities of CHECKPOINT and each CKPT2 are averaged and
+evaluated as one model (``dias_dist.predict.ensemble``); CHECKPOINT's config sets the data and the protocol.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from dias_dist import dist
 from dias_dist.data import timeouts
 from dias_dist.evaluation.evaluate import evaluate_split, print_summary
 from dias_dist.methods import build_network
+from dias_dist.predict.ensemble import add_argument as add_ensemble_argument
+from dias_dist.predict.ensemble import ensemble_of
+from dias_dist.predict.model import TrainedModel, load_trained_model
 from dias_dist.run import checkpoint
 from dias_dist.run.artifacts import is_mlflow_uri, load_payload
 from dias_dist.stored_config import from_stored
@@ -28,6 +34,7 @@ from dias_dist.stored_config import from_stored
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a .pt file written by the trainer (best.pt, final.pt, last.pt), or an "
                                            "MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
+    add_ensemble_argument(parser, "CHECKPOINT")
     parser.add_argument("--split", default="test", help="training | validation | test (default: test)")
     parser.add_argument("--out", default="", help="output folder (default: <run folder>/eval/<split>)")
     parser.add_argument("--no-images", action="store_true", help="skip overlays and probability maps")
@@ -46,6 +53,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         _, model = build_network(cfg.model, cfg.method)
         checkpoint.load_weights(model, payload["model"], args.checkpoint)
+        title = f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}"
+        if args.ensemble:  # the probabilities of all the models averaged (CHECKPOINT's config evaluates them)
+            members = [TrainedModel(model, cfg, args.checkpoint)] + [
+                load_trained_model(spec, tracking_uri=args.tracking_uri) for spec in args.ensemble]
+            model = ensemble_of(members).network
+            title = f"ensemble of {len(members)} models ({cfg.model.name}, {cfg.method.name} first)"
         model.to(device).eval()
         if args.out:
             out_dir = Path(args.out)
@@ -57,8 +70,7 @@ def main(args: argparse.Namespace) -> int:
                               write_images=not args.no_images, amp=cfg.train.bf16_autocast(device),
                               progress=None if dist.is_main() else False, cache_dir=cfg.data.cache_dir,
                               verify=cfg.data.verify)
-        print_summary(rows, f"{cfg.model.name} ({cfg.method.name}), step {payload.get('step', '?')}, "
-                            f"{args.split} split of {cfg.data.shards}"
+        print_summary(rows, f"{title}, {args.split} split of {cfg.data.shards}"
                             + (", inside each image's field of view" if any(r.get("fov") for r in rows) else ""))
         if dist.is_main():
             print(f"tables, overlays and probability maps: {out_dir}")

@@ -2,7 +2,8 @@
 
 MODEL: a checkpoint written by training (``best.pt``, ``final.pt``; DDP or DeepSpeed) or an MLflow
 model URI (``runs:/<run_id>/model``, ``models:/<name>/<version>``; store: ``--tracking-uri``, else
-``$MLFLOW_TRACKING_URI``, else ``runs/mlflow.db``). INPUT: frame folders, DICOM files or folders,
+``$MLFLOW_TRACKING_URI``, else ``runs/mlflow.db``); with ``--ensemble MODEL2`` (repeatable) the vessel
+probabilities of all the models are averaged (``dias_dist.predict.ensemble``). INPUT: frame folders, DICOM files or folders,
 ``.npy`` arrays, or folders of those (batch; globs too), see ``dias_dist.predict.readers``.
 Each series gets ``DIR/<name>/`` (see ``dias_dist.predict.writers``). A series that fails leaves
 no folder and is listed at the end; the others complete and the exit status is 1. An input that
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from dias_dist.predict.ensemble import add_argument as add_ensemble_argument
+from dias_dist.predict.ensemble import load_ensemble
 from dias_dist.predict.readers import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
 
 # The documented fast setting (benchmarks/README.md, results/predict_cpu.json): the paper's 64-px tiles
@@ -68,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", metavar="INPUT", nargs="+",
                         help="frame folder, DICOM file or folder, .npy (T, H, W), or a folder of those; globs")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per series)")
+    add_ensemble_argument(parser, "MODEL")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the model's)")
     parser.add_argument("--tile", type=int, default=None,
                         help="sliding-window tile side in px (default: the model's, the paper's 64; 0 = whole image)")
@@ -131,7 +135,7 @@ def _device(name: str) -> torch.device:
 
 def main(args: argparse.Namespace) -> int:
     from dias_dist.predict.frames import parse_indices
-    from dias_dist.predict.model import load_trained_model, series_probability
+    from dias_dist.predict.model import series_probability
     from dias_dist.predict.postprocess import parse_min_size
     from dias_dist.predict.prepare import prepare
     from dias_dist.predict.subtract import parse_subtract
@@ -169,7 +173,7 @@ def main(args: argparse.Namespace) -> int:
         more = f" (and {len(refused) - 1} more: {', '.join(m.split(': ')[0] for m in refused[1:4])}" \
                f"{' ...' if len(refused) > 4 else ''})" if len(refused) > 1 else ""
         raise ValueError(refused[0] + more)
-    model = load_trained_model(args.model, tracking_uri=args.tracking_uri)
+    model = load_ensemble([args.model, *args.ensemble], tracking_uri=args.tracking_uri)
     cfg = model.cfg
     tile = cfg.eval.patch_size_px if tile is None else tile
     stride = (tile if tile == 0 else cfg.eval.stride_px) if stride is None else stride

@@ -3,60 +3,122 @@
 ``log_trained_model(cfg, run_dir, tracker)`` is called once by rank 0 at the end of training. It
 logs ``checkpoints/best.pt`` and ``final.pt`` under the run's ``checkpoints/`` artifacts (so a
 remote tracking server holds the weights) and the selected model (``eval.test_checkpoint``, the one
-the test split was evaluated with; ``final`` when there is no test split) as the run's ``model``
-artifact: a ``pyfunc`` model whose ``predict`` takes one (T, H, W) series (uint8, uint16, float32 or
-float64; ``pyfunc_model.INPUT_DTYPES``), or a list of them,
-and returns the vessel probability map(s) float32 (H, W). It carries the weights and the resolved
+the test split was evaluated with; ``final`` when there is no test split) as an MLflow 3 LoggedModel
+named ``model``, linked to the run (``source_run_id``, the run's outputs; listed under "Logged models";
+``runs:/<run_id>/model`` and ``models:/<model_id>`` both find it): a ``pyfunc`` model whose ``predict``
+takes one (T, H, W) series (uint8, uint16, float32 or float64; ``pyfunc_model.INPUT_DTYPES``), or a list of
+them, and returns the vessel probability map(s) float32 (H, W). It carries the weights and the resolved
 config (``artifacts/checkpoint.pt``, ``artifacts/config.yaml``), a signature (the output, with ``tile`` /
 ``stride`` / ``batch_size`` as optional parameters; the input dtypes and shape in the model's metadata
-``input``/``input_dtypes``/``input_shape``, since an MLflow tensor schema admits one dtype only) and a
-uint8 input example. With
-``track.register_as=NAME`` it is also registered in the model registry.
+``input``/``input_dtypes``/``input_shape``, since an MLflow tensor schema admits one dtype only), a uint8
+input example, the project's code (``code/dias_dist``: ``code_paths``, put on
+``sys.path`` by MLflow when the model loads) and pins that resolve from the public index
+(``requirements()``: the packages the prediction path imports, at the versions that trained it; never
+``dias_dist`` itself, which no index has). With ``track.register_as=NAME`` it is also registered.
 
-Afterwards, in any process that has dias_dist installed and reaches the store::
+Afterwards, in any process that has MLflow and those packages (dias_dist not needed) and reaches the store::
 
     model = mlflow.pyfunc.load_model("runs:/<run_id>/model")
     prob_HW = model.predict(frames_THW)          # float32 (H, W)
 
-Failures warn and leave training's result untouched, like every other tracking call.
+or ``mlflow models serve -m runs:/<run_id>/model --env-manager local`` (or the default virtualenv manager,
+which installs the pins). Failures warn and leave training's result untouched, like every other tracking call.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
 
 from dias_dist.run import checkpoint
 from dias_dist.run.artifacts import CHECKPOINT_ARTIFACT
 
 MODEL_ARTIFACT = "model"
+# Distributions the prediction path imports (dias_dist.predict.pyfunc_model and what it loads; checked by
+# tests/test_mlflow_model_env.py), pinned at their installed versions: all on the public index.
+PYFUNC_REQUIREMENTS = ("mlflow", "torch", "numpy", "pyyaml", "scikit-image", "tqdm", "psutil")
 
 
-def save_pyfunc(weights: str | Path, config_yaml: str | Path, out_dir: str | Path) -> Path:
-    """Write the pyfunc model folder for checkpoint ``weights`` into ``out_dir`` (must not exist);
-    only the model weights, step and config of the checkpoint are kept (no optimizer state)."""
-    out_dir = Path(out_dir)
+def requirements() -> list[str]:
+    """``name==version`` of each ``PYFUNC_REQUIREMENTS`` (a local version suffix such as ``+cpu`` dropped:
+    the index's wheel of that release)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in PYFUNC_REQUIREMENTS]
+
+
+def package_dir() -> Path:
+    """The ``dias_dist`` package folder, carried by the model as ``code_paths``."""
+    return Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def _slim_model(weights: str | Path, config_yaml: str | Path):
+    """The keyword arguments of ``save_model`` / ``log_model`` for checkpoint ``weights``; only the model
+    weights, step and config of the checkpoint are kept (no optimizer state)."""
     payload = checkpoint.load(weights)
     slim = {key: payload[key] for key in ("model", "config", "step", "run_name") if key in payload}
     with tempfile.TemporaryDirectory(prefix="dias-pyfunc-") as tmp:
         slim_path = checkpoint.save(Path(tmp) / CHECKPOINT_ARTIFACT, slim)
-        import mlflow.pyfunc
-        import torch
-
-        import dias_dist
         from dias_dist.predict.pyfunc_model import input_example, metadata, signature
 
-        mlflow.pyfunc.save_model(
-            path=str(out_dir), python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={"checkpoint": str(slim_path), "config": str(config_yaml)},
-            signature=signature(), input_example=input_example(),
-            pip_requirements=[f"dias_dist=={dias_dist.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                              f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
-            metadata={"model": payload["config"]["model"]["name"], "method": payload["config"]["method"]["name"],
-                      "step": int(payload.get("step", -1)), **metadata()})
-    return out_dir
+        yield dict(python_model=str(Path(__file__).with_name("pyfunc_entry.py")), code_paths=[str(package_dir())],
+                   artifacts={"checkpoint": str(slim_path), "config": str(config_yaml)},
+                   signature=signature(), input_example=input_example(), pip_requirements=requirements(),
+                   metadata={"model": payload["config"]["model"]["name"],
+                             "method": payload["config"]["method"]["name"], "step": int(payload.get("step", -1)),
+                             **metadata()})
+
+
+def save_pyfunc(weights: str | Path, config_yaml: str | Path, out_dir: str | Path) -> Path:
+    """Write the pyfunc model folder for checkpoint ``weights`` into ``out_dir`` (must not exist)."""
+    import mlflow.pyfunc
+
+    with _slim_model(weights, config_yaml) as kwargs:
+        mlflow.pyfunc.save_model(path=str(out_dir), **kwargs)
+    return Path(out_dir)
+
+
+@contextmanager
+def _store(uri: str):
+    """MLflow's fluent tracking and registry URIs (and the environment variables they export) set to
+    ``uri`` inside the block and put back after it."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    env_before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def log_pyfunc(weights: str | Path, config_yaml: str | Path, store: str, run_id: str, register_as: str = ""):
+    """Log checkpoint ``weights`` as the LoggedModel ``model`` of run ``run_id`` in ``store`` (registered as
+    ``register_as`` when given); returns MLflow's ``ModelInfo`` (``model_id``, ``model_uri``)."""
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    run = client.get_run(run_id)
+    with _slim_model(weights, config_yaml) as kwargs, _store(store):
+        # created here in the run's experiment (MLflow's own log_model would put it in the active or the
+        # default experiment); Model.log then links it to the run, uploads the files and finalises it
+        model = client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id,
+                                           params=dict(run.data.params), tags={"dias.model": kwargs["metadata"]["model"]})
+        return Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=run_id,
+                         model_id=model.model_id, registered_model_name=register_as or None, **kwargs)
 
 
 def log_trained_model(cfg, run_dir: str | Path, tracker) -> str | None:
@@ -79,27 +141,9 @@ def log_trained_model(cfg, run_dir: str | Path, tracker) -> str | None:
         for name in ("best.pt", "final.pt"):
             if (run_dir / "checkpoints" / name).is_file():
                 client.log_artifact(run_id, str(run_dir / "checkpoints" / name), "checkpoints")
-        with tempfile.TemporaryDirectory(prefix="dias-model-") as tmp:
-            save_pyfunc(weights, run_dir / "config.yaml", Path(tmp) / MODEL_ARTIFACT)
-            client.log_artifacts(run_id, str(Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)
-        if cfg.track.register_as:
-            register(uri, cfg.track.register_as, client.tracking_uri, run_id)
+        log_pyfunc(weights, run_dir / "config.yaml", client.tracking_uri, run_id, cfg.track.register_as)
     except Exception as err:  # noqa: BLE001 — like every tracking call: warn, never fail the finished training
         warnings.warn(f"MLflow model logging failed ({type(err).__name__}: {str(err)[:300]}); the checkpoints "
                       f"in {run_dir / 'checkpoints'} are complete", RuntimeWarning, stacklevel=2)
         return None
     return uri
-
-
-def register(uri: str, name: str, store: str, run_id: str) -> str:
-    """Register model ``uri`` of run ``run_id`` as a new version of ``name``; returns the version."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
-    try:
-        client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 — MLflow raises RestException / MlflowException for "not found"
-        client.create_registered_model(name)
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}"
-    version = client.create_model_version(name, source, run_id=run_id)
-    return str(version.version)

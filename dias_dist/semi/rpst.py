@@ -175,7 +175,8 @@ def _train_stage(cfg: Config, state: dict, stage: str, *, sources, init_from, re
 def labelled_source(cfg: Config, weight: float = 1.0):
     """The first ``data.num_labeled`` labelled training sequences as a ``TrainSource`` of mixing ``weight``."""
     return TrainSource(cfg.data.shards, "training", weight=weight, augment=cfg.data.augment, target=cfg.data.target,
-                       num_sequences=cfg.data.num_labeled)
+                       num_sequences=cfg.data.num_labeled, num_folds=cfg.data.num_folds, fold=cfg.data.fold,
+                       fold_groups=cfg.data.fold_groups)  # a fold never trains on its held-out part
 
 
 def teacher_stage(cfg: Config, state: dict, *, report=None) -> dict:
