@@ -188,6 +188,7 @@ def _linux_requirements(requires: list[str], python: str) -> list[Requirement]:
     return [r for r in reqs if r.marker is None or r.marker.evaluate(env)]
 
 
+@pytest.mark.slow
 @pytest.mark.network
 @pytest.mark.timeout(900)
 def test_image_install_set_agrees_with_its_cuda(tmp_path):

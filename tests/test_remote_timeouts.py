@@ -127,6 +127,7 @@ def test_budget_stops_a_pipe_command_and_what_it_started(monkeypatch, tmp_path):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_training_on_a_stalled_server_fails_naming_the_url_and_leaves_no_folder(stalling_shards, tmp_path, capsys,
                                                                                 tiny_shards):
@@ -196,6 +197,7 @@ def _readonly_store(tmp_path, how):
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("how", ["ro", "folder"])
 def test_read_only_mlflow_store_is_one_quick_warning(how, tmp_path, tiny_shards):
