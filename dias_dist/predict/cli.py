@@ -16,7 +16,7 @@ that is, contains or lies inside an input (real paths: symbolic links resolved),
 unless ``--overwrite`` is given. Series names are made one safe path component
 (``writers.safe_name``: an input ``..npy`` gives ``_``, never ``DIR`` itself).
 
-A series straight from the angiography system (docs/PREDICT_SCANNER.md): a native run is subtracted
+A series straight from the angiography system (README, "Predicting a series from the angiography system"): a native run is subtracted
 (``--subtract``, ``--native``; ``dias_dist.predict.subtract``) or refused when no mask is named, the
 frames are chosen (``--frames``; ``dias_dist.predict.frames``), areas and lengths are in mm at the
 isocentre (``dias_dist.predict.calibration``), tiles are blended with Gaussian weights (``--blend``;
