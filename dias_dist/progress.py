@@ -5,7 +5,9 @@
 
 When stderr is no terminal (a log file, a batch scheduler, ``kubectl logs``) a bar would fill the log
 with carriage-return updates, so an enabled bar becomes ``PlainLines`` instead: one line at each tenth
-of the work (or every ``PLAIN_EVERY_S`` seconds, whichever comes first) and one at the end.
+of the work (or every ``PLAIN_EVERY_S`` seconds, whichever comes first) and one at the end; a bar a
+terminal would clear when done (``leave=False``: evaluation inside training) prints only when it runs
+longer than ``PLAIN_EVERY_S``.
 """
 from __future__ import annotations
 
@@ -37,17 +39,22 @@ class PlainLines:
     A line is printed when a tenth of ``total`` is passed, when ``every_s`` seconds went by since
     the last line, and at ``close`` (when anything happened since the last line)."""
 
-    def __init__(self, total: int | None, desc: str, unit: str, *, initial: int = 0, every_s: float = PLAIN_EVERY_S):
+    def __init__(self, total: int | None, desc: str, unit: str, *, initial: int = 0, every_s: float = PLAIN_EVERY_S,
+                 transient: bool = False):
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.n = self.initial = self.printed = initial
         self.start = self.last = time.monotonic()
         self.extra = ""
+        self.transient, self.lines = transient, 0
 
     def update(self, n: int = 1) -> None:
         self.n += n
         tenth = max(1, (self.total or 0) // 10)
         now = time.monotonic()
-        if (self.total and self.n // tenth != self.printed // tenth) or now - self.last >= self.every_s \
+        if self.transient:  # a loop inside another (validation inside training): only when it runs long
+            if now - self.last >= self.every_s or (self.lines and self.n == self.total):
+                self._line(now)
+        elif (self.total and self.n // tenth != self.printed // tenth) or now - self.last >= self.every_s \
                 or self.n == self.total:
             self._line(now)
 
@@ -59,10 +66,10 @@ class PlainLines:
         if self.total and rate > 0:
             parts.append(f"ETA {_duration((self.total - self.n) / rate)}")
         print(", ".join(parts) + (f", {self.extra}" if self.extra else ""), file=sys.stderr, flush=True)
-        self.printed, self.last = self.n, now
+        self.printed, self.last, self.lines = self.n, now, self.lines + 1
 
     def close(self) -> None:
-        if self.n != self.printed:
+        if self.n != self.printed and (self.lines or not self.transient):
             self._line(time.monotonic())
 
 
@@ -121,19 +128,20 @@ def bar(iterable, *, total: int | None = None, desc: str, unit: str, enabled: bo
     ``leave=False`` clears the bar when done (bars that open under the training bar).
     """
     if enabled and not interactive():
-        return _plain(iterable, total, desc, unit)
+        return _plain(iterable, total, desc, unit, transient=not leave)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=None if enabled is None else not enabled,
                 dynamic_ncols=True, file=sys.stderr, mininterval=1.0, leave=leave)
 
 
-def _plain(iterable, total: int | None, desc: str, unit: str):
-    """Yield ``iterable``'s items, printing ``PlainLines`` progress (total: ``len(iterable)`` when it has one)."""
+def _plain(iterable, total: int | None, desc: str, unit: str, transient: bool = False):
+    """Yield ``iterable``'s items, printing ``PlainLines`` progress (total: ``len(iterable)`` when it has one;
+    ``transient``: a bar that a terminal would clear, i.e. lines only when it runs longer than ``PLAIN_EVERY_S``)."""
     if total is None:
         try:
             total = len(iterable)
         except TypeError:
             total = None
-    lines = PlainLines(total, desc, unit)
+    lines = PlainLines(total, desc, unit, transient=transient)
     try:
         for item in iterable:
             yield item

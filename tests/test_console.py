@@ -127,3 +127,15 @@ def test_checkpoints_hold_absolute_paths_and_evaluate_runs_from_anywhere(tiny_sh
     err = capsys.readouterr().err
     assert "is not there any more (moved or deleted?)" in err and "data.shards=NEW_PLACE" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_transient_loop_prints_only_when_it_runs_long(capsys):
+    from dias_dist.progress import bar
+
+    assert list(bar(range(5), desc="eval validation", unit="img", enabled=True, leave=False)) == list(range(5))
+    assert capsys.readouterr().err == ""  # a short validation inside training: no lines
+    lines = PlainLines(4, "eval test", "img", every_s=0.0, transient=True)
+    for _ in range(4):
+        lines.update(1)
+    lines.close()
+    assert len(capsys.readouterr().err.splitlines()) == 4  # past every_s: a line per update
