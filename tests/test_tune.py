@@ -35,12 +35,13 @@ def _child_runs(tracking_uri: str, parent_id: str):
 def test_sscr_grid_nests_four_runs_and_a_failed_trial_keeps_the_rest(tiny_shards, tmp_path):
     from dias_dist.sweep import SweepSpec, run_sweep
 
-    # 2 x 2 λ grid of 2-step SSCR trials, plus a third width value that cannot build (negative
-    # channels): that trial must fail with its error reported while the 4 good ones complete.
+    # 2 x 2 λ grid of 2-step SSCR trials, times two frame counts of which one passes the config checks
+    # but not the data (a 7-channel network fed the shards' 8 frames): those trials must fail with
+    # their error reported while the 4 good ones complete.
     spec = SweepSpec(
         kind="train", config=str(ROOT / "configs" / "weak" / "sscr.yaml"), name="grid",
         param_space={"method.params.lambda1": [0.5, 1.0], "method.params.lambda2": [0.0, 0.5],
-                     "model.params.width": [4, -4]},
+                     "model.params.num_frames": [8, 7]},
         overrides=_tiny_overrides(tiny_shards, tmp_path) + ["data.target=scribble_rdfa"],
         cpus_per_trial=1,
     )
@@ -48,7 +49,7 @@ def test_sscr_grid_nests_four_runs_and_a_failed_trial_keeps_the_rest(tiny_shards
     assert not ray.is_initialized()  # shut down after the sweep
     ok = [r for r in out["rows"] if r["status"] == "ok"]
     assert len(out["rows"]) == 8 and len(ok) == 4 and len(out["errors"]) == 4
-    assert all(e["model.params.width"] == -4 for e in out["errors"])
+    assert all(e["model.params.num_frames"] == 7 for e in out["errors"])
     assert all(r["best_val_dsc"] is not None for r in ok)
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     parent, children = _child_runs(uri, out["parent_run_id"])
