@@ -197,3 +197,27 @@ def test_drive_end_to_end_import_shard_train_evaluate(tmp_path, capsys):
     assert "inside each image's field of view" in capsys.readouterr().out
     rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].endswith(",fov") and all(row.endswith(",True") for row in rows[1:])
+
+
+def test_dias_score_counts_the_field_of_view_only(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    for sub in ("pred", "labels", "fov"):
+        (tmp_path / sub).mkdir()
+    for name in ("a", "b"):
+        label = (rng.random((24, 30)) > 0.8).astype(np.uint8)
+        fov = np.zeros((24, 30), np.uint8)
+        fov[4:20, 5:25] = 1
+        np.save(tmp_path / "pred" / f"{name}.npy", np.where(fov == 1, label, 1 - label).astype(np.float32))
+        Image.fromarray(label * 255).save(tmp_path / "labels" / f"{name}.png")
+        Image.fromarray(fov * 255).save(tmp_path / "fov" / f"{name}.png")
+    assert cli.main(["score", str(tmp_path / "pred"), str(tmp_path / "labels"), "--fov", str(tmp_path / "fov")]) == 0
+    assert "inside each field of view" in capsys.readouterr().out
+    rows = (tmp_path / "pred" / "scores.csv").read_text().splitlines()
+    assert rows[0].endswith(",fov") and all(row.split(",")[1] == "1.0" for row in rows[1:])  # DSC 1 inside
+    assert cli.main(["score", str(tmp_path / "pred"), str(tmp_path / "labels")]) == 0
+    assert all(float(row.split(",")[1]) < 1 for row in (tmp_path / "pred" / "scores.csv").read_text().splitlines()[1:])
+    (tmp_path / "fov" / "b.png").unlink()
+    capsys.readouterr()
+    assert cli.main(["score", str(tmp_path / "pred"), str(tmp_path / "labels"), "--fov", str(tmp_path / "fov")]) == 2
+    err = capsys.readouterr().err
+    assert "b.png: no field-of-view mask for this image" in err and len(err.strip().splitlines()) == 1

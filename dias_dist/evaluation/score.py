@@ -168,8 +168,11 @@ def _names(names: list[str], limit: int = 5) -> str:
 
 
 def score_folders(pred_dir: str | Path, label_dir: str | Path, *, threshold: float = 0.5, dti: bool = False,
-                  label_threshold: int = 100, pred_scale: float | None = None) -> list[dict]:
-    """Per-image rows ``{"name", dsc ... vc}`` for matched prediction / label files."""
+                  label_threshold: int = 100, pred_scale: float | None = None,
+                  fov_dir: str | Path | None = None) -> list[dict]:
+    """Per-image rows ``{"name", dsc ... vc}`` for matched prediction / label files; with ``fov_dir``
+    (``<name>.png`` field-of-view masks, inside where >= 128) every metric counts the field of view
+    only, as ``dias evaluate`` does for an imported data set, and rows get ``"fov": True``."""
     rows = []
     for name, pred_path, label_path in match_files(Path(pred_dir), Path(label_dir)):
         prob = read_probability(pred_path, pred_scale)
@@ -177,8 +180,25 @@ def score_folders(pred_dir: str | Path, label_dir: str | Path, *, threshold: flo
         if prob.shape != label.shape:
             raise ValueError(f"size mismatch for {name!r}: prediction {pred_path} is {prob.shape[1]}x{prob.shape[0]}, "
                              f"label {label_path} is {label.shape[1]}x{label.shape[0]} (width x height)")
-        rows.append({"name": name, **image_metrics(prob, label, threshold, dti)})
+        fov = None if fov_dir is None else _read_fov(Path(fov_dir) / f"{name}.png", label.shape)
+        row = {"name": name, **image_metrics(prob, label, threshold, dti, fov=fov)}
+        if fov is not None:
+            row["fov"] = True
+        rows.append(row)
     return rows
+
+
+def _read_fov(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """uint8 {0, 1} (H, W) field of view from ``path``; ValueError naming it when missing, of another size or empty."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no field-of-view mask for this image (--fov names a folder of <name>.png)")
+    fov = (read_label(path, 128) > 0).astype(np.uint8)
+    if fov.shape != shape:
+        raise ValueError(f"{path}: field of view {fov.shape[1]}x{fov.shape[0]} differs from the label "
+                         f"{shape[1]}x{shape[0]} (width x height)")
+    if not fov.any():
+        raise ValueError(f"{path}: field of view is empty")
+    return fov
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,6 +212,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label pixel value counted as vessel, for non-0/1 labels (default 100)")
     parser.add_argument("--pred-scale", type=float, default=None,
                         help="PNG predictions: probability = value / this (overrides the 0/1 mask and 0-255 rule)")
+    parser.add_argument("--fov", default=None, metavar="FOV_DIR",
+                        help="folder of <name>.png field-of-view masks: every metric inside them (DRIVE protocol)")
     parser.add_argument("--out", default=None, help="per-image CSV (default: PRED_DIR/scores.csv)")
 
 
@@ -199,9 +221,9 @@ def main(args: argparse.Namespace) -> int:
     if not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
     rows = score_folders(args.pred_dir, args.label_dir, threshold=args.threshold, dti=args.dti,
-                         label_threshold=args.label_threshold, pred_scale=args.pred_scale)
+                         label_threshold=args.label_threshold, pred_scale=args.pred_scale, fov_dir=args.fov)
     out = Path(args.out) if args.out else Path(args.pred_dir) / "scores.csv"
-    write_csv(rows, out, ["name", *METRIC_NAMES])
-    print(f"{len(rows)} images scored; per-image metrics in {out}")
+    write_csv(rows, out, ["name", *METRIC_NAMES, *(["fov"] if args.fov else [])])
+    print(f"{len(rows)} images scored{' inside each field of view' if args.fov else ''}; per-image metrics in {out}")
     print(summary_markdown(summarize(rows)), end="")
     return 0
