@@ -1,7 +1,8 @@
 """`dias import`: 2D vessel data sets into the release layout, with field-of-view masks that travel
 through shards and evaluation (every metric inside the FOV); DRIVE's published second-observer
-numbers reproduced from the shipped masks when ../shared/data/drive is present."""
+numbers reproduced from its masks when a copy of DRIVE is found (docs/TESTING.md, "DRIVE")."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from dias_dist.evaluation.evaluate import evaluate_sequences
 from dias_dist.metrics import image_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVE = ROOT.parent / "shared" / "data" / "drive"
+# docs/TESTING.md, "DRIVE": $DIAS_DRIVE_DIR, else the data folder laid beside the checkout (never inside it)
+DRIVE = Path(os.environ.get("DIAS_DRIVE_DIR") or ROOT.parent / "shared" / "data" / "drive")
 
 
 def _case(folder: Path, stem: str, rng, size=(40, 48), fov=True, colour_mask=False):

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dias_dist.run import checkpoint
-from dias_dist.run.artifacts import CHECKPOINT_ARTIFACT
+from dias_dist.run.artifacts import CHECKPOINT_ARTIFACT, mlflow_store
 
 MODEL_ARTIFACT = "model"
 # Distributions the prediction path imports (dias_dist.predict.pyfunc_model and what it loads; checked by
@@ -81,28 +81,6 @@ def save_pyfunc(weights: str | Path, config_yaml: str | Path, out_dir: str | Pat
     return Path(out_dir)
 
 
-@contextmanager
-def _store(uri: str):
-    """MLflow's fluent tracking and registry URIs (and the environment variables they export) set to
-    ``uri`` inside the block and put back after it."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    env_before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-        for key, value in env_before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def log_pyfunc(weights: str | Path, config_yaml: str | Path, store: str, run_id: str, register_as: str = ""):
     """Log checkpoint ``weights`` as the LoggedModel ``model`` of run ``run_id`` in ``store`` (registered as
     ``register_as`` when given); returns MLflow's ``ModelInfo`` (``model_id``, ``model_uri``)."""
@@ -112,7 +90,7 @@ def log_pyfunc(weights: str | Path, config_yaml: str | Path, store: str, run_id:
 
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     run = client.get_run(run_id)
-    with _slim_model(weights, config_yaml) as kwargs, _store(store):
+    with _slim_model(weights, config_yaml) as kwargs, mlflow_store(store):
         # created here in the run's experiment (MLflow's own log_model would put it in the active or the
         # default experiment); Model.log then links it to the run, uploads the files and finalises it
         model = client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from dias_dist.run import checkpoint
@@ -30,25 +31,19 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
 
 
-def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
-    """The checkpoint of MLflow model ``uri`` (``runs:/<id>/model``, ``models:/<name>/<version>``)
-    downloaded into ``dst``; ValueError naming the URI when it cannot be found."""
-    import mlflow  # heavy: imported by the commands that read an MLflow model only
+@contextmanager
+def mlflow_store(uri: str):
+    """MLflow's fluent tracking and registry URIs set to ``uri`` inside the block and put back after it,
+    with the environment variables ``set_tracking_uri``/``set_registry_uri`` export: otherwise every
+    later run in this process would log to the store set here."""
+    import mlflow  # heavy: imported by the commands that read or write an MLflow model only
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
-    store = tracking_uri or default_tracking_uri()
-    relocate_store(store)  # a store folder moved since the model was logged
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI; put the
-    # environment back as it was, or every later run in this process would log to the restored store.
     env_before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(store)  # models:/ URIs resolve through the registry, which follows these
-    mlflow.set_registry_uri(store)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except Exception as err:  # noqa: BLE001 — MLflow raises its own exception types
-        raise ValueError(f"MLflow model {uri}: cannot download it from {store} "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from None
+        yield
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
@@ -57,6 +52,22 @@ def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = No
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def download_checkpoint(uri: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
+    """The checkpoint of MLflow model ``uri`` (``runs:/<id>/model``, ``models:/<name>/<version>``)
+    downloaded into ``dst``; ValueError naming the URI when it cannot be found."""
+    import mlflow  # heavy: imported by the commands that read an MLflow model only
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model, not a bar per file
+    store = tracking_uri or default_tracking_uri()
+    relocate_store(store)  # a store folder moved since the model was logged
+    with mlflow_store(store):  # models:/ URIs resolve through the registry, which follows the fluent URIs
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        except Exception as err:  # noqa: BLE001 — MLflow raises its own exception types
+            raise ValueError(f"MLflow model {uri}: cannot download it from {store} "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:300]})") from None
     found = sorted(local.rglob(CHECKPOINT_ARTIFACT))
     if not found:
         raise ValueError(f"MLflow model {uri} holds no {CHECKPOINT_ARTIFACT}; was it logged by dias_dist training?")
