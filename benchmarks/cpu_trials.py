@@ -32,7 +32,7 @@ import torch
 from machine import describe, git_sha, load_average
 
 from dias_dist.losses import ce_dice_loss
-from dias_dist.models import build_model
+from dias_dist.models import build_model, input_layout, to_layout
 
 EVAL_VARIANTS = ("eager", "channels_last", "compile", "compile_freezing", "onednn_jit")
 TRAIN_VARIANTS = ("eager", "channels_last", "compile")
@@ -140,6 +140,7 @@ def trial(runners: dict, warmup: int, repeats: int, budget_s: float, start: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vss_net", help="any registered model (`dias models`)")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--eval-batch", type=int, default=16)
     parser.add_argument("--train-batch", type=int, default=4)
@@ -157,7 +158,9 @@ def main() -> None:
     start = time.perf_counter()
     load_before = load_average()
     torch.manual_seed(0)
-    base = no_dropout(build_model("vss_net", width=args.width, gru_impl="torch"))
+    extra = {"gru_impl": "torch"} if args.model == "vss_net" else {}
+    base = no_dropout(build_model(args.model, width=args.width, **extra))
+    layout = input_layout(base)
     gen = torch.Generator().manual_seed(0)
     workloads = {}
 
@@ -176,17 +179,17 @@ def main() -> None:
         return {"benchmark": "cpu_trials", "device": describe(torch.device("cpu")), "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
                 "load_average_1_5_15_before": load_before, "load_average_1_5_15_after": load_average(),
-                "settings": {k: getattr(args, k) for k in ("width", "eval_batch", "train_batch", "patch", "warmup",
+                "settings": {k: getattr(args, k) for k in ("model", "width", "eval_batch", "train_batch", "patch", "warmup",
                                                            "repeats", "adopt", "tolerance", "budget_s")},
                 "workloads": workloads, "adoptable": adopted, "wall_s": time.perf_counter() - start,
                 "git_sha": git_sha()}
 
     for workload in [w for w in args.workloads.split(",") if w]:
         if workload == "eval_forward":
-            x = torch.randn(args.eval_batch, 1, 8, args.patch, args.patch, generator=gen)
+            x = to_layout(torch.randn(args.eval_batch, 8, args.patch, args.patch, generator=gen), layout)
             runners = {v: (lambda v=v: eval_runner(v, base, x)) for v in ["eager", *args.eval_variants.split(",")]}
         elif workload == "train_step":
-            x = torch.randn(args.train_batch, 1, 8, args.patch, args.patch, generator=gen)
+            x = to_layout(torch.randn(args.train_batch, 8, args.patch, args.patch, generator=gen), layout)
             y = (torch.rand(args.train_batch, args.patch, args.patch, generator=gen) > 0.8).long()
             runners = {v: (lambda v=v: train_runner(v, base, x, y)) for v in ["eager", *args.train_variants.split(",")]}
         else:

@@ -121,7 +121,7 @@ def test_biconvgru_shapes_fusion_and_max_pool():
 @pytest.mark.parametrize("grad_enabled", [True, False])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_every_arrangement_matches_the_reference_cell_in_both_modes(grad_enabled, reverse):
-    """"auto", "batched" and "stepped" compute the same cell (training and no-grad inference)."""
+    """"auto", "batched", "stepped" and "split" compute the same cell (training and no-grad inference)."""
     reference, cell = _pair(channels=4, seed=1)
     x = torch.randn(2, 5, 4, 8, 8, dtype=torch.float64, requires_grad=grad_enabled)
     h0 = x[:, -1 if reverse else 0]
@@ -151,7 +151,10 @@ def test_arrangements_agree_in_float32_within_float_tolerance():
         batched = cell(x, x[:, 0])
         cell.arrangement = "stepped"
         stepped = cell(x, x[:, 0])
+        cell.arrangement = "split"
+        split = cell(x, x[:, 0])
     torch.testing.assert_close(stepped, batched, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split, batched, rtol=1e-5, atol=1e-5)
 
 
 def test_auto_arrangement_follows_the_table_per_device_and_mode(monkeypatch):

@@ -34,8 +34,8 @@ def test_a_measured_choice_is_cached_and_reused(measuring, monkeypatch):
     real = cpu_tuning.measure
     monkeypatch.setattr(cpu_tuning, "measure", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = cpu_tuning.choose(model, example, grad=True, repeats=1)
-    assert first["cached"] is False and first["choice"] in ("batched", "stepped") and len(calls) == 1
-    assert set(first["timings_s"]) == {"batched", "stepped"} and all(t > 0 for t in first["timings_s"].values())
+    assert first["cached"] is False and first["choice"] in ("batched", "stepped", "split") and len(calls) == 1
+    assert set(first["timings_s"]) == {"batched", "stepped", "split"} and all(t > 0 for t in first["timings_s"].values())
     second = cpu_tuning.choose(model, example, grad=True, repeats=1)
     assert second["cached"] is True and second["choice"] == first["choice"] and len(calls) == 1
     stored = json.loads(measuring.read_text())
@@ -119,3 +119,16 @@ def test_a_cpu_run_measures_applies_and_logs_its_choice(measuring, tiny_shards, 
     out = capsys.readouterr().out
     assert "  convgru_train " in out and "  convgru_eval " in out  # in the start block
     assert json.loads(measuring.read_text())  # cached for the next run
+
+
+def test_inference_tuning_applies_the_no_grad_choice_and_skips_whole_images_and_gpus(measuring, monkeypatch):
+    model, _ = _tiny()
+    shapes = []
+    monkeypatch.setattr(cpu_tuning, "measure", lambda m, example, grad, repeats: shapes.append(
+        (tuple(example.shape), grad)) or {"batched": 3.0, "stepped": 2.0, "split": 1.0})
+    tags = cpu_tuning.tune_for_inference(model, torch.device("cpu"), frames=8, batch=4, tile=16)
+    assert shapes == [((4, 1, 8, 16, 16), False)] and tags["convgru_eval"].startswith("split (")
+    assert convgru.resolve_arrangement("auto", torch.device("cpu"), False) == "split"
+    assert cpu_tuning.tune_for_inference(model, torch.device("cpu"), frames=8, batch=4, tile=0) == {}
+    assert cpu_tuning.tune_for_inference(model, torch.device("meta"), frames=8, batch=4, tile=16) == {}
+    assert len(shapes) == 1

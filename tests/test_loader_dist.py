@@ -137,3 +137,48 @@ def test_two_ranks_two_workers(shard_dir, tmp_path):
     assert sorted(keys) == [f"s{i:05d}" for i in range(200, 205)]  # 5 sequences in 3 shards: each exactly once
     assert set(rank0["keys"]).isdisjoint(rank1["keys"])
     assert [rank0["share"], rank1["share"]] == [len(rank0["keys"]), len(rank1["keys"])]  # progress-bar totals
+
+
+def test_dihedral_views_equal_apply_weak():
+    from dias_dist.data.augment import apply_weak
+    from dias_dist.data.loader import _DIHEDRAL
+
+    array = np.arange(2 * 3 * 5 * 5).reshape(2, 3, 5, 5)
+    for (flip_h, flip_w, k), view in _DIHEDRAL.items():
+        assert np.array_equal(view(array), apply_weak(array, flip_h, flip_w, k))
+        assert np.array_equal(view(array[0, 0]), apply_weak(array[0, 0], flip_h, flip_w, k))
+
+
+def test_patches_are_the_documented_draws(shard_dir):
+    """Without a shuffle buffer, the stream is: shard draw, key permutation, K tops, K lefts, weak_params,
+    apply_weak per patch -- the values the loader's view/gather code must reproduce bit for bit."""
+    from dias_dist.data.augment import apply_weak, weak_params
+    from dias_dist.data.shards import open_shard
+
+    seed, batch, k, patch = 7, 8, 4, 16
+    source = TrainSource(str(shard_dir))
+    stream = iter(train_batches(source, batch_size=batch, patch_size=patch, patches_per_sequence=k,
+                                shuffle_buffer=0, num_workers=0, seed=seed))
+    shards = source.shard_keys()
+    rng = np.random.default_rng([seed, 0, 0])
+
+    def reference():
+        while True:
+            path, keys, entry = shards[int(rng.integers(len(shards)))]
+            reader = open_shard(path, entry)
+            for key in rng.permutation(keys):
+                frames = reader.frames(key)
+                label = reader.map(key, "label", frames.shape[1:])
+                tops = rng.integers(0, SIDE - patch, k)
+                lefts = rng.integers(0, SIDE - patch, k)
+                flip_h, flip_w, turns = weak_params(rng, k)
+                for i, (t, l) in enumerate(zip(tops, lefts)):
+                    yield (apply_weak(frames[:, t:t + patch, l:l + patch], flip_h[i], flip_w[i], turns[i]),
+                           apply_weak(label[t:t + patch, l:l + patch], flip_h[i], flip_w[i], turns[i]))
+
+    expected = reference()
+    for _ in range(6):
+        got = next(stream)
+        items = [next(expected) for _ in range(batch)]
+        assert np.array_equal(got["image"].numpy(), np.stack([x[0] for x in items]).astype(np.float32))
+        assert np.array_equal(got["target"].numpy(), np.stack([x[1] for x in items]).astype(np.int64))

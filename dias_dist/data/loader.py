@@ -29,12 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dias_dist import dist
 from dias_dist.config import DataConfig
 
-from .augment import apply_weak, weak_params
+from .augment import weak_params
 from . import location
 from .folds import split_keys
 from .shards import open_shard, split_entry
@@ -196,31 +197,61 @@ def _patches_of(source: TrainSource, shards, rng, cache: _ReaderCache, patch: in
             # reference crop: start in [0, H - P - 1] (randint upper bound exclusive)
             tops = rng.integers(0, max(height - patch, 1), per_sequence)
             lefts = rng.integers(0, max(width - patch, 1), per_sequence)
-            images = np.stack([frames[:, t:t + patch, l:l + patch] for t, l in zip(tops, lefts)])  # (K,T,P,P)
-            targets = np.stack([target[t:t + patch, l:l + patch] for t, l in zip(tops, lefts)])  # (K,P,P)
+            images = _crops(frames, tops, lefts, patch)  # (K,T,P,P)
+            targets = _crops(target, tops, lefts, patch)  # (K,P,P)
             if source.augment != "none":
-                _weak_in_place(images, targets, rng)
+                images, targets = _weak_views(images, targets, rng)
             for image, tgt in zip(images, targets):
                 if strong is not None:
                     image, (tgt,) = strong(image, [tgt], rng)  # float16 in, float32 out (it copies)
                 yield image, tgt, source.is_pseudo
 
 
-def _weak_in_place(images_ktpp: np.ndarray, targets_kpp: np.ndarray, rng: np.random.Generator) -> None:
-    """Weak augmentation of K patches, each with its own draw, image and target together.
+def _crops(array_hw: np.ndarray, tops: np.ndarray, lefts: np.ndarray, patch: int) -> np.ndarray:
+    """Copies of the P x P windows of ``array_hw`` (..., H, W) at (tops[i], lefts[i]): (K, ..., P, P).
 
-    Patches that share one of the 8 flip/rotation combinations are transformed as one block,
-    so the patches stay contiguous (fast batch assembly) and Python overhead stays per block.
+    One fancy-indexing gather over the windows view (no Python loop over the K crops).
+    """
+    windows = sliding_window_view(array_hw, (patch, patch), axis=(-2, -1))  # (..., H-P+1, W-P+1, P, P) view
+    lead = array_hw.ndim - 2
+    windows = windows.transpose(lead, lead + 1, *range(lead), lead + 2, lead + 3)  # (H-P+1, W-P+1, ..., P, P)
+    return windows[tops, lefts]
+
+
+def _weak_views(images_ktpp: np.ndarray, targets_kpp: np.ndarray, rng: np.random.Generator):
+    """Weak augmentation of K patches, each with its own draw, image and target together, as views.
+
+    images_ktpp (K,T,P,P), targets_kpp (K,P,P) -> (K views (T,P,P), K views (P,P)); nothing is copied:
+    the batch's ``np.stack`` is the one copy that moves the elements (cheaper than transforming in
+    place and stacking after: one pass over the patch less). Draws ``weak_params(rng, K)`` and gives
+    the values of ``augment.apply_weak`` (flip H, flip W, then rot90 by k), written as basic slicing.
     """
     flip_h, flip_w, turns = weak_params(rng, len(images_ktpp))
-    combo = flip_h * 8 + flip_w * 4 + turns
-    for value in np.unique(combo):
-        idx = np.flatnonzero(combo == value)
-        fh, fw, k = bool(value & 8), bool(value & 4), int(value & 3)
-        if not (fh or fw or k):
-            continue
-        images_ktpp[idx] = apply_weak(images_ktpp[idx], fh, fw, k)
-        targets_kpp[idx] = apply_weak(targets_kpp[idx], fh, fw, k)
+    images, targets = [], []
+    for image, target, fh, fw, k in zip(images_ktpp, targets_kpp, flip_h.tolist(), flip_w.tolist(), turns.tolist()):
+        image, target = _DIHEDRAL[fh, fw, k](image), _DIHEDRAL[fh, fw, k](target)
+        images.append(image)
+        targets.append(target)
+    return images, targets
+
+
+def _dihedral(flip_h: bool, flip_w: bool, k: int):
+    """The view function of ``apply_weak(., flip_h, flip_w, k)`` on (..., P, P) arrays, by basic slicing."""
+    # rot90 by k of the (H, W) plane after the flips: k=1: flip W then swap; k=2: flip both; k=3: swap then flip W
+    fh, fw = flip_h, flip_w
+    if k == 2:
+        fh, fw = not fh, not fw
+    step_h, step_w = (-1 if fh else 1), (-1 if fw else 1)
+    if k == 1:
+        step_w = -step_w
+    if k in (1, 3):
+        if k == 3:  # swap first, then flip the new last axis = the old H axis
+            step_h = -step_h
+        return lambda a: a[..., ::step_h, ::step_w].swapaxes(-2, -1)
+    return lambda a: a[..., ::step_h, ::step_w]
+
+
+_DIHEDRAL = {(fh, fw, k): _dihedral(fh, fw, k) for fh in (False, True) for fw in (False, True) for k in range(4)}
 
 
 class PatchStream(IterableDataset):

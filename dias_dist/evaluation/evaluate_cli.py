@@ -21,8 +21,10 @@ from pathlib import Path
 
 from dias_dist import dist
 from dias_dist.data import timeouts
+from dias_dist.data.preprocess import NUM_FRAMES
 from dias_dist.evaluation.evaluate import evaluate_split, print_summary
 from dias_dist.methods import build_network
+from dias_dist.models import cpu_tuning
 from dias_dist.predict.ensemble import add_argument as add_ensemble_argument
 from dias_dist.predict.ensemble import ensemble_of
 from dias_dist.predict.model import TrainedModel, load_trained_model
@@ -60,6 +62,10 @@ def main(args: argparse.Namespace) -> int:
             model = ensemble_of(members).network
             title = f"ensemble of {len(members)} models ({cfg.model.name}, {cfg.method.name} first)"
         model.to(device).eval()
+        tags = cpu_tuning.tune_for_inference(model, device, frames=NUM_FRAMES, batch=cfg.eval.batch_size,
+                                             tile=cfg.eval.patch_size_px) if dist.is_main() else {}
+        if tags:
+            print(f"[dias] ConvGRU arrangement on this CPU: {tags['convgru_eval']}", flush=True)
         if args.out:
             out_dir = Path(args.out)
         elif is_mlflow_uri(args.checkpoint):

@@ -23,11 +23,12 @@ with ``impl="torch"`` or ``"triton"`` overrides it, ``impl="auto"`` follows it. 
 Triton for CUDA tensors when the kernels import, else to PyTorch. Arguments handed to the functions
 may be batch slices of bigger tensors (only the batch stride differs from contiguous).
 
-Arrangement: the same parameters can be stepped two ways.
+Arrangement: the same parameters can be stepped three ways.
 ``"batched"`` is the layout above (one C -> 3C convolution over all B*T frames, then per step
 C -> 2C and C -> C hidden convolutions); ``"stepped"`` concatenates the weights at call time and
 runs, per step, one 2C -> 2C convolution on [x_t, h] (z and r) and one 2C -> C on [x_t, r*h] (n), as
-the reference code arranges it (with its two gate convolutions merged into one). Equal FLOPs, other
+the reference code arranges it (with its two gate convolutions merged into one); ``"split"`` is the
+reference cell exactly (three 2C -> C convolutions per step, r and z apart). Equal FLOPs, other
 GEMM shapes: which is faster depends on the device and on whether autograd records the graph, so
 ``arrangement="auto"`` (the default, a class attribute an instance may override) looks up
 ``PREFERRED_ARRANGEMENT[(device type, grad enabled)]``, measured with ``benchmarks/roofline.py``.
@@ -75,7 +76,7 @@ INIT_CHOICES = ("unsplit", "split")  # fan-in of the reference's (2C -> C) convs
 _default_impl = "auto"
 
 
-ARRANGEMENT_CHOICES = ("auto", "batched", "stepped")
+ARRANGEMENT_CHOICES = ("auto", "batched", "stepped", "split")
 # (device type, torch.is_grad_enabled()) -> arrangement; anything not listed runs "batched" (the
 # layout the Triton kernels are written for). CPU, full-size VSS-Net (benchmarks/README.md, roofline):
 # in training both are on par; in no-grad inference the stepped GEMMs (2C wide) run closer to the
@@ -84,7 +85,7 @@ PREFERRED_ARRANGEMENT: dict[tuple[str, bool], str] = {("cpu", True): "batched", 
 
 
 def resolve_arrangement(name: str, device: torch.device, grad_enabled: bool) -> str:
-    """Concrete arrangement ("batched" | "stepped") for a module setting ``name`` on ``device``."""
+    """Concrete arrangement ("batched" | "stepped" | "split") for a module setting ``name`` on ``device``."""
     if name not in ARRANGEMENT_CHOICES:
         raise ValueError(f"unknown ConvGRU arrangement {name!r}; valid: {', '.join(ARRANGEMENT_CHOICES)}")
     if name == "auto":
@@ -145,7 +146,7 @@ class ConvGRU(nn.Module):
     (``arrangement="batched"``; see the module docstring for "stepped" and "auto").
     """
 
-    arrangement: str = "auto"  # auto | batched | stepped; an instance attribute overrides it
+    arrangement: str = "auto"  # auto | batched | stepped | split; an instance attribute overrides it
 
     def __init__(self, channels: int, impl: str = "auto", init: str = "unsplit"):
         super().__init__()
@@ -178,9 +179,11 @@ class ConvGRU(nn.Module):
                 f"got x {tuple(x_BTCHW.shape)} and h0 {tuple(h0_BCHW.shape)}"
             )
         impl = resolve_impl(self.impl, x_BTCHW.device)
-        if impl == "torch" and resolve_arrangement(self.arrangement, x_BTCHW.device,
-                                                   torch.is_grad_enabled()) == "stepped":
+        arrangement = resolve_arrangement(self.arrangement, x_BTCHW.device, torch.is_grad_enabled())
+        if impl == "torch" and arrangement == "stepped":
             return self._forward_stepped(x_BTCHW, h0_BCHW, reverse)
+        if impl == "torch" and arrangement == "split":
+            return self._forward_split(x_BTCHW, h0_BCHW, reverse)
         gates, update = IMPLS[impl]
         x_all = self.input_conv(x_BTCHW.reshape(B * T, C, H, W)).view(B, T, 3 * C, H, W)
         # Split once with unbind: per-step indexing of x_all would make autograd allocate a
@@ -212,6 +215,28 @@ class ConvGRU(nn.Module):
             x_t = x_BTCHW[:, t]
             z, r = torch.sigmoid(F.conv2d(torch.cat([x_t, h], dim=1), w_zr, bias[: 2 * C], padding=1)).chunk(2, dim=1)
             n = torch.tanh(F.conv2d(torch.cat([x_t, r * h], dim=1), w_n, bias[2 * C :], padding=1))
+            h = (1 - z) * n + z * h
+            hidden[t] = h
+        return torch.stack(hidden, dim=1)
+
+    def _forward_split(self, x_BTCHW: torch.Tensor, h0_BCHW: torch.Tensor, reverse: bool) -> torch.Tensor:
+        """The "split" arrangement: the reference cell exactly as written, per step three (2C -> C)
+        convolutions, r and z on [x_t, h], n on [x_t, r*h] (same parameters, sliced at call time).
+        On some CPUs two C-wide GEMMs beat one 2C-wide one (``cpu_tuning`` measures it)."""
+        B, T, C, H, W = x_BTCHW.shape
+        w_in, bias, w_h = self.input_conv.weight, self.input_conv.bias, self.hidden_zr.weight
+        w_z = torch.cat([w_in[:C], w_h[:C]], dim=1)  # (C, 2C, 3, 3) on [x_t, h]
+        w_r = torch.cat([w_in[C : 2 * C], w_h[C:]], dim=1)
+        w_n = torch.cat([w_in[2 * C :], self.hidden_n.weight], dim=1)  # on [x_t, r*h]
+        b_z, b_r, b_n = bias[:C], bias[C : 2 * C], bias[2 * C :]
+        h = h0_BCHW
+        hidden = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            x_t = x_BTCHW[:, t]
+            xh = torch.cat([x_t, h], dim=1)
+            r = torch.sigmoid(F.conv2d(xh, w_r, b_r, padding=1))
+            z = torch.sigmoid(F.conv2d(xh, w_z, b_z, padding=1))
+            n = torch.tanh(F.conv2d(torch.cat([x_t, r * h], dim=1), w_n, b_n, padding=1))
             h = (1 - z) * n + z * h
             hidden[t] = h
         return torch.stack(hidden, dim=1)

@@ -1,15 +1,16 @@
-"""CPU choices made by measurement, not by a table: which ConvGRU arrangement ("batched" or
-"stepped", ``dias_dist.models.convgru``) runs a given network fastest at the shapes in use, with and
+"""CPU choices made by measurement, not by a table: which ConvGRU arrangement ("batched", "stepped"
+or "split", ``dias_dist.models.convgru``) runs a given network fastest at the shapes in use, with and
 without autograd, on this machine.
 
-The two arrangements compute the same cell with the same parameters (tests/test_convgru.py); which
+The arrangements compute the same cell with the same parameters (tests/test_convgru.py); which
 GEMM shapes run faster depends on the CPU (vector width, AMX, cache sizes), so a fixed table measured
 on one CPU is wrong on another. ``choose`` times the whole network (forward, plus backward when
 ``grad``) under each arrangement at the shape it will see, keeps the fastest, and caches the result
-in ``cache_file()`` per CPU model, torch version, thread count, network and shape, so each machine
+in ``cache_file()`` per CPU model, torch version, thread count, network, shape and candidate set, so each machine
 measures once (``dias tune-cpu`` does it ahead of time). ``apply`` makes the choice the process-wide
-"auto" arrangement (``convgru.PREFERRED_ARRANGEMENT``); the trainer, ``dias evaluate`` and ``dias
-predict`` call ``tune_network`` on rank 0 and log what was chosen and the timings.
+"auto" arrangement (``convgru.PREFERRED_ARRANGEMENT``); the trainer calls ``tune_network`` on rank 0
+and logs what was chosen and the timings, ``dias evaluate`` and ``dias predict`` call
+``tune_for_inference`` (no-grad, their tile batch) and print / record the choice.
 
 ``DIAS_CPU_CHOICES=table`` turns measuring off (the measured table in ``convgru`` stands: the test
 suite uses it, so that its numbers do not depend on a timing); ``DIAS_CACHE_DIR`` moves the cache.
@@ -152,7 +153,7 @@ def choose(model: nn.Module, example: torch.Tensor, grad: bool, *, repeats: int 
     if not has_convgru(model) or not measuring():
         return None
     key = (f"{machine_key()} | {type(model).__name__} {sum(p.numel() for p in model.parameters())} params | "
-           f"{'train' if grad else 'eval'} {tuple(example.shape)} {example.dtype}")
+           f"{'train' if grad else 'eval'} {tuple(example.shape)} {example.dtype} | {'/'.join(CANDIDATES)}")
     entries = load_cache(path)
     if key in entries:
         return {**entries[key], "cached": True, "key": key}
@@ -193,3 +194,14 @@ def tune_network(model: nn.Module, examples: dict[bool, torch.Tensor]) -> dict[s
         tags[f"convgru_{'train' if grad else 'eval'}"] = (f"{result['choice']} ({times}, "
                                                           f"{'cached' if result['cached'] else 'measured'})")
     return tags
+
+
+def tune_for_inference(model: nn.Module, device: torch.device, *, frames: int, batch: int, tile: int) -> dict[str, str]:
+    """``dias evaluate`` / ``dias predict``: on a CPU, choose and apply the no-grad arrangement for a batch
+    of tiles (batch, frames, tile, tile) in ``model``'s layout; ``{}`` on a GPU, for the whole image at
+    once (``tile`` 0: its size varies) or when nothing is measured. Returns ``tune_network``'s tags."""
+    if device.type != "cpu" or tile <= 0 or not has_convgru(model) or not measuring():
+        return {}
+    generator = torch.Generator().manual_seed(0)
+    example = to_layout(torch.randn(batch, frames, tile, tile, generator=generator), input_layout(model))
+    return tune_network(model, {False: example})
