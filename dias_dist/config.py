@@ -135,6 +135,7 @@ class EvalConfig:
     cpu_bf16: bool = False  # bf16 autocast for evaluation/prediction on CPU even after fp32 training (AVX512-BF16/AMX)
     compile: bool = False  # torch.compile the evaluation/prediction forward: 1.13x on CPU after ~15 s of compiling
     blend: str = "uniform"  # tile overlap: uniform (the paper's average) | gaussian (seam-free; dias predict's default)
+    softmax: str = "limited"  # 3-channel heads: limited (softmax over channels 0..1, the reference) | full (all channels)
 
 
 @dataclass(kw_only=True)
@@ -327,7 +328,8 @@ def select_metric_problem(name: str) -> str | None:
 # Keys whose string value must have a form: a function returning what is wrong, or None.
 FORMS = {"data.shards": location.problem, "train.run_name": run_name_problem,
          "eval.select_metric": select_metric_problem,
-         "eval.blend": lambda value: None if value in ("uniform", "gaussian") else "must be uniform or gaussian"}
+         "eval.blend": lambda value: None if value in ("uniform", "gaussian") else "must be uniform or gaussian",
+         "eval.softmax": lambda value: None if value in ("limited", "full") else "must be limited or full"}
 
 
 def count_values(data: Any, where: str, source: str, limit: int = MAX_CONFIG_VALUES) -> int:

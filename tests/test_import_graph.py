@@ -37,6 +37,7 @@ FUNCTION_LEVEL = {
     ("dias_dist.predict.cli", "dias_dist.predict.writers"): "command module: dias predict -h imports no torch",
     ("dias_dist.predict.cli", "dias_dist.progress"): "command module: dias predict -h imports no torch",
     ("dias_dist.predict.cli", "dias_dist.predict.frames"): "command module: dias predict -h imports no torch",
+    ("dias_dist.predict.cli", "dias_dist.predict.fov"): "command module: dias predict -h imports no torch",
     ("dias_dist.predict.cli", "dias_dist.predict.postprocess"): "command module: dias predict -h imports no torch",
     ("dias_dist.predict.cli", "dias_dist.predict.prepare"): "command module: dias predict -h imports no torch",
     ("dias_dist.predict.cli", "dias_dist.predict.subtract"): "command module: dias predict -h imports no torch",

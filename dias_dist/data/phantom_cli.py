@@ -2,7 +2,9 @@
 
 IDs are global as in the release: training s0.., validation next, test next, unlabeled next.
 Training sequences also get ``scribble_labels/RDFA`` (docs/REFERENCE.md §9 generator, reference
-settings) and ``scribble_labels/SALE`` (SALE-like strokes). Sequence ``s`` is generated from
+settings, thresholds as absolute pixel counts: ``scale="absolute"``, phantom v2's scribbles, on which
+the committed phantom results were measured; docs/DECISIONS.md "Scribble thresholds and the image
+size") and ``scribble_labels/SALE`` (SALE-like strokes). Sequence ``s`` is generated from
 ``SeedSequence([seed, s])`` alone, so any subset regenerates bit-identically.
 
 ``--native`` also writes each sequence's unsubtracted run as the angiography system stores it:
@@ -97,7 +99,7 @@ def write_phantom_dataset(out_dir: str | Path, *, size: int = 800, train: int = 
             save_png(out / split / "labels" / f"label_s{seq_id}.png", seq.label * 255)
         if split == "training":
             scribble_rng = sequence_rng(seed, seq_id, 1)
-            scribbles = {"RDFA": rdfa_scribble(seq.label, scribble_rng),
+            scribbles = {"RDFA": rdfa_scribble(seq.label, scribble_rng, scale="absolute"),  # phantom v2's
                          "SALE": sale_scribble(seq.label, scribble_rng)}
             for folder, scribble in scribbles.items():
                 save_png(out / split / "scribble_labels" / folder / f"label_s{seq_id}.png", scribble)

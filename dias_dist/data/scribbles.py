@@ -18,6 +18,17 @@ binary ground truth G:
    3x3 dilation, then, if |M| > ``shift_min_area``, a random shift of up to ``max_shift_px`` and a
    rotation of up to ``max_rotation_deg`` about the image centre (reference: 6 px, 15 deg; set
    both to 0 to keep strokes on the vessels), then masking by M.
+
+Image size (``scale``, docs/DECISIONS.md "Scribble thresholds and the image size"): the reference's
+thresholds are pixel counts of an 800x800 DSA image. With ``scale="area"`` (default) they describe the
+same structure at any size: for an (H, W) label, the areas (``erosion_min_area``, ``shift_min_area``)
+are multiplied by a = H W / ``reference_size_px``^2 and the lengths (``min_component_px``, a skeleton
+pixel count, and ``max_shift_px``, rounded to whole pixels) by sqrt(a); at 800x800 both factors are 1,
+the reference exactly. ``scale="absolute"`` uses the counts as given at every size (the reference
+run on another size; what every scribble of this project was before). Not scaled: the erosion depth
+(1-2 iterations, already the smallest step) and the rotation (an angle). The SALE-like generator
+is this project's own (no reference size): its ``min_radius_px`` and ``background_margin_px`` stay
+absolute by default; ``scale="area"`` scales them as lengths of an 800 px image.
 """
 from __future__ import annotations
 
@@ -29,6 +40,33 @@ from scipy import ndimage
 UNANNOTATED = 255
 _EIGHT = ndimage.generate_binary_structure(2, 2)  # 3x3 all ones
 _OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+SCALES = ("area", "absolute")  # how pixel thresholds follow the image size (module docstring)
+REFERENCE_SIZE_PX = 800  # the side of the DSA images the reference's thresholds were set for
+
+
+def size_factors(shape: tuple[int, ...], scale: str = "area",
+                 reference_size_px: int = REFERENCE_SIZE_PX) -> tuple[float, float]:
+    """(area factor, length factor) for a label of ``shape`` (H, W): (H W / ref^2, its square root) under
+    ``scale="area"``, (1, 1) under ``"absolute"``; ValueError naming a bad ``scale`` or size."""
+    if scale not in SCALES:
+        raise ValueError(f"scribble scale {scale!r}: choose one of {', '.join(SCALES)}")
+    if reference_size_px <= 0:
+        raise ValueError(f"reference_size_px {reference_size_px}: must be > 0")
+    if scale == "absolute":
+        return 1.0, 1.0
+    area = shape[0] * shape[1] / float(reference_size_px) ** 2
+    return area, math.sqrt(area)
+
+
+def rdfa_thresholds(shape: tuple[int, ...], *, scale: str = "area", reference_size_px: int = REFERENCE_SIZE_PX,
+                    erosion_min_area: float = 900, shift_min_area: float = 1000, min_component_px: float = 15,
+                    max_shift_px: int = 6) -> dict:
+    """The RDFA thresholds ``rdfa_scribble`` applies to a label of ``shape`` (H, W): areas x the area
+    factor, ``min_component_px`` x the length factor, ``max_shift_px`` x the length factor rounded half
+    up to an int (``size_factors``). At 800x800, or with ``scale="absolute"``, the values as given."""
+    area, length = size_factors(shape, scale, reference_size_px)
+    return {"erosion_min_area": erosion_min_area * area, "shift_min_area": shift_min_area * area,
+            "min_component_px": min_component_px * length, "max_shift_px": int(math.floor(max_shift_px * length + 0.5))}  # half up
 
 
 def _skeleton(mask: np.ndarray, erosion_range, erosion_min_area, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -90,11 +128,18 @@ def _shift_rotate(stroke: np.ndarray, max_shift_px: int, max_rotation_deg: float
 
 def rdfa_scribble(label: np.ndarray, rng: np.random.Generator, *, erosion_range=(1, 2), erosion_min_area: int = 900,
                   min_component_px: int = 15, shift_min_area: int = 1000, max_shift_px: int = 6,
-                  max_rotation_deg: float = 15.0) -> np.ndarray:
-    """RDFA scribble of a binary label uint8/bool (H, W) -> uint8 (H, W) {0, 1, 255} (module doc)."""
+                  max_rotation_deg: float = 15.0, scale: str = "area",
+                  reference_size_px: int = REFERENCE_SIZE_PX) -> np.ndarray:
+    """RDFA scribble of a binary label uint8/bool (H, W) -> uint8 (H, W) {0, 1, 255} (module doc). The
+    pixel thresholds are those of an 800x800 image, scaled to (H, W) by ``scale`` ("area" | "absolute")."""
     label = np.asarray(label) > 0
     if label.ndim != 2:
         raise ValueError(f"rdfa_scribble expects a 2-D label, got shape {label.shape}")
+    sized = rdfa_thresholds(label.shape, scale=scale, reference_size_px=reference_size_px,
+                            erosion_min_area=erosion_min_area, shift_min_area=shift_min_area,
+                            min_component_px=min_component_px, max_shift_px=max_shift_px)
+    erosion_min_area, shift_min_area = sized["erosion_min_area"], sized["shift_min_area"]
+    min_component_px, max_shift_px = sized["min_component_px"], sized["max_shift_px"]
     out = np.full(label.shape, UNANNOTATED, dtype=np.uint8)
     background = ~label
     bg_skeleton, _ = _skeleton(background, erosion_range, erosion_min_area, rng)
@@ -123,20 +168,23 @@ def _smooth_curve(start, length, rng, curvature_std=0.08):
 
 
 def sale_scribble(label: np.ndarray, rng: np.random.Generator, *, min_radius_px: float = 2.0,
-                  vessel_fraction: float = 0.5, background_strokes: int = 8, background_margin_px: float = 4.0
-                  ) -> np.ndarray:
+                  vessel_fraction: float = 0.5, background_strokes: int = 8, background_margin_px: float = 4.0,
+                  scale: str = "absolute", reference_size_px: int = REFERENCE_SIZE_PX) -> np.ndarray:
     """SALE-like manual scribble of a binary label (H, W) -> uint8 (H, W) {0, 1, 255}.
 
     Vessel: pieces of the centreline of vessels at least ``min_radius_px`` thick (what an
     annotator strokes), keeping about ``vessel_fraction`` of that centreline in runs, 3 px wide.
     Background: ``background_strokes`` smooth free-hand curves kept only farther than
-    ``background_margin_px`` from any vessel, 3 px wide.
+    ``background_margin_px`` from any vessel, 3 px wide. Both lengths in px as given (``scale=
+    "absolute"``, default), or as lengths of an 800x800 image times the length factor (``"area"``).
     """
     from skimage.morphology import skeletonize
 
     label = np.asarray(label) > 0
     if label.ndim != 2:
         raise ValueError(f"sale_scribble expects a 2-D label, got shape {label.shape}")
+    _, length = size_factors(label.shape, scale, reference_size_px)
+    min_radius_px, background_margin_px = min_radius_px * length, background_margin_px * length
     height, width = label.shape
     out = np.full(label.shape, UNANNOTATED, dtype=np.uint8)
     inside_dist = ndimage.distance_transform_edt(label)

@@ -125,7 +125,8 @@ def model_probability_fn(model: nn.Module, eval_cfg: EvalConfig, device: torch.d
     was_training = network.training
     network.eval()
     amp = bool(amp) or (eval_cfg.cpu_bf16 and torch.device(device).type == "cpu")
-    predict = model_predict_fn(network, device, input_layout(network), amp, compile=eval_cfg.compile)
+    predict = model_predict_fn(network, device, input_layout(network), amp, compile=eval_cfg.compile,
+                               softmax=eval_cfg.softmax)
 
     def probability(image_THW) -> np.ndarray:
         # tile on the model's device: one host->device copy per image instead of one per batch

@@ -98,12 +98,13 @@ def sliding_window_probability(predict_fn: PredictFn, image_THW, *, patch: int =
 
 
 def model_predict_fn(model: nn.Module, device: torch.device | str, layout: str, amp: bool = False,
-                     compile: bool = False) -> PredictFn:
+                     compile: bool = False, softmax: str = "limited") -> PredictFn:
     """predict_fn for ``sliding_window_probability`` from a model returning logits (N, C, P, P).
 
     Moves tiles (N, T, P, P) float32 to ``device``, reshapes them to ``layout`` ("frames" /
     "sequence"), runs the model without gradients (bf16 autocast on ``device`` when ``amp``) and
-    returns the limited-softmax vessel probability float32 (N, P, P). The caller puts the model
+    returns the vessel probability float32 (N, P, P): limited softmax (channels 0..1, the reference) or
+    ``softmax="full"`` (every channel; ``models.vessel_probability``). The caller puts the model
     in eval mode. ``compile``: the forward goes through ``torch.compile`` (inductor), see
     ``compiled_forward``.
     """
@@ -116,7 +117,7 @@ def model_predict_fn(model: nn.Module, device: torch.device | str, layout: str, 
         x = to_layout(tiles_NTPP.to(device, non_blocking=True), layout)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_autocast):
             logits = forward(x)
-        return vessel_probability(logits)
+        return vessel_probability(logits, softmax)
 
     return predict
 

@@ -138,12 +138,20 @@ def as_frames(x: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected (B,T,H,W) or (B,1,T,H,W), got {tuple(x.shape)}")
 
 
-def vessel_probability(logits_BCHW: torch.Tensor) -> torch.Tensor:
-    """Vessel probability (B, H, W) from logits with 2 or 3 channels (the "limited softmax":
-    softmax over the background/vessel channels 0..1 only, as DIAS does for 3-channel heads)."""
+SOFTMAX_CHOICES = ("limited", "full")
+
+
+def vessel_probability(logits_BCHW: torch.Tensor, softmax: str = "limited") -> torch.Tensor:
+    """Vessel probability (B, H, W) from logits with 2 or 3 channels. ``softmax="limited"`` (the
+    reference): softmax over the background/vessel channels 0..1 only, as DIAS does for 3-channel
+    heads; ``"full"``: softmax over every channel, so mass a 3-channel head keeps on its third
+    ("unannotated") channel is not renormalised into the two classes (the same for 2 channels)."""
     if logits_BCHW.dim() != 4 or logits_BCHW.shape[1] < 2:
         raise ValueError(f"expected logits (B, C>=2, H, W), got {tuple(logits_BCHW.shape)}")
-    return torch.softmax(logits_BCHW[:, :2].float(), dim=1)[:, 1]
+    if softmax not in SOFTMAX_CHOICES:
+        raise ValueError(f"softmax {softmax!r}: choose one of {', '.join(SOFTMAX_CHOICES)}")
+    channels = logits_BCHW if softmax == "full" else logits_BCHW[:, :2]
+    return torch.softmax(channels.float(), dim=1)[:, 1]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,6 +23,11 @@ isocentre (``dias_dist.predict.calibration``), tiles are blended with Gaussian w
 ``dias evaluate`` keeps the paper's uniform average), optional flip TTA (``--tta``) and clean-up
 (``--min-size``), ``--anonymize`` keeps patient identifiers out of the outputs.
 
+Field of view (``--fov``, ``dias_dist.predict.fov``): one mask file for every series, or a folder of
+masks named like the series; the probability (and so the mask) is 0 outside, and ``summary.json``
+records the mask (``"fov"``; ``null`` without one). A missing, colour, non-binary or empty mask is
+refused before the model loads; a mask of another size fails its series.
+
 Budget: a frame over ``--max-pixels`` pixels (default 2048x2048) or a series over ``--max-frames``
 frames (default 64) is refused from its header, before any pixel is decoded (a failed series).
 """
@@ -36,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from dias_dist.models import cpu_tuning
 from dias_dist.predict.ensemble import add_argument as add_ensemble_argument
 from dias_dist.predict.ensemble import load_ensemble
 from dias_dist.predict.readers import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
@@ -116,6 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anonymize", "--no-patient-ids", dest="anonymize", action="store_true",
                         help="leave patient identifiers out of the outputs (SEG patient/study attributes empty, "
                              "summary.json and the marker record the series name, not the input path)")
+    parser.add_argument("--fov", default=None, metavar="PATH",
+                        help="field-of-view mask: one binary mask file (0 outside, 255 inside) for every series, or "
+                             "a folder of masks named like the series (<name>.png for scan.dcm, scan.npy or the "
+                             "frame folder scan/); probability and mask are 0 outside, summary.json records it")
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                         help=f"most frames per series (default {DEFAULT_MAX_FRAMES}); checked from the headers "
                              "before decoding")
@@ -134,6 +144,7 @@ def _device(name: str) -> torch.device:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dias_dist.predict.fov import apply_fov, check_size, fov_files, fov_record, read_fov
     from dias_dist.predict.frames import parse_indices
     from dias_dist.predict.model import series_probability
     from dias_dist.predict.postprocess import parse_min_size
@@ -173,6 +184,12 @@ def main(args: argparse.Namespace) -> int:
         more = f" (and {len(refused) - 1} more: {', '.join(m.split(': ')[0] for m in refused[1:4])}" \
                f"{' ...' if len(refused) > 4 else ''})" if len(refused) > 1 else ""
         raise ValueError(refused[0] + more)
+    fov_paths = [None] * len(paths) if args.fov is None else fov_files(args.fov, paths)
+    # every mask is checked now; one file for all series stays in memory, a folder's masks are read again per series
+    single = {}
+    for fov_path in dict.fromkeys(p for p in fov_paths if p is not None):
+        mask = read_fov(fov_path)
+        single = {fov_path: mask} if len(set(fov_paths)) == 1 else {}
     model = load_ensemble([args.model, *args.ensemble], tracking_uri=args.tracking_uri)
     cfg = model.cfg
     tile = cfg.eval.patch_size_px if tile is None else tile
@@ -180,24 +197,34 @@ def main(args: argparse.Namespace) -> int:
     if tile < 0 or (tile > 0 and not 0 < stride <= tile):
         raise ValueError(f"--tile {tile} --stride {stride}: need 0 < stride <= tile (or tile 0: whole image)")
     threshold = cfg.eval.threshold if args.threshold is None else args.threshold
+    arrangement = cpu_tuning.tune_for_inference(model.network, device, frames=model.num_frames,
+                                                batch=args.batch_size or cfg.eval.batch_size, tile=tile)
     fast_bf16 = args.fast and native_bf16(device)
     amp = cfg.train.bf16_autocast(device) or args.bf16 or fast_bf16
     failures, written = [], []
-    for path, name in bar(list(zip(paths, names)), desc="predict", unit="series", enabled=None):
+    for path, name, fov_path in bar(list(zip(paths, names, fov_paths)), desc="predict", unit="series", enabled=None):
         tic = time.perf_counter()
         try:
             series = read_series(path, budget)
             prepared = prepare(series, subtract=args.subtract, native=args.native, frames=args.frames)
+            fov = None if fov_path is None else single.get(fov_path)
+            fov = read_fov(fov_path) if fov_path is not None and fov is None else fov
+            if fov is not None:  # before the model runs: a mask of another size fails the series at no cost
+                check_size(fov, prepared.frames.shape[1:], fov_path)
             prob = series_probability(model, prepared.frames, device=device, tile=tile, stride=stride,
                                       batch_size=args.batch_size, amp=amp, compile=args.compile or None,
                                       blend=args.blend, tta=args.tta)
+            if fov is not None:
+                prob = apply_fov(prob, fov, fov_path)
             summary = {"input": str(path), "kind": series.kind, "num_files": len(series.files),
                        "num_frames": int(prepared.frames.shape[0]), **prepared.record, "height": int(prob.shape[0]),
                        "width": int(prob.shape[1]), "model": model.source, "model_name": cfg.model.name,
                        "method": cfg.method.name, "model_step": model.step, "model_num_frames": model.num_frames,
                        "tile": tile, "stride": stride, "blend": args.blend, "tta": args.tta,
                        "device": str(device), "bf16_autocast": amp,
+                       "convgru_arrangement": arrangement.get("convgru_eval"),
                        "compiled": bool(args.compile or cfg.eval.compile),
+                       "fov": None if fov is None else fov_record(fov_path, fov, anonymize=args.anonymize),
                        "seconds": round(time.perf_counter() - tic, 3)}
             if series.frame_order is not None:
                 summary["frame_order"] = series.frame_order
