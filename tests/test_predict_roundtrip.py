@@ -43,16 +43,22 @@ def test_score_ignores_folders_predict_did_not_write(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def pyfunc_model(tiny_checkpoint, tmp_path_factory):
-    import mlflow.pyfunc
-
+def pyfunc_folder(tiny_checkpoint, tmp_path_factory):
+    """The saved pyfunc model's folder."""
     from dias_dist.predict.mlflow_model import save_pyfunc
 
     folder = tmp_path_factory.mktemp("pyfunc")
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(checkpoint.load(tiny_checkpoint)["config"]))
     save_pyfunc(tiny_checkpoint, config, folder / "model")
-    return mlflow.pyfunc.load_model(str(folder / "model"))
+    return folder / "model"
+
+
+@pytest.fixture(scope="module")
+def pyfunc_model(pyfunc_folder):
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(str(pyfunc_folder))
 
 
 def test_pyfunc_takes_uint8_uint16_and_float32_frames(pyfunc_model):
@@ -66,12 +72,27 @@ def test_pyfunc_takes_uint8_uint16_and_float32_frames(pyfunc_model):
     np.testing.assert_allclose(as_uint16, as_float, atol=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:.*validate_serving_input.*:FutureWarning")  # the check MLflow runs at logging
+def test_pyfunc_takes_frames_after_a_json_round_trip_and_its_input_example_validates(pyfunc_model, pyfunc_folder):
+    from mlflow.models import convert_input_example_to_serving_input, validate_serving_input
+
+    from dias_dist.predict.pyfunc_model import input_example
+
+    frames = np.random.default_rng(2).integers(40, 220, (4, 48, 48)).astype(np.uint8)
+    # JSON (mlflow models serve) gives the uint8 values back as int64: one map with the uint8 input
+    np.testing.assert_array_equal(pyfunc_model.predict(frames.astype(np.int64)), pyfunc_model.predict(frames))
+    # what MLflow checks when the model is logged: its own input example, through JSON
+    served = validate_serving_input(str(pyfunc_folder), convert_input_example_to_serving_input(input_example()))
+    assert np.asarray(served).shape == input_example().shape[1:]
+
+
 def test_pyfunc_metadata_says_what_it_expects_and_other_inputs_are_named(pyfunc_model):
     meta = pyfunc_model.metadata
     assert meta.metadata["input_dtypes"] == ["uint8", "uint16", "float32", "float64"]
     assert meta.metadata["input_shape"] == [-1, -1, -1] and "uint8" in meta.metadata["input"]
     assert meta.signature.outputs.inputs[0].shape == (-1, -1)
     assert {p.name for p in meta.signature.params} == {"tile", "stride", "batch_size", "device"}
-    for bad in (np.zeros((4, 8, 8), np.int64), np.zeros((8, 8), np.uint8), np.zeros((2, 8, 8, 3), np.uint8)):
+    for bad in (np.full((4, 8, 8), -1, np.int64), np.full((4, 8, 8), 70000, np.int32), np.zeros((4, 8, 8), bool),
+                np.zeros((8, 8), np.uint8), np.zeros((2, 8, 8, 3), np.uint8)):
         with pytest.raises(ValueError, match=r"dias model input must be frames \(T, H, W\).*got dtype"):
             pyfunc_model.predict(bad)

@@ -6,7 +6,7 @@ remote tracking server holds the weights) and the selected model (``eval.test_ch
 the test split was evaluated with; ``final`` when there is no test split) as an MLflow 3 LoggedModel
 named ``model``, linked to the run (``source_run_id``, the run's outputs; listed under "Logged models";
 ``runs:/<run_id>/model`` and ``models:/<model_id>`` both find it): a ``pyfunc`` model whose ``predict``
-takes one (T, H, W) series (uint8, uint16, float32 or float64; ``pyfunc_model.INPUT_DTYPES``), or a list of
+takes one (T, H, W) series (uint8, uint16, float32 or float64, ``pyfunc_model.INPUT_DTYPES``; integers in 0..65535 as JSON gives them), or a list of
 them, and returns the vessel probability map(s) float32 (H, W). It carries the weights and the resolved
 config (``artifacts/checkpoint.pt``, ``artifacts/config.yaml``), a signature (the output, with ``tile`` /
 ``stride`` / ``batch_size`` as optional parameters; the input dtypes and shape in the model's metadata

@@ -14,8 +14,11 @@ class DiasSegmenter(mlflow.pyfunc.PythonModel):
 
     Frames: ``INPUT_DTYPES`` (uint8 and uint16 as DSA systems store them, float32 / float64 at any
     positive linear scale of the intensities, e.g. values / 255): they are z-scored per series as in
-    training, so uint8 frames and the same frames / 255 give one map. Anything else (a colour axis,
-    2-D, bool, int64) is a ValueError naming the dtype and shape. params: ``tile``, ``stride``, ``batch_size`` of the
+    training, so uint8 frames and the same frames / 255 give one map. Other integer dtypes are taken
+    when every value lies in 0..65535: that is what uint8 / uint16 frames become after a JSON round
+    trip (``mlflow models serve``, and MLflow's check of the input example when the model is logged,
+    read them back as int64). Anything else (a colour axis, 2-D, bool, negative or larger integers) is
+    a ValueError naming the dtype and shape. params: ``tile``, ``stride``, ``batch_size`` of the
     sliding window (defaults: the training config's ``eval`` section; tile 0 = whole image),
     ``device`` ("cpu" unless given). The signature describes one series: MLflow's schema check
     admits one array per ``PyFuncModel.predict`` call, so a list of series of different sizes goes
@@ -39,14 +42,20 @@ class DiasSegmenter(mlflow.pyfunc.PythonModel):
 
 INPUT_DTYPES = ("uint8", "uint16", "float32", "float64")
 INPUT_DESCRIPTION = ("frames (T, H, W) of one series, dtype uint8, uint16, float32 or float64 (any positive linear "
-                     "scale: z-scored per series); or a list of such series")
+                     "scale: z-scored per series; other integer dtypes, as JSON gives them, with values in 0..65535); "
+                     "or a list of such series")
+JSON_INTEGER_MAX = 65535  # uint16, the widest integer frames DSA systems store
 
 
 def checked_frames(frames) -> np.ndarray:
     """float64 (T, H, W) of a series given as one of ``INPUT_DTYPES``; ValueError otherwise."""
     array = np.asarray(frames)
-    if array.dtype.name not in INPUT_DTYPES or array.ndim != 3:
+    as_json = array.dtype.kind in "iu" and array.dtype.name not in INPUT_DTYPES
+    if (array.dtype.name not in INPUT_DTYPES and not as_json) or array.ndim != 3:
         raise ValueError(f"dias model input must be {INPUT_DESCRIPTION}; got dtype {array.dtype} shape {array.shape}")
+    if as_json and array.size and (array.min() < 0 or array.max() > JSON_INTEGER_MAX):
+        raise ValueError(f"dias model input must be {INPUT_DESCRIPTION}; got dtype {array.dtype} shape {array.shape} "
+                         f"with values {array.min()}..{array.max()}")
     return array.astype(np.float64)
 
 
