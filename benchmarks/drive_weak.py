@@ -1,9 +1,10 @@
 """Table III on real vessels (issue 24 §3): the six scribble methods trained on DRIVE scribbles.
 
-    .venv/bin/python benchmarks/drive_weak.py --work /tmp/dias_drive --steps 1000 --seeds 0 \
-        --scribbles rdfa --out benchmarks/results/drive_weak_cpu
+    .venv/bin/python benchmarks/drive_weak.py --drive ../shared/data/drive --work /tmp/dias_drive \
+        --steps 1000 --seeds 0 1 2 --scribbles rdfa --out benchmarks/results/drive_weak_cpu
 
-Needs the imported DRIVE folder ``WORK/data`` that ``benchmarks/drive_supervised.py`` makes. Steps:
+Needs the imported DRIVE folder ``WORK/data``: made here from ``--drive`` (or ``$DIAS_DRIVE_DIR``) as
+``benchmarks/drive_supervised.py`` makes it (``dias import --val 3``) when it is missing. Steps:
 copy it to ``WORK/weak_data``, write RDFA scribbles with ``dias scribbles`` (thresholds scaled to the
 565x584 images, docs/DECISIONS.md) and SALE-like scribbles with ``data.scribbles.sale_scribble``
 (seeded per image) for the training images, shard, then one ``launch/train.py`` run per (method,
@@ -14,7 +15,15 @@ Every run is scored on the 20 test images against the full first-observer masks,
 ways: its final and its best-validation checkpoint (validation = 3 held-out training images with full
 masks), each with the reference's limited softmax (channels 0..1 renormalised) and with the full softmax
 over all channels (``eval.softmax=full``): the difference is the threshold-calibration effect of the
-third, unannotated channel (zero for DMPLS's two-channel head). Finished runs are reused.
+third, unannotated channel (zero for DMPLS's two-channel head). Finished runs are reused; ``--previous
+FILE.json`` carries the scores of runs made by an earlier invocation whose folders are gone (the table
+says which). Each run's own validation curve is checked with the issue's flatness rule (best validation
+DSC gained over the last quarter of the steps < 0.005), and the paper's pairwise orderings of Table III
+are tested seed by seed (paired: same seed, same scribbles).
+
+Several invocations may run side by side on the same ``--work`` (e.g. one per seed with
+``OMP_NUM_THREADS=1``) once the data is prepared; a last one with every seed and no training left
+writes the combined table.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from drive_supervised import FLAT_GAIN, flattening, read_records  # noqa: E402
 from machine import cpu_model, git_sha, load_average  # noqa: E402
 from weak_table import METHODS, PAPER_DSC  # noqa: E402  (the phantom table's method list and paper numbers)
 
@@ -54,10 +64,16 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu"})
 
 
-def prepare(work: Path, scribbles: list[str], seed: int = 2022) -> Path:
+def prepare(work: Path, scribbles: list[str], seed: int = 2022, drive: str = "") -> Path:
     """``WORK/weak_data`` with scribbles, sharded into ``WORK/weak_shards``; returns the shard folder."""
     data, shards = work / "weak_data", work / "weak_shards"
     dias_cli = str(Path(sys.executable).with_name("dias"))
+    if not (work / "data" / "import.json").is_file():
+        if not drive:
+            raise SystemExit(f"{work / 'data'} is not an imported DRIVE folder: pass --drive DRIVE_DIR "
+                             "(or set DIAS_DRIVE_DIR)")
+        sh(dias_cli, "import", drive, str(work / "data"), "--masks", "vessel_masks", "--fov", "fov_masks",
+           "--val", "3")
     if not (data / "import.json").is_file():
         shutil.copytree(work / "data", data)
     if "rdfa" in scribbles and not (data / "training" / "scribble_labels" / "RDFA").is_dir():
@@ -91,16 +107,17 @@ def scribble_stats(data: Path, scribble: str) -> dict:
     return {"vessel_px_annotated": float(np.mean(vessel)), "background_px_annotated": float(np.mean(background))}
 
 
-def run_one(work: Path, shards: Path, method: str, scribble: str, seed: int, steps: int, experiment: str) -> dict:
+def run_one(work: Path, shards: Path, method: str, scribble: str, seed: int, steps: int, experiment: str,
+            runs_dir: str = "weak_runs") -> dict:
     name = f"{method}-{scribble}-seed{seed}"
-    run = work / "weak_runs" / name
+    run = work / runs_dir / name
     times = run / "launch_time.json"
     if not times.is_file():
         start = time.time()
         sh(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "launch/train.py",
            f"configs/weak/{method}.yaml", f"data.shards={shards}", f"data.target=scribble_{scribble}", *RECIPE,
            f"train.epochs={max(1, steps // 100)}", "train.steps_per_epoch=100", f"train.seed={seed}",
-           f"train.run_dir={work / 'weak_runs'}", f"train.run_name={name}", f"track.experiment={experiment}",
+           f"train.run_dir={work / runs_dir}", f"train.run_name={name}", f"track.experiment={experiment}",
            f"track.tags={{scribble: {scribble}, data: drive}}")
         times.write_text(json.dumps({"start": start, "end": time.time()}))
     dias_cli = str(Path(sys.executable).with_name("dias"))
@@ -114,8 +131,10 @@ def run_one(work: Path, shards: Path, method: str, scribble: str, seed: int, ste
                str(out), "--no-images", f"eval.softmax={softmax}", f"data.shards={shards}")
         scores[label] = read_summary(out / "summary.csv")
     t = json.loads(times.read_text())
-    return {"name": name, "method": method, "scribble": scribble, "seed": seed,
-            "wall_min": (t["end"] - t["start"]) / 60, "scores": scores}
+    _, val = read_records(run)
+    return {"name": name, "method": method, "scribble": scribble, "seed": seed, "steps": steps,
+            "wall_min": (t["end"] - t["start"]) / 60, "scores": scores, "val_flat": flattening(val),
+            "git": git_sha()}
 
 
 def mean_std(values: list[float]) -> str:
@@ -125,10 +144,18 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {std:.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
+def own_flatness(rows: list[dict]) -> str:
+    """How many of the rows' own validation curves are flat, with their largest last-quarter gain."""
+    known = [r["val_flat"] for r in rows if r.get("val_flat")]
+    if not known:
+        return "-"
+    return f"{sum(f['flat'] for f in known)}/{len(known)} (max +{max(f['gain_last_quarter'] for f in known):.4f})"
+
+
 def table(results: list[dict], scribbles, methods, seeds) -> str:
     lines = ["| scribbles | method | seeds | DSC final (limited) | DSC final (full softmax) | DSC best (limited) "
-             "| DSC best (full) | Sen final | Spe final | clDice final | paper DSC |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| DSC best (full) | Sen final | Spe final | clDice final | val curve flat | paper DSC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for scribble in scribbles:
         for method in methods:
             rows = [r for r in results if r["method"] == method and r["scribble"] == scribble]
@@ -136,13 +163,47 @@ def table(results: list[dict], scribbles, methods, seeds) -> str:
                 continue
             cells = [mean_std([r["scores"][k]["dsc"] for r in rows]) for k in SCORINGS]
             cells += [mean_std([r["scores"]["final_limited"][m] for r in rows]) for m in ("sen", "spe", "cldice")]
+            cells.append(own_flatness(rows))
             lines.append(f"| {scribble.upper()} | {method} | {len(rows)} | " + " | ".join(cells)
                          + f" | {PAPER_DSC[scribble][method]:.4f} |")
     return "\n".join(lines)
 
 
+def orderings(results: list[dict], scribbles, methods, key: str = "final_limited") -> tuple[str, list[dict]]:
+    """Every pair the paper's Table III orders (A above B), tested on DRIVE seed by seed.
+
+    Per pair: the paired differences A - B over the seeds both have (same seed, same scribbles) and a
+    verdict: ``holds`` (A above B at every seed), ``reversed`` (below at every seed) or ``mixed``.
+    Returns (markdown table, rows).
+    """
+    rows = []
+    for scribble in scribbles:
+        by = {(r["method"], r["seed"]): r["scores"][key]["dsc"] for r in results if r["scribble"] == scribble}
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                hi, lo = (a, b) if PAPER_DSC[scribble][a] > PAPER_DSC[scribble][b] else (b, a)
+                seeds = sorted({s for (m, s) in by if m == hi} & {s for (m, s) in by if m == lo})
+                if not seeds:
+                    continue
+                diffs = [by[(hi, s)] - by[(lo, s)] for s in seeds]
+                verdict = "holds" if all(d > 0 for d in diffs) else "reversed" if all(d < 0 for d in diffs) \
+                    else "mixed"
+                rows.append({"scribble": scribble, "above": hi, "below": lo,
+                             "paper_gap": PAPER_DSC[scribble][hi] - PAPER_DSC[scribble][lo],
+                             "diffs": diffs, "verdict": verdict})
+    lines = ["| scribbles | paper: above > below (gap) | DRIVE difference per seed | mean | verdict |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scribble'].upper()} | {r['above']} > {r['below']} ({r['paper_gap']:+.4f}) | "
+                     + ", ".join(f"{d:+.4f}" for d in r["diffs"]) + f" | {statistics.mean(r['diffs']):+.4f} | "
+                     f"{r['verdict']} |")
+    return "\n".join(lines), rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--drive", default=os.environ.get("DIAS_DRIVE_DIR", ""),
+                        help="the DRIVE folder, imported into WORK/data when that is missing")
     parser.add_argument("--work", default="/tmp/dias_drive")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -151,21 +212,50 @@ def main(argv=None) -> int:
     parser.add_argument("--experiment", default="dias-drive-weak")
     parser.add_argument("--supervised", default="", help="a supervised run folder at the same budget, for the table")
     parser.add_argument("--out", default="benchmarks/results/drive_weak_cpu")
+    parser.add_argument("--runs-dir", default="weak_runs", help="run folders go to WORK/RUNS_DIR (one per budget)")
+    parser.add_argument("--previous", nargs="*", default=[], metavar="JSON",
+                        help="results files of earlier invocations: their runs are used where the run folder is gone")
+    parser.add_argument("--flat-steps", type=int, default=3000,
+                        help="the budget at which the supervised DRIVE curve flattened (drive_supervised_cpu.md)")
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
-    shards = prepare(work, args.scribbles)
+    shards = prepare(work, args.scribbles, drive=args.drive)
+    carried = {}
+    for path in args.previous:
+        previous = json.loads(Path(path).read_text())
+        for r in previous["runs"]:
+            carried[(r["method"], r["scribble"], r["seed"])] = r | {"carried_from": path,
+                                                                    "git": r.get("git", previous["git"])}
     load_before = load_average()
     results = []
     # seed by seed, so an interrupted table has whole rows of methods for the seeds done
     for seed in args.seeds:
         for scribble in args.scribbles:
             for method in args.methods:
-                results.append(run_one(work, shards, method, scribble, seed, args.steps, args.experiment))
+                old = carried.get((method, scribble, seed))
+                if old is not None and not (work / args.runs_dir / old["name"] / "launch_time.json").is_file():
+                    results.append(old)
+                    continue
+                results.append(run_one(work, shards, method, scribble, seed, args.steps, args.experiment,
+                                       args.runs_dir))
                 print(json.dumps(results[-1]), flush=True)
     stats = {s: scribble_stats(work / "weak_data", s) for s in args.scribbles}
-    command = "python benchmarks/drive_weak.py " + " ".join(argv or sys.argv[1:])
-    head = [f"# Table III on DRIVE ({cpu_model()}, one process, 2 threads, no GPU)", "",
-            f"Command: `{command}` (git {git_sha()}); load average before {load_before}, after {load_average()}.", "",
+    threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
+    command = f"OMP_NUM_THREADS={threads} python benchmarks/drive_weak.py " + " ".join(argv or sys.argv[1:])
+    flat_runs = [r["val_flat"]["flat"] for r in results if r.get("val_flat")]
+    budget = (f"**At the flattened budget**: {args.steps} steps per run, the budget at which the supervised DRIVE "
+              f"UNet's validation curve flattened (`drive_supervised_cpu.md`)" if args.steps >= args.flat_steps else
+              f"**Not at a flattened budget**: {args.steps} steps per run, below the {args.flat_steps} steps at which "
+              f"the supervised DRIVE UNet's validation curve flattened (`drive_supervised_cpu.md`)")
+    budget += (f"; {sum(flat_runs)} of {len(flat_runs)} runs whose curve is on disk are flat by their own validation "
+               f"curve (gain < {FLAT_GAIN} over the last quarter)" if flat_runs else "")
+    budget += f"; seeds {args.seeds} of the issue's 3; scribbles {', '.join(s.upper() for s in args.scribbles)}."
+    n_carried = sum("carried_from" in r for r in results)
+    order_md, order_rows = orderings(results, args.scribbles, args.methods)
+    head = [budget, "", f"# Table III on DRIVE ({cpu_model()}, one process per run, {threads} thread(s), no GPU)", "",
+            f"Command: `{command}` (git {git_sha()}); load average before {load_before}, after {load_average()}."
+            + (f" {n_carried} runs carried from an earlier invocation (`--previous`; their git in the JSON)."
+               if n_carried else ""), "",
             f"Every method: `configs/weak/<method>.yaml` (UNet width 16; UNet_CCT for DMPLS) with the DRIVE "
             f"supervised recipe, {args.steps} steps, seeds {args.seeds}. Test: 20 DRIVE test images, full "
             "first-observer masks, inside the FOV, mean over images. `final`/`best` = last checkpoint / best "
@@ -176,11 +266,14 @@ def main(argv=None) -> int:
                 f"{s.upper()} {v['vessel_px_annotated']:.3f} of vessel and {v['background_px_annotated']:.3f} of "
                 f"background pixels" for s, v in stats.items()) + ".", ""]
     body = table(results, args.scribbles, args.methods, args.seeds)
+    body += ("\n\n## The paper's pairwise orderings on DRIVE (final checkpoint, limited softmax, paired by seed)\n\n"
+             + order_md)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(head) + body + "\n")
+    out.with_suffix(".md").write_text("\n".join(head) + "\n" + body + "\n")
     out.with_suffix(".json").write_text(json.dumps({"device": cpu_model(), "git": git_sha(), "command": command,
-                                                     "scribble_stats": stats, "runs": results}, indent=1) + "\n")
+                                                     "scribble_stats": stats, "orderings": order_rows,
+                                                     "runs": results}, indent=1) + "\n")
     print(out.with_suffix(".md").read_text())
     return 0
 
