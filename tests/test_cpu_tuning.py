@@ -132,3 +132,21 @@ def test_inference_tuning_applies_the_no_grad_choice_and_skips_whole_images_and_
     assert cpu_tuning.tune_for_inference(model, torch.device("cpu"), frames=8, batch=4, tile=0) == {}
     assert cpu_tuning.tune_for_inference(model, torch.device("meta"), frames=8, batch=4, tile=16) == {}
     assert len(shapes) == 1
+
+
+def test_evaluate_applies_rank_0s_inference_choice_on_every_rank(measuring, monkeypatch):
+    from dias_dist.evaluation import evaluate_cli
+
+    model, _ = _tiny()
+    calls = []
+    monkeypatch.setattr(cpu_tuning, "measure", lambda m, example, grad, repeats: calls.append(grad) or
+                        {"batched": 3.0, "stepped": 1.0, "split": 2.0})
+    # rank 0 measures and sends its tags; here one process plays both ranks in turn
+    sent = evaluate_cli.share_inference_choice(model, torch.device("cpu"), batch=4, tile=16)
+    assert calls == [False] and sent["convgru_eval"].startswith("stepped (")
+    convgru.PREFERRED_ARRANGEMENT[("cpu", False)] = "batched"  # what another rank would hold by itself
+    monkeypatch.setattr(evaluate_cli.dist, "is_main", lambda: False)
+    monkeypatch.setattr(evaluate_cli.dist, "broadcast_object", lambda obj, src=0: dict(sent) if obj is None else obj)
+    got = evaluate_cli.share_inference_choice(model, torch.device("cpu"), batch=4, tile=16)
+    assert got == sent and calls == [False]  # a non-zero rank measures nothing
+    assert convgru.resolve_arrangement("auto", torch.device("cpu"), False) == "stepped"

@@ -45,6 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides such as data.shards=...")
 
 
+def share_inference_choice(model, device, *, batch: int, tile: int) -> dict[str, str]:
+    """Rank 0 chooses (measures, or reads from its cache) the no-grad ConvGRU arrangement for this
+    evaluation's tiles (batch, NUM_FRAMES, tile, tile) and every rank applies rank 0's choice, as
+    training does; the arrangements compute alike, so this is about every rank running the fast one.
+    Returns ``cpu_tuning.tune_network``'s tags ({} on a GPU or with nothing measured)."""
+    mine = cpu_tuning.tune_for_inference(model, device, frames=NUM_FRAMES, batch=batch, tile=tile) \
+        if dist.is_main() else None
+    tags = dist.broadcast_object(mine) or {}
+    for value in tags.values():
+        cpu_tuning.apply(value.split()[0], grad=False)
+    return tags
+
+
 def main(args: argparse.Namespace) -> int:
     payload, _ = load_payload(args.checkpoint, args.tracking_uri)
     if "config" not in payload or "model" not in payload:
@@ -62,9 +75,8 @@ def main(args: argparse.Namespace) -> int:
             model = ensemble_of(members).network
             title = f"ensemble of {len(members)} models ({cfg.model.name}, {cfg.method.name} first)"
         model.to(device).eval()
-        tags = cpu_tuning.tune_for_inference(model, device, frames=NUM_FRAMES, batch=cfg.eval.batch_size,
-                                             tile=cfg.eval.patch_size_px) if dist.is_main() else {}
-        if tags:
+        tags = share_inference_choice(model, device, batch=cfg.eval.batch_size, tile=cfg.eval.patch_size_px)
+        if tags and dist.is_main():
             print(f"[dias] ConvGRU arrangement on this CPU: {tags['convgru_eval']}", flush=True)
         if args.out:
             out_dir = Path(args.out)
