@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     budget += f"; seeds {args.seeds} of the issue's 3; scribbles {', '.join(s.upper() for s in args.scribbles)}."
     n_carried = sum("carried_from" in r for r in results)
     order_md, order_rows = orderings(results, args.scribbles, args.methods)
+    order_best_md, order_best_rows = orderings(results, args.scribbles, args.methods, key="best_limited")
     head = [budget, "", f"# Table III on DRIVE ({cpu_model()}, one process per run, {threads} thread(s), no GPU)", "",
             f"Command: `{command}` (git {git_sha()}); load average before {load_before}, after {load_average()}."
             + (f" {n_carried} runs carried from an earlier invocation (`--previous`; their git in the JSON)."
@@ -267,12 +268,13 @@ def main(argv=None) -> int:
                 f"background pixels" for s, v in stats.items()) + ".", ""]
     body = table(results, args.scribbles, args.methods, args.seeds)
     body += ("\n\n## The paper's pairwise orderings on DRIVE (final checkpoint, limited softmax, paired by seed)\n\n"
-             + order_md)
+             + order_md + "\n\n## The same with every method's best-validation checkpoint\n\n" + order_best_md)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(head) + "\n" + body + "\n")
     out.with_suffix(".json").write_text(json.dumps({"device": cpu_model(), "git": git_sha(), "command": command,
                                                      "scribble_stats": stats, "orderings": order_rows,
+                                                     "orderings_best": order_best_rows,
                                                      "runs": results}, indent=1) + "\n")
     print(out.with_suffix(".md").read_text())
     return 0
