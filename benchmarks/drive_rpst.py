@@ -1,9 +1,10 @@
 """Table V on real vessels (issue 24 §4): RPST on DRIVE with N labelled training images.
 
-    .venv/bin/python benchmarks/drive_rpst.py --drive ../shared/data/drive --work /tmp/dias_drive \\
+    .venv/bin/python benchmarks/drive_rpst.py --drive "$DIAS_DRIVE_DIR" --work /tmp/dias_drive \\
         --labeled 1 3 10 --seeds 0 1 2 --out benchmarks/results/drive_rpst_cpu
 
-Needs the imported DRIVE folder ``WORK/data`` (made here from ``--drive`` / ``$DIAS_DRIVE_DIR`` when
+Needs the imported DRIVE folder ``WORK/data`` (made here from ``--drive`` / ``$DIAS_DRIVE_DIR``, see
+docs/TESTING.md "DRIVE", when
 missing, as ``drive_supervised.py`` makes it: 17 training, 3 validation, 20 test images). For each N a
 copy ``WORK/rpst_data_L<N>`` keeps the N training images with the lowest IDs as the labelled set and
 moves the other 17 - N images (images only, no masks) to ``unlabeled_DSA``: the remaining training
@@ -217,11 +218,13 @@ def main(argv=None) -> int:
     threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
     command = f"OMP_NUM_THREADS={threads} python benchmarks/drive_rpst.py " + " ".join(argv or sys.argv[1:])
     teachers = [r["val_flat"] for r in rows if r["method"] == "Teacher" and r["val_flat"]]
+    others = [r["val_flat"] for r in rows if r["method"] != "Teacher" and r["val_flat"]]
     flat = args.teacher_steps >= args.flat_steps and teachers and all(f["flat"] for f in teachers)
     first = (f"**{'At' if flat else 'Not at'} a flattened teacher budget**: teachers train {args.teacher_steps} steps "
              f"({sum(f['flat'] for f in teachers)} of {len(teachers)} teacher validation curves flat by the issue's "
              f"rule, gain < {FLAT_GAIN} over the last quarter; the supervised UNet on all 17 images flattened at "
-             f"{args.flat_steps}); students and controls {args.student_steps} steps; seeds {args.seeds} of the "
+             f"{args.flat_steps}); students and controls {args.student_steps} steps ({sum(f['flat'] for f in others)} of "
+             f"{len(others)} of their own curves flat by the same rule); seeds {args.seeds} of the "
              f"issue's 3." + (" With one seed the spread over seeds is unknown; the seed-to-seed std of the same UNet "
                                "recipe on DRIVE scribbles is 0.002-0.011 DSC (drive_weak_cpu.md), so smaller "
                                "differences here are not claims." if len(args.seeds) == 1 else ""))

@@ -170,7 +170,11 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def markdown(results: list[dict], command: str) -> str:
-    lines = [f"# DRIVE supervised reference ({cpu_model()}, 2 threads, one process, no GPU)", "",
+    flat = [res["flat"]["flat"] for res in results]
+    budget = (f"**{'At a flattened budget' if all(flat) else 'Not every run at a flattened budget'}**: "
+              f"{sum(flat)} of {len(flat)} validation curves flat by the issue-24 rule (best validation DSC "
+              f"gained over the last quarter of the steps < {FLAT_GAIN}); see the table's last columns.")
+    lines = [budget, "", f"# DRIVE supervised reference ({cpu_model()}, 2 threads, one process, no GPU)", "",
              f"Command: `{command}` (git {git_sha()}).", "",
              "Test: the 20 DRIVE test images against the first observer, inside the field of view, "
              "best-validation checkpoint (3 held-out training images; the test images chose nothing). "

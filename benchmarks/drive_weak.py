@@ -1,9 +1,10 @@
 """Table III on real vessels (issue 24 §3): the six scribble methods trained on DRIVE scribbles.
 
-    .venv/bin/python benchmarks/drive_weak.py --drive ../shared/data/drive --work /tmp/dias_drive \
+    .venv/bin/python benchmarks/drive_weak.py --drive "$DIAS_DRIVE_DIR" --work /tmp/dias_drive \
         --steps 1000 --seeds 0 1 2 --scribbles rdfa --out benchmarks/results/drive_weak_cpu
 
-Needs the imported DRIVE folder ``WORK/data``: made here from ``--drive`` (or ``$DIAS_DRIVE_DIR``) as
+Needs the imported DRIVE folder ``WORK/data``: made here from ``--drive`` (or ``$DIAS_DRIVE_DIR``; where
+DRIVE comes from and its layout: docs/TESTING.md, "DRIVE") as
 ``benchmarks/drive_supervised.py`` makes it (``dias import --val 3``) when it is missing. Steps:
 copy it to ``WORK/weak_data``, write RDFA scribbles with ``dias scribbles`` (thresholds scaled to the
 565x584 images, docs/DECISIONS.md) and SALE-like scribbles with ``data.scribbles.sale_scribble``

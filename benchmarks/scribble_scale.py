@@ -72,7 +72,11 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:
-        Path(args.out).write_text("# Scribble thresholds by image size (`benchmarks/scribble_scale.py`)\n\n"
+        from dias_dist.models.cpu_tuning import cpu_model
+
+        Path(args.out).write_text("No training and no timing: scribble statistics, independent of the budget and, "
+                                  f"up to floating point, of the CPU (written on {cpu_model()}).\n\n"
+                                  "# Scribble thresholds by image size (`benchmarks/scribble_scale.py`)\n\n"
                                   f"Command: `benchmarks/scribble_scale.py --masks {args.masks} --phantom "
                                   f"{args.phantom} --seeds {args.seeds}`. SALE: the `scale` passed explicitly "
                                   "(its default is absolute).\n\n" + text)

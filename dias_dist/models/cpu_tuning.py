@@ -176,9 +176,13 @@ def examples_for(model: nn.Module, *, frames: int, train_batch: int, patch: int,
     """{True: a training micro-batch (train_batch, frames, patch, patch), False: an evaluation batch of
     tiles (eval_batch, frames, tile, tile)}, random, in ``model``'s input layout."""
     generator = torch.Generator().manual_seed(0)  # the caller's RNG is not drawn from
-    layout = input_layout(model)
-    return {True: to_layout(torch.randn(train_batch, frames, patch, patch, generator=generator), layout),
-            False: to_layout(torch.randn(eval_batch, frames, tile, tile, generator=generator), layout)}
+    return {True: _random_input(model, generator, train_batch, frames, patch),
+            False: _random_input(model, generator, eval_batch, frames, tile)}
+
+
+def _random_input(model: nn.Module, generator: torch.Generator, batch: int, frames: int, size: int) -> torch.Tensor:
+    """Random (batch, frames, size, size) drawn from ``generator``, in ``model``'s input layout."""
+    return to_layout(torch.randn(batch, frames, size, size, generator=generator), input_layout(model))
 
 
 def tune_network(model: nn.Module, examples: dict[bool, torch.Tensor]) -> dict[str, str]:
@@ -202,6 +206,5 @@ def tune_for_inference(model: nn.Module, device: torch.device, *, frames: int, b
     once (``tile`` 0: its size varies) or when nothing is measured. Returns ``tune_network``'s tags."""
     if device.type != "cpu" or tile <= 0 or not has_convgru(model) or not measuring():
         return {}
-    generator = torch.Generator().manual_seed(0)
-    example = to_layout(torch.randn(batch, frames, tile, tile, generator=generator), input_layout(model))
+    example = _random_input(model, torch.Generator().manual_seed(0), batch, frames, tile)
     return tune_network(model, {False: example})
