@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive_supervised import FLAT_GAIN, flattening, read_records  # noqa: E402
 from machine import cpu_model, git_sha, load_average  # noqa: E402
+from paired import describe, paired, significant  # noqa: E402
 from rpst_seeds import PAPER_DSC  # noqa: E402  (Table V's teacher and student DSC)
 
 TRAINING_IMAGES = 17
@@ -163,17 +164,25 @@ def tables(rows: list[dict]) -> tuple[str, list[dict]]:
         if seeds:
             vs_control = [by[("Student", s)] - by[("T + steps", s)] for s in seeds]
             vs_teacher = [by[("Student", s)] - by[("Teacher", s)] for s in seeds]
-            every = "at every seed" if len(seeds) > 1 else "at the one seed run (no spread measured)"
+            test = paired(vs_control)
+            if len(seeds) == 1:
+                every = "at the one seed run (no spread measured)"
+            elif significant(test):
+                every = f"at every seed (paired t-test p = {test['p']:.3f})"
+            else:
+                every = (f"at every seed, but not significant at 5 % (paired t-test p = {test['p']:.3f})"
+                         if test["p"] is not None else "at every seed, by the same amount")
             word = (f"pseudo labels beat the extra ground-truth steps {every}" if all(d > 0 for d in vs_control)
                     else f"the extra ground-truth steps beat pseudo labels {every}"
                     if all(d < 0 for d in vs_control) else "mixed over seeds")
             verdicts.append({"L": num_labeled, "seeds": seeds, "student_minus_control": vs_control,
-                             "student_minus_teacher": vs_teacher, "verdict": word})
-    lines += ["", "| L | seeds | student − control (DSC, per seed) | student − teacher (per seed) | verdict |",
-              "|---|---|---|---|---|"]
+                             "student_minus_teacher": vs_teacher, "paired": test, "verdict": word})
+    lines += ["", "| L | seeds | student − control (DSC, per seed) | mean ± std, paired t | student − teacher (per seed) "
+              "| verdict |", "|---|---|---|---|---|---|"]
     for v in verdicts:
         lines.append(f"| {v['L']} | {v['seeds']} | " + ", ".join(f"{d:+.4f}" for d in v["student_minus_control"])
-                     + " | " + ", ".join(f"{d:+.4f}" for d in v["student_minus_teacher"]) + f" | {v['verdict']} |")
+                     + f" | {describe(v['paired'])} | "
+                     + ", ".join(f"{d:+.4f}" for d in v["student_minus_teacher"]) + f" | {v['verdict']} |")
     return "\n".join(lines), verdicts
 
 

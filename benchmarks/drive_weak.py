@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from drive_supervised import FLAT_GAIN, flattening, read_records  # noqa: E402
 from machine import cpu_model, git_sha, load_average  # noqa: E402
+from paired import describe, paired, significant  # noqa: E402
 from weak_table import METHODS, PAPER_DSC  # noqa: E402  (the phantom table's method list and paper numbers)
 
 from dias_dist.data import dias  # noqa: E402
@@ -189,15 +190,16 @@ def orderings(results: list[dict], scribbles, methods, key: str = "final_limited
                 diffs = [by[(hi, s)] - by[(lo, s)] for s in seeds]
                 verdict = "holds" if all(d > 0 for d in diffs) else "reversed" if all(d < 0 for d in diffs) \
                     else "mixed"
+                test = paired(diffs)
                 rows.append({"scribble": scribble, "above": hi, "below": lo,
                              "paper_gap": PAPER_DSC[scribble][hi] - PAPER_DSC[scribble][lo],
-                             "diffs": diffs, "verdict": verdict})
-    lines = ["| scribbles | paper: above > below (gap) | DRIVE difference per seed | mean | verdict |",
-             "|---|---|---|---|---|"]
+                             "diffs": diffs, "paired": test, "significant": significant(test), "verdict": verdict})
+    lines = ["| scribbles | paper: above > below (gap) | DRIVE difference per seed | mean ± std, paired t | verdict "
+             "| p < 0.05 |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scribble'].upper()} | {r['above']} > {r['below']} ({r['paper_gap']:+.4f}) | "
-                     + ", ".join(f"{d:+.4f}" for d in r["diffs"]) + f" | {statistics.mean(r['diffs']):+.4f} | "
-                     f"{r['verdict']} |")
+                     + ", ".join(f"{d:+.4f}" for d in r["diffs"]) + f" | {describe(r['paired'])} | "
+                     f"{r['verdict']} | {'yes' if r['significant'] else 'no'} |")
     return "\n".join(lines), rows
 
 

@@ -68,3 +68,17 @@ def test_verdict_pairs_student_and_control_by_seed():
     assert [round(d, 4) for d in verdicts[0]["student_minus_control"]] == [0.02, -0.01]
     assert [round(d, 4) for d in verdicts[1]["student_minus_teacher"]] == [-0.01]
     assert "| Student | 1 | 2 | 0.6400 ± 0.0283 |" in md
+
+
+def test_verdict_states_whether_a_consistent_gap_is_significant():
+    from drive_rpst import tables
+
+    rows = []
+    for seed, (student, control) in enumerate([(0.810, 0.800), (0.812, 0.801), (0.808, 0.799)]):
+        rows += [_row("Teacher", 1, seed, 0.79), _row("Student", 1, seed, student), _row("T + steps", 1, seed, control)]
+    for seed, (student, control) in enumerate([(0.801, 0.800), (0.812, 0.801), (0.800, 0.799)]):
+        rows += [_row("Teacher", 3, seed, 0.79), _row("Student", 3, seed, student), _row("T + steps", 3, seed, control)]
+    md, verdicts = tables(rows)
+    assert verdicts[0]["verdict"].startswith("pseudo labels beat the extra ground-truth steps at every seed (paired")
+    assert verdicts[0]["paired"]["p"] < 0.05
+    assert "not significant at 5 %" in verdicts[1]["verdict"]  # +0.001, +0.011, +0.001: same sign, large spread

@@ -39,6 +39,17 @@ def test_orderings_holds_only_when_every_seed_agrees():
     md, rows = orderings(results, ["rdfa"], ["em", "rloss"])
     assert [r["verdict"] for r in rows] == ["holds"]  # paper: em 0.7458 > rloss 0.7146
     assert "| RDFA | em > rloss (+0.0312) |" in md
+    assert md.rstrip().endswith("| holds | no |")  # the same gap at every seed: no spread, no t-test
+
+
+def test_orderings_state_the_paired_t_test():
+    from drive_weak import orderings
+
+    gaps = (0.030, 0.031, 0.029)
+    results = [_run("em", s, 0.66 + g) for s, g in enumerate(gaps)] + [_run("rloss", s, 0.66) for s in range(3)]
+    md, rows = orderings(results, ["rdfa"], ["em", "rloss"])
+    assert rows[0]["significant"] and rows[0]["paired"]["p"] < 0.01
+    assert "+0.0300 ± 0.0010, t(2) = 51.96" in md
 
 
 def test_own_flatness_counts_known_curves_only():
