@@ -115,13 +115,16 @@ def run_one(work: Path, shards: Path, method: str, scribble: str, seed: int, ste
     run = work / runs_dir / name
     times = run / "launch_time.json"
     if not times.is_file():
+        # An invocation stopped mid-run (a killed job, a machine going away) left last.pt behind: the next
+        # one resumes from it (train.resume=auto), and its wall time then counts the resumed part only.
+        resumed = (run / "checkpoints" / "last.pt").is_file()
         start = time.time()
         sh(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "launch/train.py",
            f"configs/weak/{method}.yaml", f"data.shards={shards}", f"data.target=scribble_{scribble}", *RECIPE,
            f"train.epochs={max(1, steps // 100)}", "train.steps_per_epoch=100", f"train.seed={seed}",
            f"train.run_dir={work / runs_dir}", f"train.run_name={name}", f"track.experiment={experiment}",
-           f"track.tags={{scribble: {scribble}, data: drive}}")
-        times.write_text(json.dumps({"start": start, "end": time.time()}))
+           f"track.tags={{scribble: {scribble}, data: drive}}", "train.resume=auto")
+        times.write_text(json.dumps({"start": start, "end": time.time(), "resumed": resumed}))
     dias_cli = str(Path(sys.executable).with_name("dias"))
     scores = {}
     for label, (checkpoint, softmax) in SCORINGS.items():
@@ -135,8 +138,8 @@ def run_one(work: Path, shards: Path, method: str, scribble: str, seed: int, ste
     t = json.loads(times.read_text())
     _, val = read_records(run)
     return {"name": name, "method": method, "scribble": scribble, "seed": seed, "steps": steps,
-            "wall_min": (t["end"] - t["start"]) / 60, "scores": scores, "val_flat": flattening(val),
-            "git": git_sha()}
+            "wall_min": (t["end"] - t["start"]) / 60, "resumed": t.get("resumed", False), "scores": scores,
+            "val_flat": flattening(val), "git": git_sha()}
 
 
 def mean_std(values: list[float]) -> str:
