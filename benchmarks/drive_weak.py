@@ -206,6 +206,41 @@ def orderings(results: list[dict], scribbles, methods, key: str = "final_limited
     return "\n".join(lines), rows
 
 
+def budget_change(results: list[dict], other: dict, scribbles, methods, key: str = "final_limited") -> str:
+    """How each method moved between another invocation's budget (``other``: its results JSON) and this
+    one's, on the seeds both ran (paired by seed), and the methods' order at each budget.
+
+    Returns markdown: one row per (scribbles, method) with both means, the per-seed change and its mean.
+    """
+    other_steps = {r.get("steps") for r in other["runs"]} - {None}
+    steps = {r.get("steps") for r in results} - {None}
+    label = lambda values: "/".join(str(v) for v in sorted(values)) or "?"  # noqa: E731
+    lines = [f"| scribbles | method | seeds | DSC at {label(other_steps)} steps | DSC at {label(steps)} steps "
+             "| change per seed | mean change |", "|---|---|---|---|---|---|---|"]
+    orders = []
+    for scribble in scribbles:
+        then = {(r["method"], r["seed"]): r["scores"][key]["dsc"] for r in other["runs"] if r["scribble"] == scribble}
+        now = {(r["method"], r["seed"]): r["scores"][key]["dsc"] for r in results if r["scribble"] == scribble}
+        means_then, means_now = {}, {}
+        for method in methods:
+            seeds = sorted(s for (m, s) in now if m == method and (m, s) in then)
+            if not seeds:
+                continue
+            a = [then[(method, s)] for s in seeds]
+            b = [now[(method, s)] for s in seeds]
+            means_then[method], means_now[method] = statistics.mean(a), statistics.mean(b)
+            change = [y - x for x, y in zip(a, b)]
+            lines.append(f"| {scribble.upper()} | {method} | {seeds} | {means_then[method]:.4f} | "
+                         f"{means_now[method]:.4f} | " + ", ".join(f"{d:+.4f}" for d in change)
+                         + f" | {statistics.mean(change):+.4f} |")
+        if means_now:
+            orders.append(f"- {scribble.upper()} at {label(other_steps)} steps: "
+                          + " > ".join(sorted(means_then, key=means_then.get, reverse=True))
+                          + f"; at {label(steps)} steps: "
+                          + " > ".join(sorted(means_now, key=means_now.get, reverse=True)) + ".")
+    return "\n".join(lines + [""] + orders)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drive", default=os.environ.get("DIAS_DRIVE_DIR", ""),
@@ -221,6 +256,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs-dir", default="weak_runs", help="run folders go to WORK/RUNS_DIR (one per budget)")
     parser.add_argument("--previous", nargs="*", default=[], metavar="JSON",
                         help="results files of earlier invocations: their runs are used where the run folder is gone")
+    parser.add_argument("--compare", default="", metavar="JSON",
+                        help="results file of another budget: a table of each method's change on the shared seeds")
     parser.add_argument("--flat-steps", type=int, default=3000,
                         help="the budget at which the supervised DRIVE curve flattened (drive_supervised_cpu.md)")
     args = parser.parse_args(argv)
@@ -275,6 +312,10 @@ def main(argv=None) -> int:
     body = table(results, args.scribbles, args.methods, args.seeds)
     body += ("\n\n## The paper's pairwise orderings on DRIVE (final checkpoint, limited softmax, paired by seed)\n\n"
              + order_md + "\n\n## The same with every method's best-validation checkpoint\n\n" + order_best_md)
+    if args.compare:
+        body += (f"\n\n## Against another budget (`{args.compare}`; final checkpoint, limited softmax, paired by seed)"
+                 "\n\n" + budget_change(results, json.loads(Path(args.compare).read_text()), args.scribbles,
+                                         args.methods))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(head) + "\n" + body + "\n")

@@ -58,3 +58,15 @@ def test_own_flatness_counts_known_curves_only():
     assert own_flatness([_run("pce", 0, 0.7)]) == "-"  # a carried run without its curve
     assert own_flatness([_run("pce", 0, 0.7, 0.001), _run("pce", 1, 0.7, 0.02), _run("pce", 2, 0.7)]) \
         == "1/2 (max +0.0200)"
+
+
+def test_budget_change_pairs_seeds_across_budgets_and_orders_methods():
+    from drive_weak import budget_change
+
+    short = {"runs": [dict(_run("pce", s, 0.68), steps=1000) for s in (0, 1)]
+             + [dict(_run("sscr", s, 0.69), steps=1000) for s in (0, 1)]}
+    long = [dict(_run("pce", 0, 0.72), steps=3000), dict(_run("sscr", 0, 0.70), steps=3000)]
+    md = budget_change(long, short, ["rdfa"], ["pce", "sscr"])
+    assert "| DSC at 1000 steps | DSC at 3000 steps |" in md
+    assert "| RDFA | pce | [0] | 0.6800 | 0.7200 | +0.0400 | +0.0400 |" in md  # seed 1 ran at 1000 only
+    assert "at 1000 steps: sscr > pce; at 3000 steps: pce > sscr." in md
