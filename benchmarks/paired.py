@@ -9,10 +9,9 @@ next to the sign count instead of replacing it.
 """
 from __future__ import annotations
 
-import math
 import statistics
 
-from scipy import stats
+from scipy import stats  # scikit-image's own dependency
 
 SIGNIFICANCE = 0.05
 
@@ -27,8 +26,8 @@ def paired(diffs: list[float]) -> dict:
     std = statistics.stdev(diffs) if n > 1 else None
     if std is None or std < 1e-12:
         return {"n": n, "mean": mean, "std": std, "t": None, "p": None}
-    t = mean / (std / math.sqrt(n))
-    return {"n": n, "mean": mean, "std": std, "t": t, "p": float(2 * stats.t.sf(abs(t), n - 1))}
+    test = stats.ttest_1samp(diffs, 0.0)
+    return {"n": n, "mean": mean, "std": std, "t": float(test.statistic), "p": float(test.pvalue)}
 
 
 def describe(summary: dict) -> str:
