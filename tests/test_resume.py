@@ -11,13 +11,16 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TOTAL_STEPS = 8  # 2 epochs of 4 steps (configs/debug.yaml), a checkpoint every 2 steps
+EPOCHS = 3
+TOTAL_STEPS = 4 * EPOCHS  # epochs of 4 steps (configs/debug.yaml), a checkpoint every 2 steps: the
+# poller has the checkpoints of steps 4, 6, 8 and 10 to catch before the run ends (with 2 epochs, only 4
+# and 6, and a loaded CI machine once missed both)
 
 
 def command(shards, run_dir, *extra):
     return [sys.executable, str(ROOT / "launch" / "train.py"), str(ROOT / "configs" / "debug.yaml"),
             f"data.shards={shards}", f"train.run_dir={run_dir}", "train.run_name=r",
-            "train.checkpoint_every_steps=2", "train.epochs=2", "eval.test_split=", "track.enabled=true",
+            "train.checkpoint_every_steps=2", f"train.epochs={EPOCHS}", "eval.test_split=", "track.enabled=true",
             f"track.tracking_uri=sqlite:///{run_dir}/mlflow.db", *extra]
 
 
